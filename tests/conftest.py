@@ -1,0 +1,25 @@
+"""Fixtures shared by the whole suite."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _shared_dir() -> Path:
+    # CI clones the repo with shared/ beside it; CERTLAKE_SHARED overrides for other layouts.
+    env = os.environ.get("CERTLAKE_SHARED")
+    return Path(env) if env else REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """`shared/data/`: real CT data (log list, entries, proofs, checkpoints)."""
+    path = _shared_dir() / "data"
+    if not path.is_dir():
+        pytest.fail(f"real CT test data not found at {path} (set CERTLAKE_SHARED)")
+    return path
