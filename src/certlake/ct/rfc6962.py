@@ -1,0 +1,95 @@
+"""RFC 6962 read API client: `get-sth` and `get-entries` (ct-protocols.md §1)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+import orjson
+
+from certlake.ct.entry import LogSource
+from certlake.ct.errors import FetchError
+from certlake.ct.http import CTHttp, OperatorBudget
+from certlake.ct.leaf import decode_rfc6962_entry
+from certlake.ct.reader import Batch, FetchedEntry, Unparseable
+from certlake.ct.signing import SignatureError, SignedTreeHead, verify_sth
+from certlake.ct.tls import DecodeError
+
+
+class Rfc6962Log:
+    """Reads one RFC 6962 log. `batch_size` is what we ask for; the log may return fewer."""
+
+    def __init__(
+        self,
+        http: CTHttp,
+        source: LogSource,
+        key_der: bytes | None = None,
+        budget: OperatorBudget | None = None,
+        batch_size: int = 256,
+    ) -> None:
+        self.source = source
+        self._http = http
+        self._key = key_der
+        self._budget = budget
+        self._batch_size = batch_size
+        self._api = source.url + "/ct/v1/"
+
+    def cert_link(self, index: int) -> str:
+        return f"{self._api}get-entries?start={index}&end={index}"
+
+    async def get_sth(self) -> SignedTreeHead:
+        """The current signed tree head, verified when the log's key is known."""
+        body = await self._http.get(self._api + "get-sth", budget=self._budget)
+        try:
+            sth = SignedTreeHead.from_json(orjson.loads(body))
+        except (orjson.JSONDecodeError, ValueError) as e:
+            raise FetchError(f"bad get-sth response from {self.source.url}: {e}", 200) from None
+        if self._key is not None:
+            try:
+                verify_sth(sth, self._key)
+            except SignatureError as e:
+                raise FetchError(f"get-sth from {self.source.url}: {e}", 200) from None
+        return sth
+
+    async def latest_size(self) -> int:
+        return (await self.get_sth()).tree_size
+
+    async def get_entries(self, start: int, end: int) -> list[tuple[bytes, bytes]]:
+        """Raw (leaf_input, extra_data) pairs for [start, end]; at least one, never more than asked.
+
+        An empty array or more entries than asked is a bad response (Cert Spotter rejects both).
+        """
+        body = await self._http.get(
+            self._api + "get-entries", params={"start": start, "end": end}, budget=self._budget
+        )
+        where = f"get-entries [{start}, {end}] from {self.source.url}"
+        try:
+            entries = orjson.loads(body)["entries"]
+            raw = [
+                (
+                    base64.b64decode(e["leaf_input"], validate=True),
+                    base64.b64decode(e["extra_data"], validate=True),
+                )
+                for e in entries
+            ]
+        except (orjson.JSONDecodeError, KeyError, TypeError, binascii.Error) as e:
+            raise FetchError(f"malformed {where}: {type(e).__name__} {e}", 200) from None
+        if not raw:
+            raise FetchError(f"empty {where}", 200)
+        if len(raw) > end - start + 1:
+            raise FetchError(f"{where} returned {len(raw)} entries", 200)
+        return raw
+
+    async def read(self, start: int, end: int, tree_size: int) -> Batch:
+        """Entries from `start` on, at most up to `end` (inclusive) and one batch's worth."""
+        last = min(end, tree_size - 1, start + self._batch_size - 1)
+        items: Batch = []
+        for offset, (leaf_input, extra_data) in enumerate(await self.get_entries(start, last)):
+            index = start + offset
+            try:
+                entry = decode_rfc6962_entry(index, leaf_input, extra_data)
+            except DecodeError as e:
+                items.append(Unparseable(index, str(e), leaf_input + extra_data))
+                continue
+            items.append(FetchedEntry(entry, self.cert_link(index)))
+        return items

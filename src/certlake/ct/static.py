@@ -1,0 +1,133 @@
+"""static-ct-api read client: checkpoint, data tiles and issuers (ct-protocols.md §2)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+
+from certlake.ct.entry import LogSource
+from certlake.ct.errors import FetchError, NotFound
+from certlake.ct.http import CTHttp, OperatorBudget
+from certlake.ct.merkle import TILE_WIDTH
+from certlake.ct.reader import Batch, FetchedEntry, Unparseable
+from certlake.ct.signing import (
+    Checkpoint,
+    CheckpointError,
+    SignatureError,
+    parse_checkpoint,
+    verify_checkpoint,
+)
+from certlake.ct.tile import TileLeaf, data_tile_path, decode_data_tile_prefix
+
+# A tile that still fails to decode after this many reads is taken as the log's real content:
+# its decodable prefix is emitted and the rest reported as unparseable, so the log moves on.
+_CORRUPT_TILE_READS = 3
+
+
+class IssuerCache:
+    """Issuer certificates by SHA-256, verified on arrival. Bounded because a log has few distinct
+    issuers (navigli: 5 in 1034 entries) but a long-running server must not grow without limit;
+    least recently used go first."""
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self._capacity = capacity
+        self._items: OrderedDict[bytes, bytes] = OrderedDict()
+
+    def get(self, fingerprint: bytes) -> bytes | None:
+        der = self._items.get(fingerprint)
+        if der is not None:
+            self._items.move_to_end(fingerprint)
+        return der
+
+    def put(self, fingerprint: bytes, der: bytes) -> None:
+        self._items[fingerprint] = der
+        self._items.move_to_end(fingerprint)
+        while len(self._items) > self._capacity:
+            self._items.popitem(last=False)
+
+
+class StaticLog:
+    """Reads one static-ct-api log from its monitoring prefix (`source.url`)."""
+
+    def __init__(
+        self,
+        http: CTHttp,
+        source: LogSource,
+        origin: str | None = None,
+        key_der: bytes | None = None,
+        budget: OperatorBudget | None = None,
+        issuers: IssuerCache | None = None,
+    ) -> None:
+        self.source = source
+        self._http = http
+        self._origin = origin
+        self._key = key_der
+        self._budget = budget
+        self._issuers = issuers if issuers is not None else IssuerCache()
+        self._corrupt_reads: dict[int, int] = {}
+
+    def cert_link(self, index: int) -> str:
+        # The full tile's URL: it is permanent, while the partial tile an entry was first read
+        # from may be deleted once the tile fills (ct-protocols.md §2.3).
+        return f"{self.source.url}/{data_tile_path(index // TILE_WIDTH)}"
+
+    async def checkpoint(self) -> Checkpoint:
+        body = await self._http.get(self.source.url + "/checkpoint", budget=self._budget)
+        try:
+            if self._key is not None and self._origin is not None:
+                return verify_checkpoint(body, self._origin, self._key)
+            return parse_checkpoint(body)
+        except (CheckpointError, SignatureError) as e:
+            raise FetchError(f"bad checkpoint from {self.source.url}: {e}", 200) from None
+
+    async def latest_size(self) -> int:
+        return (await self.checkpoint()).tree_size
+
+    async def data_tile(self, n: int, width: int) -> tuple[bytes, int]:
+        """The bytes of data tile `n` read at `width`, and the width actually read: a partial
+        tile that is gone (404) is replaced by the full tile, which then holds all 256."""
+        base = self.source.url + "/"
+        try:
+            return await self._http.get(base + data_tile_path(n, width), budget=self._budget), width
+        except NotFound:
+            if width == TILE_WIDTH:
+                raise
+        body = await self._http.get(base + data_tile_path(n), budget=self._budget)
+        return body, TILE_WIDTH
+
+    async def issuer(self, fingerprint: bytes) -> bytes:
+        der = self._issuers.get(fingerprint)
+        if der is not None:
+            return der
+        url = f"{self.source.url}/issuer/{fingerprint.hex()}"
+        der = await self._http.get(url, budget=self._budget)
+        if hashlib.sha256(der).digest() != fingerprint:
+            raise FetchError(f"issuer {url} does not match its fingerprint", 200)
+        self._issuers.put(fingerprint, der)
+        return der
+
+    async def _chain(self, leaf: TileLeaf) -> tuple[bytes, ...]:
+        return tuple([await self.issuer(fp) for fp in leaf.chain_fingerprints])
+
+    async def read(self, start: int, end: int, tree_size: int) -> Batch:
+        """The entries of the tile holding `start`, from `start` to `end` at most."""
+        n = start // TILE_WIDTH
+        base = n * TILE_WIDTH
+        width = min(TILE_WIDTH, tree_size - base)
+        body, width = await self.data_tile(n, width)
+        leaves, error = decode_data_tile_prefix(body, n, width)
+        if error is not None:
+            reads = self._corrupt_reads.get(n, 0) + 1
+            self._corrupt_reads[n] = reads
+            if reads < _CORRUPT_TILE_READS:
+                raise FetchError(f"corrupt data tile {n} of {self.source.url}: {error}", 200)
+        self._corrupt_reads.pop(n, None)
+        last = min(end, base + width - 1)
+        items: Batch = []
+        for leaf in leaves[start - base : last - base + 1]:
+            items.append(
+                FetchedEntry(leaf.to_entry(await self._chain(leaf)), self.cert_link(leaf.index))
+            )
+        for index in range(max(start, base + len(leaves)), last + 1):
+            items.append(Unparseable(index, f"data tile {n}: {error}", b""))
+        return items

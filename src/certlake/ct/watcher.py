@@ -1,0 +1,111 @@
+"""The live watcher of one log: follows the tree head and hands every index, in order, to a
+consumer. The cursor is the next index to fetch; it advances only by what was received, and never
+jumps on errors (the defects of SPEC §12.1)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from certlake.ct.backoff import RetryPolicy
+from certlake.ct.errors import FetchError
+from certlake.ct.fetch import GaveUp, fetch_range
+from certlake.ct.health import LogHealth
+from certlake.ct.reader import FetchedEntry, LogReader, Unparseable
+
+log = logging.getLogger(__name__)
+
+Consumer = Callable[[FetchedEntry | Unparseable], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class WatcherStatus:
+    """What /api/logs and the state file need to know about a watcher."""
+
+    url: str
+    cursor: int | None = None  # next index to fetch; None until the first tree head is known
+    tree_size: int | None = None
+    last_success: float | None = None  # Unix seconds of the last successful read
+    entries: int = 0
+    unparseable: int = 0
+
+    @property
+    def lag(self) -> int | None:
+        if self.cursor is None or self.tree_size is None:
+            return None
+        return max(0, self.tree_size - self.cursor)
+
+
+class LogWatcher:
+    def __init__(
+        self,
+        reader: LogReader,
+        consumer: Consumer,
+        *,
+        start_index: int | None,
+        poll_interval: float = 1.0,
+        policy: RetryPolicy | None = None,
+        health: LogHealth | None = None,
+        max_batch: int = 100_000,
+    ) -> None:
+        """`start_index` is the saved cursor; None means a fresh start at the current tree head
+        (only new entries, like the Go server). `max_batch` bounds one fetch pass so the status
+        and state advance regularly while a log is far behind."""
+        self.reader = reader
+        self.status = WatcherStatus(reader.source.url, cursor=start_index)
+        self.health = health or LogHealth()
+        self._consumer = consumer
+        self._poll = poll_interval
+        # A live watcher keeps its cursor and simply tries again on the next pass; the retry
+        # budget per pass is therefore small, so health reflects trouble quickly.
+        self._policy = policy or RetryPolicy(max_attempts=3, rate_limit_attempts=11)
+        self._max_batch = max_batch
+
+    async def run(self) -> None:
+        """Watch until cancelled. Never returns on log errors."""
+        while True:
+            try:
+                await self.poll_once()
+            except FetchError as e:
+                self.health.failure(str(e))
+                log.warning("%s: %s", self.status.url, e)
+            await asyncio.sleep(self.health.retry_delay(self._poll))
+
+    async def poll_once(self) -> None:
+        """Read the tree head, then fetch up to it (at most `max_batch` entries)."""
+        size = await self.reader.latest_size()
+        st = self.status
+        if st.tree_size is not None and size < st.tree_size:
+            # A smaller tree than seen before is a stale cache or a misbehaving log: ignore it.
+            log.warning("%s: tree head went back from %d to %d", st.url, st.tree_size, size)
+            return
+        st.tree_size = size
+        if st.cursor is None:
+            st.cursor = size
+            log.info("%s: fresh start at tree size %d", st.url, size)
+        if st.cursor > size:
+            log.warning("%s: saved cursor %d is beyond the tree (%d)", st.url, st.cursor, size)
+            return
+        if st.cursor == size:
+            self.health.success()
+            st.last_success = time.time()
+            return
+        end = min(size, st.cursor + self._max_batch) - 1
+        async for item in fetch_range(
+            self.reader, st.cursor, end, tree_size=size, policy=self._policy
+        ):
+            if isinstance(item, GaveUp):
+                self.health.failure(item.error)
+                return
+            await self._consumer(item)
+            st.cursor = item.index + 1
+            if isinstance(item, Unparseable):
+                st.unparseable += 1
+                log.error("%s: entry %d does not decode: %s", st.url, item.index, item.error)
+            else:
+                st.entries += 1
+        self.health.success()
+        st.last_success = time.time()
