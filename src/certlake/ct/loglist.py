@@ -26,7 +26,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from certlake.ct.entry import LogKind, LogSource
 from certlake.ct.keys import log_id as compute_log_id
@@ -127,35 +127,51 @@ def select_watchable(
     return _unique(log for log in logs if watched(log))
 
 
+class ConfiguredLog(NamedTuple):
+    """A log named in the configuration; `key_der` and `origin` are optional (read unverified
+    without a key; a static log's checkpoint can only be verified with its origin)."""
+
+    name: str
+    url: str
+    key_der: bytes | None = None
+    origin: str | None = None
+
+
 def merge_config_logs(
     selected: Iterable[LogInfo],
-    custom_logs: Iterable[tuple[str, str]],
-    static_logs: Iterable[tuple[str, str]],
+    custom_logs: Iterable[ConfiguredLog | tuple[str, str]],
+    static_logs: Iterable[ConfiguredLog | tuple[str, str]],
     *,
     known: Iterable[LogInfo] = (),
 ) -> list[LogInfo]:
     """Selected list logs plus `custom_logs` (RFC 6962) and `static_logs` (monitoring prefix).
 
-    Config entries are `(name, url)`. A configured log is watched even when the list would skip
-    it (the operator asked for it); if `known` (the whole parsed list) has its URL, that entry
-    is used instead, so its key is verified and, for a tiled log, its origin is known. The first
-    occurrence of a URL wins, list entries before config ones.
+    A configured log is watched even when the list would skip it (the operator asked for it);
+    if `known` (the whole parsed list) has its URL, that entry is used instead, so its key is
+    verified and, for a tiled log, its origin is known. The first occurrence of a URL wins, list
+    entries before config ones.
     """
     by_url = {log.url: log for log in known}
     configured = [
-        *(_config_log(name, url, LogKind.RFC6962, by_url) for name, url in custom_logs),
-        *(_config_log(name, url, LogKind.STATIC, by_url) for name, url in static_logs),
+        *(_config_log(ConfiguredLog(*c), LogKind.RFC6962, by_url) for c in custom_logs),
+        *(_config_log(ConfiguredLog(*c), LogKind.STATIC, by_url) for c in static_logs),
     ]
     return _unique([*selected, *configured])
 
 
-def _config_log(name: str, url: str, kind: LogKind, known: Mapping[str, LogInfo]) -> LogInfo:
+def _config_log(c: ConfiguredLog, kind: LogKind, known: Mapping[str, LogInfo]) -> LogInfo:
     try:
-        normalized = normalize_url(url)
+        normalized = normalize_url(c.url)
     except URLError as e:
-        raise LogListError(f"configured log {name!r}: {e}") from e
+        raise LogListError(f"configured log {c.name!r}: {e}") from e
     return known.get(normalized) or LogInfo(
-        description=name, url=normalized, kind=kind, operator=CONFIG_OPERATOR
+        description=c.name,
+        url=normalized,
+        kind=kind,
+        operator=CONFIG_OPERATOR,
+        key_der=c.key_der,
+        log_id=None if c.key_der is None else compute_log_id(c.key_der),
+        origin=c.origin,
     )
 
 

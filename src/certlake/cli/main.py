@@ -1,0 +1,274 @@
+"""The `certlake` command: parses arguments, loads and validates the configuration, dispatches.
+
+Each sub-command's work lives in another module, imported only when that command runs so that
+`certlake --help` stays fast. Exit codes: 0 success, 1 the job ran and failed, 2 usage or
+configuration error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import importlib
+import inspect
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+import click
+
+from certlake import __version__
+from certlake.cli.compat import translate_rust_argv
+from certlake.logsetup import LEVELS
+
+if TYPE_CHECKING:
+    from certlake.config import LoadedConfig
+
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+MERGE_NEEDS_STAGING: Final = "Error: --merge requires --staging-path <PATH>"
+
+# command -> (module, function). The module is imported when the command runs.
+TARGETS: Final = {
+    "serve": ("certlake.stream.serve", "run_serve"),
+    "backfill": ("certlake.backfill.run", "run_backfill"),
+    "gaps": ("certlake.backfill.run", "run_gaps"),
+    "merge": ("certlake.backfill.merge", "run_merge"),
+    "fetch": ("certlake.cli.fetch_cmd", "run_fetch"),
+    "testlog": ("certlake.testlog.cli", "run_testlog"),
+    "validate-config": ("certlake.cli.validate_cmd", "run_validate_config"),
+}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _common(func: F) -> F:
+    """`--config` and `--log-level`, which every command takes."""
+    func = click.option(
+        "--log-level",
+        type=click.Choice(list(LEVELS), case_sensitive=False),
+        help="Override the configured log level.",
+    )(func)
+    return click.option(
+        "--config",
+        "config_file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Configuration file (default: $CERTSTREAM_CONFIG, config.yaml, config.yml, "
+        "/etc/certstream/config.yaml).",
+    )(func)
+
+
+def _check_staging_path(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> str | None:
+    from certlake.config import table_path_problem
+
+    problem = None if value is None else table_path_problem(value)
+    if problem is not None:
+        raise click.BadParameter(f"{value!r} is not allowed; expected {problem}")
+    return value
+
+
+_FROM = click.option(
+    "--from",
+    "from_index",
+    type=click.IntRange(min=0),
+    help="Historical mode: every index from N up to the state file's position.",
+)
+_LOGS = click.option("--logs", help="Only logs whose URL or name contains this text.")
+_STAGING = click.option(
+    "--staging-path",
+    callback=_check_staging_path,
+    help="Staging Delta table (local path, file:// or s3:// URI).",
+)
+_SUMMARY = click.option(
+    "--summary-json",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the end-of-job summary to this file as JSON.",
+)
+
+
+def _load(config_file: Path | None, log_level: str | None) -> LoadedConfig:
+    """Load and validate the configuration, set up logging; exit 2 with the errors if invalid."""
+    from certlake.config import ConfigError, LoadedConfig, load_config
+    from certlake.logsetup import setup_logging
+
+    try:
+        loaded = load_config(config_file)
+    except ConfigError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    config = loaded.config
+    if log_level is not None:
+        config = dataclasses.replace(config, log_level=log_level.lower())
+    setup_logging(config.log_level, config.log_format)
+    return LoadedConfig(config, loaded.path)
+
+
+def _dispatch(command: str, *args: Any, **kwargs: Any) -> None:
+    """Run the command's implementation and exit with its code."""
+    module_name, func_name = TARGETS[command]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if not (module_name == missing or module_name.startswith(missing + ".")):
+            raise  # a dependency of an existing module is missing: a real error, not this build
+        click.echo(
+            f"Error: `certlake {command}` is not yet available in this build "
+            f"({module_name} is missing)",
+            err=True,
+        )
+        sys.exit(EXIT_FAILED)
+    result = getattr(module, func_name)(*args, **kwargs)
+    if inspect.iscoroutine(result):
+        result = asyncio.run(result)
+    sys.exit(int(result))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(
+    __version__, "-V", "--version", prog_name="certlake", message="%(prog)s %(version)s"
+)
+def cli() -> None:
+    """certlake: Certificate Transparency firehose and archive.
+
+    certstream-server-rust's spellings also work: --backfill, --merge, --validate-config.
+    """
+
+
+@cli.command()
+@_common
+@click.option(
+    "--demo", is_flag=True, help="Offline: also run the built-in test log and watch only it."
+)
+def serve(config_file: Path | None, log_level: str | None, demo: bool) -> None:
+    """Watch the logs, stream to clients, archive if delta_sink.enabled."""
+    _dispatch("serve", _load(config_file, log_level).config, demo=demo)
+
+
+@cli.command()
+@_common
+@_FROM
+@_LOGS
+@_STAGING
+@_SUMMARY
+def backfill(
+    config_file: Path | None,
+    log_level: str | None,
+    from_index: int | None,
+    logs: str | None,
+    staging_path: str | None,
+    summary_json: Path | None,
+) -> None:
+    """Fetch what the archive is missing, write it, exit."""
+    config = _load(config_file, log_level).config
+    _dispatch(
+        "backfill",
+        config,
+        from_index=from_index,
+        logs=logs,
+        staging_path=staging_path,
+        summary_json=summary_json,
+    )
+
+
+@cli.command()
+@_common
+@_STAGING
+@_SUMMARY
+def merge(
+    config_file: Path | None,
+    log_level: str | None,
+    staging_path: str | None,
+    summary_json: Path | None,
+) -> None:
+    """Merge a staging table into the main table, then delete it."""
+    if staging_path is None:
+        click.echo(MERGE_NEEDS_STAGING, err=True)
+        sys.exit(EXIT_USAGE)
+    config = _load(config_file, log_level).config
+    _dispatch("merge", config, staging_path=staging_path, summary_json=summary_json)
+
+
+@cli.command()
+@_common
+@_FROM
+@_LOGS
+@_STAGING
+def gaps(
+    config_file: Path | None,
+    log_level: str | None,
+    from_index: int | None,
+    logs: str | None,
+    staging_path: str | None,
+) -> None:
+    """Print, per log, what backfill would fetch; fetch nothing."""
+    config = _load(config_file, log_level).config
+    _dispatch("gaps", config, from_index=from_index, logs=logs, staging_path=staging_path)
+
+
+@cli.command()
+@_common
+@click.option("--tiled", is_flag=True, help="LOG_URL is a static-ct-api monitoring prefix.")
+@click.option(
+    "--stream",
+    type=click.Choice(["full", "lite", "domains"]),
+    default="full",
+    show_default=True,
+    help="Which stream's message to print.",
+)
+@click.argument("log_url")
+@click.argument("indices", nargs=-1, required=True, type=click.IntRange(min=0))
+def fetch(
+    config_file: Path | None,
+    log_level: str | None,
+    tiled: bool,
+    stream: str,
+    log_url: str,
+    indices: tuple[int, ...],
+) -> None:
+    """Print the stream message of each INDEX of LOG_URL, one per line."""
+    config = _load(config_file, log_level).config
+    _dispatch("fetch", config, tiled, log_url, indices, stream)
+
+
+@cli.command()
+@_common
+@click.option("--host", help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port (0 = any free port).")
+@click.option("--seed", type=int, help="Seed for keys and certificates (same seed, same log).")
+@click.option("--initial-size", type=click.IntRange(min=0), help="Entries at start.")
+@click.option("--rate", type=click.FloatRange(min=0), help="New entries per second.")
+@click.option("--batch-cap", type=click.IntRange(min=1), help="Most entries per get-entries.")
+@click.option("--fault", "faults", multiple=True, help="Inject a fault, e.g. 429:0.1 (repeatable).")
+@click.option(
+    "--ready-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the base URL here once listening.",
+)
+def testlog(config_file: Path | None, log_level: str | None, **options: Any) -> None:
+    """Run the built-in test CT log server."""
+    _load(config_file, log_level)
+    given = {k: v for k, v in options.items() if v is not None and v != ()}
+    _dispatch("testlog", **given)
+
+
+@cli.command("validate-config")
+@_common
+def validate_config(config_file: Path | None, log_level: str | None) -> None:
+    """Check the configuration (file, environment, defaults) and summarize it."""
+    loaded = _load(config_file, log_level)
+    _dispatch("validate-config", loaded.config, loaded.path)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = translate_rust_argv(args)
+    except click.UsageError as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    cli.main(args=args, prog_name="certlake")

@@ -1,0 +1,119 @@
+"""Finding and reading the configuration file: the I/O shell around `schema.parse_config`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+from certlake.config.schema import CONFIG_PATH_ENV, Config, ConfigError, parse_config
+
+# After `--config` and $CERTSTREAM_CONFIG; relative entries are looked up in the working directory.
+SEARCH_PATHS: Final = (Path("config.yaml"), Path("config.yml"), Path("/etc/certstream/config.yaml"))
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedConfig:
+    config: Config
+    path: Path | None  # the file that was read; None when only defaults and environment apply
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys, which plain YAML loading silently collapses."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    first_line: dict[Hashable, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # `<<: *anchor` keys may legitimately be overridden
+        key = loader.construct_object(key_node)
+        if not isinstance(key, Hashable):
+            continue  # construct_mapping below reports unhashable keys itself
+        if key in first_line:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"duplicate key {key!r} (first given on line {first_line[key]})",
+                key_node.start_mark,
+            )
+        first_line[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def find_config_file(
+    explicit: str | os.PathLike[str] | None,
+    environ: Mapping[str, str],
+    cwd: Path,
+    search: Sequence[Path] = SEARCH_PATHS,
+) -> Path | None:
+    """The file to read: `explicit`, else $CERTSTREAM_CONFIG, else the first existing `search` path.
+
+    A file named explicitly (flag or environment) must exist: falling back to defaults would
+    run with a configuration the operator did not write.
+    """
+    named = [("--config", explicit), (CONFIG_PATH_ENV, environ.get(CONFIG_PATH_ENV) or None)]
+    for how, value in named:
+        if value is None:
+            continue
+        path = cwd / Path(value)
+        if not path.is_file():
+            raise ConfigError([f"{how}: {str(value)!r} is not allowed; expected an existing file"])
+        return path
+    for candidate in search:
+        path = cwd / candidate
+        if path.is_file():
+            return path
+    return None
+
+
+def read_document(path: Path) -> object:
+    """The parsed YAML of `path` (None for an empty file)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"cannot read the file: {exc}"], str(path)) from exc
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"not valid YAML{where}: {problem}"], str(path)) from exc
+    except (ValueError, RecursionError) as exc:  # e.g. `2001-13-45` read as a date; deep nesting
+        raise ConfigError([f"not valid YAML: {exc}"], str(path)) from exc
+
+
+def _file_errors(config: Config, cwd: Path) -> list[str]:
+    errors = []
+    for key in ("tls_cert", "tls_key"):
+        value = getattr(config, key)
+        if value is not None and not (cwd / value).is_file():
+            errors.append(f"{key}: {value!r} is not allowed; expected an existing PEM file")
+    return errors
+
+
+def load_config(
+    explicit: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    search: Sequence[Path] = SEARCH_PATHS,
+) -> LoadedConfig:
+    """Find, read and validate the configuration; raises `ConfigError` on any problem."""
+    env = os.environ if environ is None else environ
+    base = Path.cwd() if cwd is None else cwd
+    path = find_config_file(explicit, env, base, search)
+    document = read_document(path) if path is not None else None
+    source = str(path) if path is not None else None
+    config = parse_config(document, env, source)
+    errors = _file_errors(config, base)
+    if errors:
+        raise ConfigError(errors, source)
+    return LoadedConfig(config, path)

@@ -1,0 +1,376 @@
+"""The test log's fault plan: which request gets which failure. Pure: no I/O, no clock.
+
+A fault is written `KIND[:OPTIONS]`, OPTIONS being comma-separated `key=value` pairs; a bare number
+is the probability. The same options are accepted as a JSON object by the admin endpoint.
+
+    429:0.1                      10% of requests get 429 with `Retry-After: 1`
+    429:n=3,retry_after=date+2   the next 3 requests get 429, Retry-After an HTTP date 2 s ahead
+    503:0.2,endpoint=get-entries 20% of get-entries requests get 503
+    502 / 504                    as 503
+    short:0.5,to=10              half the get-entries responses of more than 10 entries hold 10
+    short:1                      every get-entries response is cut to a random shorter length
+    slow:0.1,delay=2             10% of requests wait 2 s before answering
+    drop:n=1                     the next request: connection closed before any response
+                                 (aiohttp clients resend an idempotent request once after such a
+                                 close, so use n=2 to make one aiohttp request fail)
+    drop:mode=mid                headers and half the body sent, then the connection is closed
+    corrupt:at=5,at=17           entries 5 and 17 are served with garbage certificate bytes
+    corrupt:at=5,mode=framing    entry 5 is served truncated (its leaf / its data tile undecodable)
+
+Common options: `p` (probability, default 1), `n` (the fault fires at most n times, then expires),
+`endpoint=` and `log=` (repeatable) restrict the requests it applies to (the log list is reached
+only when named: `endpoint=log-list`). Endpoint names are `Endpoint` values (get-sth, get-entries,
+checkpoint, tile, data-tile, issuer, …). The random choices come from one `random.Random(seed)`,
+so a plan replays identically for the same request sequence.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from typing import TypeVar
+
+
+class FaultSpecError(ValueError):
+    """A fault description that cannot be understood."""
+
+
+class FaultKind(enum.Enum):
+    RATE_LIMITED = "429"
+    UNAVAILABLE = "503"
+    BAD_GATEWAY = "502"
+    GATEWAY_TIMEOUT = "504"
+    SHORT = "short"
+    SLOW = "slow"
+    DROP = "drop"
+    CORRUPT = "corrupt"
+
+
+class Endpoint(enum.Enum):
+    """Every read endpoint the test log serves; faults and statistics are keyed by these."""
+
+    GET_STH = "get-sth"
+    GET_ENTRIES = "get-entries"
+    GET_STH_CONSISTENCY = "get-sth-consistency"
+    GET_PROOF_BY_HASH = "get-proof-by-hash"
+    GET_ENTRY_AND_PROOF = "get-entry-and-proof"
+    GET_ROOTS = "get-roots"
+    CHECKPOINT = "checkpoint"
+    HASH_TILE = "tile"
+    DATA_TILE = "data-tile"
+    ISSUER = "issuer"
+    LOG_LIST = "log-list"
+
+
+class DropMode(enum.Enum):
+    BEFORE = "before"  # close the connection without sending anything
+    MID = "mid"  # send headers and part of the body, then close
+
+
+class CorruptMode(enum.Enum):
+    DER = "der"  # certificate bytes replaced by same-length garbage: framing intact
+    FRAMING = "framing"  # entry truncated: the leaf (or the whole data tile) does not decode
+
+
+_STATUS = {
+    FaultKind.RATE_LIMITED: 429,
+    FaultKind.UNAVAILABLE: 503,
+    FaultKind.BAD_GATEWAY: 502,
+    FaultKind.GATEWAY_TIMEOUT: 504,
+}
+_COMMON_KEYS = {"p", "n", "endpoint", "log"}
+_KIND_KEYS: dict[FaultKind, set[str]] = {
+    FaultKind.RATE_LIMITED: {"retry_after"},
+    FaultKind.UNAVAILABLE: {"retry_after"},
+    FaultKind.BAD_GATEWAY: set(),
+    FaultKind.GATEWAY_TIMEOUT: set(),
+    FaultKind.SHORT: {"to"},
+    FaultKind.SLOW: {"delay"},
+    FaultKind.DROP: {"mode"},
+    FaultKind.CORRUPT: {"at", "mode"},
+}
+_REPEATABLE = {"endpoint", "log", "at"}
+_MODES: dict[FaultKind, type[enum.Enum]] = {
+    FaultKind.DROP: DropMode,
+    FaultKind.CORRUPT: CorruptMode,
+}
+_M = TypeVar("_M", DropMode, CorruptMode)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryAfter:
+    """`Retry-After` as seconds, or as an HTTP date that many seconds after the request."""
+
+    seconds: int
+    as_date: bool = False
+
+    def header(self, now: float) -> str:
+        return formatdate(now + self.seconds, usegmt=True) if self.as_date else str(self.seconds)
+
+    def spec(self) -> str:
+        return f"date+{self.seconds}" if self.as_date else str(self.seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    kind: FaultKind
+    p: float = 1.0
+    n: int | None = None
+    endpoints: frozenset[Endpoint] = frozenset()
+    logs: frozenset[str] = frozenset()
+    retry_after: RetryAfter | None = None
+    delay: float = 1.0
+    short_to: int | None = None
+    drop_mode: DropMode = DropMode.BEFORE
+    corrupt_at: frozenset[int] = frozenset()
+    corrupt_mode: CorruptMode = CorruptMode.DER
+
+    def applies(self, endpoint: Endpoint, log: str | None) -> bool:
+        # The log list stands in for gstatic.com, which does not rate-limit: faults reach it only
+        # when named explicitly.
+        if endpoint not in self.endpoints and (self.endpoints or endpoint is Endpoint.LOG_LIST):
+            return False
+        if self.kind is FaultKind.SHORT and endpoint is not Endpoint.GET_ENTRIES:
+            return False
+        return not self.logs or log in self.logs
+
+    def to_json(self) -> dict[str, object]:
+        """The option form `from_options` reads back (the admin endpoint's GET answer)."""
+        out: dict[str, object] = {"kind": self.kind.value, "p": self.p}
+        if self.n is not None:
+            out["n"] = self.n
+        if self.endpoints:
+            out["endpoint"] = sorted(e.value for e in self.endpoints)
+        if self.logs:
+            out["log"] = sorted(self.logs)
+        if self.retry_after is not None:
+            out["retry_after"] = self.retry_after.spec()
+        if self.kind is FaultKind.SLOW:
+            out["delay"] = self.delay
+        if self.short_to is not None:
+            out["to"] = self.short_to
+        if self.kind is FaultKind.DROP:
+            out["mode"] = self.drop_mode.value
+        if self.kind is FaultKind.CORRUPT:
+            out["at"] = sorted(self.corrupt_at)
+            out["mode"] = self.corrupt_mode.value
+        return out
+
+    @classmethod
+    def from_spec(cls, spec: str) -> Fault:
+        """Parse `KIND[:OPTIONS]` (module docstring)."""
+        kind, _, rest = spec.strip().partition(":")
+        options: dict[str, list[str]] = {}
+        for token in filter(None, (t.strip() for t in rest.split(","))):
+            key, eq, value = token.partition("=")
+            if not eq:
+                key, value = "p", token
+            options.setdefault(key.strip(), []).append(value.strip())
+        return cls.from_options(kind, options)
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, object]) -> Fault:
+        """Parse the JSON object form: `{"kind": "429", "p": 0.1, "at": [5, 17], ...}`."""
+        options: dict[str, list[str]] = {}
+        for key, value in obj.items():
+            if key == "kind":
+                continue
+            values = value if isinstance(value, list) else [value]
+            options[key] = [str(v) for v in values]
+        return cls.from_options(str(obj.get("kind", "")), options)
+
+    @classmethod
+    def from_options(cls, kind_text: str, options: Mapping[str, Sequence[str]]) -> Fault:
+        try:
+            kind = FaultKind(kind_text)
+        except ValueError:
+            allowed = ", ".join(k.value for k in FaultKind)
+            raise FaultSpecError(f"unknown fault kind {kind_text!r} (allowed: {allowed})") from None
+        allowed_keys = _COMMON_KEYS | _KIND_KEYS[kind]
+        for key, values in options.items():
+            if key not in allowed_keys:
+                raise FaultSpecError(
+                    f"fault {kind.value}: unknown option {key!r} "
+                    f"(allowed: {', '.join(sorted(allowed_keys))})"
+                )
+            if len(values) > 1 and key not in _REPEATABLE:
+                raise FaultSpecError(f"fault {kind.value}: option {key!r} given twice")
+
+        def one(key: str) -> str | None:
+            values = options.get(key)
+            return values[0] if values else None
+
+        p = _parse_float(kind, "p", one("p"), 1.0)
+        if not 0.0 <= p <= 1.0:
+            raise FaultSpecError(f"fault {kind.value}: p={p} outside 0..1")
+        n = _parse_int(kind, "n", one("n"), minimum=1)
+        endpoints = frozenset(_parse_endpoint(kind, e) for e in options.get("endpoint", ()))
+        retry_after = None
+        if kind is FaultKind.RATE_LIMITED or one("retry_after") is not None:
+            retry_after = _parse_retry_after(kind, one("retry_after") or "1")
+        delay = _parse_float(kind, "delay", one("delay"), 1.0)
+        if delay < 0:
+            raise FaultSpecError(f"fault {kind.value}: negative delay {delay}")
+        at = frozenset(_parse_int(kind, "at", a, minimum=0) or 0 for a in options.get("at", ()))
+        if kind is FaultKind.CORRUPT and not at:
+            raise FaultSpecError("fault corrupt: needs at least one at=INDEX")
+        mode = one("mode")
+        drop_mode = _parse_mode(kind, DropMode, mode, DropMode.BEFORE)
+        corrupt_mode = _parse_mode(kind, CorruptMode, mode, CorruptMode.DER)
+        return cls(
+            kind=kind,
+            p=p,
+            n=n,
+            endpoints=endpoints,
+            logs=frozenset(options.get("log", ())),
+            retry_after=retry_after,
+            delay=delay,
+            short_to=_parse_int(kind, "to", one("to"), minimum=1),
+            drop_mode=drop_mode,
+            corrupt_at=at,
+            corrupt_mode=corrupt_mode,
+        )
+
+
+def _parse_float(kind: FaultKind, key: str, text: str | None, default: float) -> float:
+    if text is None:
+        return default
+    try:
+        return float(text)
+    except ValueError:
+        raise FaultSpecError(f"fault {kind.value}: {key}={text!r} is not a number") from None
+
+
+def _parse_int(kind: FaultKind, key: str, text: str | None, minimum: int) -> int | None:
+    if text is None:
+        return None
+    if not (text.isascii() and text.isdigit()) or int(text) < minimum:
+        raise FaultSpecError(f"fault {kind.value}: {key}={text!r} is not an integer >= {minimum}")
+    return int(text)
+
+
+def _parse_mode(kind: FaultKind, modes: type[_M], text: str | None, default: _M) -> _M:
+    if text is None or modes is not _MODES.get(kind):
+        return default
+    try:
+        return modes(text)
+    except ValueError:
+        allowed = ", ".join(str(m.value) for m in modes)
+        raise FaultSpecError(
+            f"fault {kind.value}: unknown mode {text!r} (allowed: {allowed})"
+        ) from None
+
+
+def _parse_endpoint(kind: FaultKind, text: str) -> Endpoint:
+    try:
+        return Endpoint(text)
+    except ValueError:
+        allowed = ", ".join(e.value for e in Endpoint)
+        raise FaultSpecError(
+            f"fault {kind.value}: unknown endpoint {text!r} (allowed: {allowed})"
+        ) from None
+
+
+def _parse_retry_after(kind: FaultKind, text: str) -> RetryAfter:
+    if text == "date":
+        return RetryAfter(1, as_date=True)
+    as_date = text.startswith("date+")
+    seconds = _parse_int(kind, "retry_after", text.removeprefix("date+"), minimum=0)
+    assert seconds is not None  # text is never empty here
+    return RetryAfter(seconds, as_date)
+
+
+@dataclass(slots=True)
+class Action:
+    """What to do to one request. `fired` lists every fault that triggered, for the statistics."""
+
+    status: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    drop: DropMode | None = None
+    entries: int | None = None  # get-entries: serve only this many
+    fired: list[FaultKind] = field(default_factory=list)
+
+
+class FaultPlan:
+    """The active faults and their remaining counts; `decide` is called once per request."""
+
+    def __init__(self, faults: Sequence[Fault] = (), seed: int = 0) -> None:
+        self._rng = random.Random(seed)
+        self.seed = seed
+        self._faults: list[Fault] = []
+        self._remaining: list[int | None] = []
+        self.replace(faults)
+
+    @property
+    def faults(self) -> list[Fault]:
+        return list(self._faults)
+
+    def replace(self, faults: Sequence[Fault], seed: int | None = None) -> None:
+        if seed is not None:
+            self.seed = seed
+            self._rng = random.Random(seed)
+        self._faults = list(faults)
+        self._remaining = [f.n for f in self._faults]
+
+    def add(self, faults: Sequence[Fault]) -> None:
+        self._faults.extend(faults)
+        self._remaining.extend(f.n for f in faults)
+
+    def to_json(self) -> dict[str, object]:
+        live = [
+            {**f.to_json(), **({"remaining": r} if r is not None else {})}
+            for f, r in zip(self._faults, self._remaining, strict=True)
+        ]
+        return {"seed": self.seed, "faults": live}
+
+    def decide(
+        self, endpoint: Endpoint, log: str | None, now: float, batch: int | None = None
+    ) -> Action:
+        """Roll every applicable fault for one request at wall-clock time `now`.
+
+        The first status or drop fault that fires ends the roll (one response can carry one
+        status); delays add up; `short` needs `batch`, the number of entries the response would
+        hold, and fires only when it can actually take entries away (batch > its `to`, or >= 2).
+        """
+        action = Action()
+        for i, fault in enumerate(self._faults):
+            if fault.kind is FaultKind.CORRUPT or self._remaining[i] == 0:
+                continue
+            if not fault.applies(endpoint, log):
+                continue
+            if fault.kind is FaultKind.SHORT:
+                limit = action.entries if action.entries is not None else batch
+                if limit is None or limit <= (fault.short_to or 1):
+                    continue
+            if fault.p < 1.0 and self._rng.random() >= fault.p:
+                continue
+            remaining = self._remaining[i]
+            if remaining is not None:
+                self._remaining[i] = remaining - 1
+            action.fired.append(fault.kind)
+            if fault.kind is FaultKind.SLOW:
+                action.delay += fault.delay
+            elif fault.kind is FaultKind.SHORT:
+                assert limit is not None
+                action.entries = fault.short_to or self._rng.randint(1, limit - 1)
+            elif fault.kind is FaultKind.DROP:
+                action.drop = fault.drop_mode
+                return action
+            else:
+                action.status = _STATUS[fault.kind]
+                if fault.retry_after is not None:
+                    action.headers["Retry-After"] = fault.retry_after.header(now)
+                return action
+        return action
+
+    def corruption(self, log: str) -> dict[int, CorruptMode]:
+        """Indices of `log` to serve corrupted, and how; the last fault naming an index wins."""
+        out: dict[int, CorruptMode] = {}
+        for fault in self._faults:
+            if fault.kind is FaultKind.CORRUPT and (not fault.logs or log in fault.logs):
+                out.update(dict.fromkeys(fault.corrupt_at, fault.corrupt_mode))
+        return out

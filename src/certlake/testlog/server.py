@@ -1,0 +1,587 @@
+"""The test log's HTTP server: a thin aiohttp shell over `TestLog`, `FaultPlan` and the log list.
+
+URL layout, for a server at BASE hosting an RFC 6962 log `rfc6962` and a static log `static`:
+
+    BASE/log_list.json                       v3 log list describing every hosted log
+    BASE/rfc6962/ct/v1/get-sth               … get-entries, get-sth-consistency,
+                                             get-proof-by-hash, get-entry-and-proof, get-roots
+    BASE/static/                             submission prefix (checkpoint origin), get-roots
+    BASE/static/mon/checkpoint               monitoring prefix: checkpoint, tile/…, issuer/…
+    BASE/admin/faults                        GET the plan, POST {"faults": [...], "seed", "append"},
+                                             DELETE to clear
+    BASE/admin/grow?n=N[&log=NAME…]          add N entries now (to every log unless named)
+    BASE/admin/stats                         requests per endpoint and log, faults injected
+
+Sequencing: entries added by the background growth task become visible at the next sequencing
+tick (`sequence_interval`, 1 s by default, like Sunlight; 0 publishes at once); entries added
+with `grow()` or `/admin/grow` are published immediately, so tests need not wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any
+
+import orjson
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from certlake.ct.entry import LogKind
+from certlake.ct.signing import LogSigner
+from certlake.ct.tile import TILE_WIDTH, parse_tile_path
+from certlake.testlog.faults import (
+    Action,
+    CorruptMode,
+    DropMode,
+    Endpoint,
+    Fault,
+    FaultKind,
+    FaultPlan,
+    FaultSpecError,
+)
+from certlake.testlog.log import LoggedCert, RequestError, TestLog, TileNotFound, get_entries_range
+from certlake.testlog.loglist import ListedLog, log_list
+from certlake.testlog.pool import DEFAULT_POOL_SIZE, CertPool
+
+MONITORING = "mon"
+# Trillian's default cap (reference/ct-protocols.md §1.2).
+DEFAULT_BATCH_CAP = 1000
+GROWTH_TICK = 0.05
+_P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+_IMMUTABLE = "public, max-age=604800, immutable"
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    name: str
+    kind: LogKind
+
+
+DEFAULT_LOGS = (LogConfig("rfc6962", LogKind.RFC6962), LogConfig("static", LogKind.STATIC))
+
+
+@dataclass(slots=True)
+class Stats:
+    """What the server did, so tests can assert that a fault really happened."""
+
+    requests: Counter[Endpoint] = field(default_factory=Counter)
+    requests_by_log: dict[str, Counter[Endpoint]] = field(default_factory=dict)
+    faults: Counter[FaultKind] = field(default_factory=Counter)
+    entries_served: int = 0
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "requests": {e.value: n for e, n in self.requests.items()},
+            "requests_by_log": {
+                log: {e.value: n for e, n in c.items()} for log, c in self.requests_by_log.items()
+            },
+            "faults": {k.value: n for k, n in self.faults.items()},
+            "entries_served": self.entries_served,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    body: bytes
+    status: int = 200
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _json(obj: object) -> Reply:
+    return Reply(orjson.dumps(obj))
+
+
+def _text(text: str, status: int) -> Reply:
+    return Reply(text.encode(), status, "text/plain; charset=utf-8")
+
+
+def seeded_signer(seed: int, name: str) -> LogSigner:
+    """The log's P-256 key, derived from the seed so that a seed names a stable log list."""
+    digest = hashlib.sha256(f"certlake-testlog/{seed}/{name}".encode()).digest()
+    scalar = int.from_bytes(digest, "big") % (_P256_ORDER - 1) + 1
+    return LogSigner(ec.derive_private_key(scalar, ec.SECP256R1()))
+
+
+def _uint_param(request: web.Request, name: str) -> int:
+    text = request.query.get(name)
+    if text is None or not (text.isascii() and text.isdigit()):
+        raise RequestError(f"parameter {name} must be a non-negative integer, got {text!r}")
+    return int(text)
+
+
+class TestLogServer:
+    """A real CT log server on a loopback port, hosting one or more logs; see the module doc.
+
+    Use as `async with TestLogServer(initial_size=1000) as srv:` and read `srv.rfc6962_url`,
+    `srv.static_url`, `srv.log_list_url`; `srv.grow(n)` adds entries, `srv.faults` is the live
+    fault plan and `srv.stats` what happened.
+    """
+
+    __test__ = False
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        seed: int = 0,
+        initial_size: int = 0,
+        rate: float = 0.0,
+        batch_cap: int = DEFAULT_BATCH_CAP,
+        align: bool = False,
+        faults: Sequence[Fault] = (),
+        logs: Sequence[LogConfig] = DEFAULT_LOGS,
+        sequence_interval: float = 1.0,
+        pool_size: int = DEFAULT_POOL_SIZE,
+    ) -> None:
+        if batch_cap < 1:
+            raise ValueError(f"batch_cap must be >= 1, got {batch_cap}")
+        if rate < 0 or initial_size < 0 or sequence_interval < 0:
+            raise ValueError("rate, initial_size and sequence_interval must be >= 0")
+        names = [c.name for c in logs]
+        if not logs or len(set(names)) != len(names) or "admin" in names:
+            raise ValueError(f"log names must be unique, non-empty and not 'admin': {names}")
+        self.host = host
+        self.port = port
+        self.seed = seed
+        self.initial_size = initial_size
+        self.rate = rate
+        self.batch_cap = batch_cap
+        self.align = align
+        self.sequence_interval = sequence_interval
+        self.faults = FaultPlan(faults, seed)
+        self.stats = Stats()
+        self.pool = CertPool(seed, pool_size)
+        self._configs = tuple(logs)
+        self.logs: dict[str, TestLog] = {}
+        self._runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._log_list = b""
+        self.base_url = ""
+
+    # --- URLs ---------------------------------------------------------------------------------
+
+    def log_url(self, name: str) -> str:
+        """The log's identity URL: RFC 6962 API base, or static monitoring prefix (no '/')."""
+        log = self.logs[name]
+        suffix = f"/{MONITORING}" if log.kind is LogKind.STATIC else ""
+        return f"{self.base_url}/{name}{suffix}"
+
+    def _first(self, kind: LogKind) -> str:
+        for name, log in self.logs.items():
+            if log.kind is kind:
+                return self.log_url(name)
+        raise LookupError(f"no {kind.value} log on this server")
+
+    @property
+    def rfc6962_url(self) -> str:
+        return self._first(LogKind.RFC6962)
+
+    @property
+    def static_url(self) -> str:
+        return self._first(LogKind.STATIC)
+
+    @property
+    def log_list_url(self) -> str:
+        return f"{self.base_url}/log_list.json"
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> TestLogServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        app = web.Application()
+        self._routes(app)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port)
+        await site.start()
+        self._runner = runner
+        # The origin names the real port, so the logs are created once the socket is bound.
+        self.port = int(runner.addresses[0][1])
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.base_url = f"http://{host}:{self.port}"
+        listed = []
+        for cfg in self._configs:
+            signer = seeded_signer(self.seed, cfg.name)
+            submission = f"{self.base_url}/{cfg.name}/"
+            origin = submission.removeprefix("http://").rstrip("/")
+            self.logs[cfg.name] = TestLog(cfg.name, cfg.kind, signer, origin)
+            listed.append(
+                ListedLog(
+                    description=f"certlake test log {cfg.name} ({cfg.kind.value})",
+                    kind=cfg.kind,
+                    public_key_der=signer.public_key_der,
+                    url=submission,
+                    monitoring_url=f"{submission}{MONITORING}/",
+                )
+            )
+        self._log_list = orjson.dumps(log_list(listed, datetime.now(UTC)))
+        self.grow(self.initial_size)
+        if self.rate > 0:
+            self._tasks.append(asyncio.create_task(self._grow_forever()))
+        if self.sequence_interval > 0:
+            self._tasks.append(asyncio.create_task(self._sequence_forever()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # --- growth -------------------------------------------------------------------------------
+
+    def add(self, certs: Iterable[LoggedCert], logs: Sequence[str] | None = None) -> None:
+        """Log each certificate in every named log (all by default) and publish at once.
+
+        The same certificate in several logs is what real CAs do (two or more SCTs); the
+        entries get the same timestamp in each.
+        """
+        self._append(list(certs), logs)
+        self.publish()
+
+    def grow(self, n: int, logs: Sequence[str] | None = None) -> None:
+        """Add `n` new certificates from the pool to every named log, published at once."""
+        self.add(self.pool.take(n), logs)
+
+    def _append(self, certs: list[LoggedCert], logs: Sequence[str] | None) -> None:
+        targets = [self.logs[name] for name in (self.logs if logs is None else logs)]
+        if not certs or not targets:
+            return
+        # Timestamps strictly increase within a log and stay in the past when many entries are
+        # added at once, so a recycled pool certificate never repeats a leaf hash.
+        now_ms = int(time.time() * 1000)
+        first = max(now_ms - len(certs) + 1, max(t.last_timestamp for t in targets) + 1)
+        for i, cert in enumerate(certs):
+            for log in targets:
+                log.append(cert, first + i)
+
+    def publish(self) -> None:
+        now_ms = int(time.time() * 1000)
+        for log in self.logs.values():
+            log.publish(now_ms)
+
+    async def _grow_forever(self) -> None:
+        started, produced = time.monotonic(), 0
+        while True:
+            await asyncio.sleep(GROWTH_TICK)
+            due = int((time.monotonic() - started) * self.rate) - produced
+            if due > 0:
+                self._append(self.pool.take(due), None)
+                produced += due
+                if self.sequence_interval == 0:
+                    self.publish()
+
+    async def _sequence_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.sequence_interval)
+            self.publish()
+
+    # --- HTTP ---------------------------------------------------------------------------------
+
+    def _routes(self, app: web.Application) -> None:
+        # Registration order matters: the fixed paths must win over the `{log}` patterns.
+        app.router.add_get("/log_list.json", self._log_list_handler)
+        app.router.add_get("/admin/faults", self._faults_get)
+        app.router.add_post("/admin/faults", self._faults_post)
+        app.router.add_delete("/admin/faults", self._faults_delete)
+        app.router.add_post("/admin/grow", self._grow_handler)
+        app.router.add_get("/admin/stats", self._stats_handler)
+        app.router.add_get("/{log}/ct/v1/{method}", self._rfc6962_handler)
+        app.router.add_get(f"/{{log}}/{MONITORING}/checkpoint", self._checkpoint_handler)
+        app.router.add_get(f"/{{log}}/{MONITORING}/tile/{{path:.+}}", self._tile_handler)
+        app.router.add_get(f"/{{log}}/{MONITORING}/issuer/{{fp}}", self._issuer_handler)
+
+    async def _respond(
+        self,
+        request: web.Request,
+        endpoint: Endpoint,
+        log: str | None,
+        make: Callable[[Action], Reply],
+        batch: int | None = None,
+    ) -> web.StreamResponse:
+        """Count the request, roll the faults, then answer (or fail, or hang up)."""
+        self.stats.requests[endpoint] += 1
+        if log is not None:
+            self.stats.requests_by_log.setdefault(log, Counter())[endpoint] += 1
+        action = self.faults.decide(endpoint, log, time.time(), batch)
+        self.stats.faults.update(action.fired)
+        if action.delay:
+            await asyncio.sleep(action.delay)
+        if action.drop is DropMode.BEFORE:
+            _hang_up(request)
+            return web.Response()
+        if action.status is not None:
+            reply = _text(f"injected fault: {action.status}\n", action.status)
+            reply.headers.update(action.headers)
+        else:
+            try:
+                reply = make(action)
+            except RequestError as e:
+                reply = _text(f"{e}\n", 400)
+            except TileNotFound as e:
+                reply = _text(f"{e}\n", 404)
+        if action.drop is DropMode.MID:
+            resp = web.StreamResponse(status=reply.status, headers=reply.headers)
+            resp.content_type = reply.content_type
+            resp.content_length = len(reply.body)
+            await resp.prepare(request)
+            await resp.write(reply.body[: len(reply.body) // 2])
+            _hang_up(request)
+            return resp
+        return web.Response(
+            body=reply.body,
+            status=reply.status,
+            headers={"Content-Type": reply.content_type, **reply.headers},
+        )
+
+    def _log(self, request: web.Request, kind: LogKind | None = None) -> TestLog:
+        log = self.logs.get(request.match_info["log"])
+        if log is None or (kind is not None and log.kind is not kind):
+            raise web.HTTPNotFound(text="no such log\n")
+        return log
+
+    async def _log_list_handler(self, request: web.Request) -> web.StreamResponse:
+        return await self._respond(
+            request, Endpoint.LOG_LIST, None, lambda _: Reply(self._log_list)
+        )
+
+    async def _rfc6962_handler(self, request: web.Request) -> web.StreamResponse:
+        method = request.match_info["method"]
+        log = self._log(request)
+        if method == "get-roots":
+            roots = [base64.b64encode(r).decode() for r in log.roots]
+            return await self._respond(
+                request, Endpoint.GET_ROOTS, log.name, lambda _: _json({"certificates": roots})
+            )
+        if log.kind is not LogKind.RFC6962:
+            # Static logs answer only submission endpoints under their submission prefix.
+            raise web.HTTPNotFound(text="static-ct-api log: read the monitoring prefix\n")
+        if method == "get-entries":
+            return await self._get_entries(request, log)
+        handlers: dict[str, tuple[Endpoint, Callable[[], object]]] = {
+            "get-sth": (Endpoint.GET_STH, lambda: self._sth(log)),
+            "get-sth-consistency": (
+                Endpoint.GET_STH_CONSISTENCY,
+                lambda: log.consistency(
+                    _uint_param(request, "first"), _uint_param(request, "second")
+                ),
+            ),
+            "get-proof-by-hash": (
+                Endpoint.GET_PROOF_BY_HASH,
+                lambda: log.proof_by_hash(_hash_param(request), _uint_param(request, "tree_size")),
+            ),
+            "get-entry-and-proof": (
+                Endpoint.GET_ENTRY_AND_PROOF,
+                lambda: self._entry_and_proof(request, log),
+            ),
+        }
+        if method not in handlers:
+            raise web.HTTPNotFound(text=f"unknown method {method}\n")
+        endpoint, produce = handlers[method]
+        return await self._respond(request, endpoint, log.name, lambda _: _json(produce()))
+
+    def _sth(self, log: TestLog) -> dict[str, Any]:
+        if log.head is None:
+            raise RequestError("no tree head published yet")
+        return log.head.sth.to_json()
+
+    def _entry_and_proof(self, request: web.Request, log: TestLog) -> dict[str, object]:
+        index = _uint_param(request, "leaf_index")
+        corrupt = self.faults.corruption(log.name)
+        answer = log.entry_and_proof(index, _uint_param(request, "tree_size"), corrupt)
+        self._count_served(range(index, index + 1), corrupt)
+        return answer
+
+    async def _get_entries(self, request: web.Request, log: TestLog) -> web.StreamResponse:
+        try:
+            indices: range | RequestError = get_entries_range(
+                _uint_param(request, "start"),
+                _uint_param(request, "end"),
+                log.published_size,
+                self.batch_cap,
+                self.align,
+            )
+        except RequestError as e:
+            indices = e
+
+        def make(action: Action) -> Reply:
+            if isinstance(indices, RequestError):
+                raise indices
+            served = indices if action.entries is None else indices[: action.entries]
+            corrupt = self.faults.corruption(log.name)
+            self._count_served(served, corrupt)
+            return Reply(log.get_entries_body(served, corrupt))
+
+        batch = None if isinstance(indices, RequestError) else len(indices)
+        return await self._respond(request, Endpoint.GET_ENTRIES, log.name, make, batch)
+
+    def _count_served(self, indices: range, corrupt: Mapping[int, CorruptMode]) -> None:
+        self.stats.entries_served += len(indices)
+        hit = sum(1 for i in corrupt if i in indices)
+        if hit:
+            self.stats.faults[FaultKind.CORRUPT] += hit
+
+    async def _checkpoint_handler(self, request: web.Request) -> web.StreamResponse:
+        log = self._log(request, LogKind.STATIC)
+
+        def make(_: Action) -> Reply:
+            if log.head is None:
+                raise TileNotFound("no checkpoint published yet")
+            return Reply(
+                log.head.checkpoint,
+                content_type="text/plain; charset=utf-8",
+                headers={"Cache-Control": "no-store"},
+            )
+
+        return await self._respond(request, Endpoint.CHECKPOINT, log.name, make)
+
+    async def _tile_handler(self, request: web.Request) -> web.StreamResponse:
+        log = self._log(request, LogKind.STATIC)
+        level_text, _, rest = request.match_info["path"].partition("/")
+        endpoint = Endpoint.DATA_TILE if level_text == "data" else Endpoint.HASH_TILE
+
+        def make(_: Action) -> Reply:
+            try:
+                n, width = parse_tile_path(rest)
+            except ValueError as e:
+                raise TileNotFound(f"bad tile path: {e}") from e
+            if endpoint is Endpoint.DATA_TILE:
+                corrupt = self.faults.corruption(log.name)
+                body = log.data_tile_gz(n, width, corrupt)
+                self._count_served(range(n * TILE_WIDTH, n * TILE_WIDTH + width), corrupt)
+                return Reply(
+                    body,
+                    content_type="application/octet-stream",
+                    headers={"Content-Encoding": "gzip", "Cache-Control": _IMMUTABLE},
+                )
+            if not level_text.isdigit():
+                raise TileNotFound(f"bad tile level {level_text!r}")
+            return Reply(
+                log.hash_tile(int(level_text), n, width),
+                content_type="application/octet-stream",
+                headers={"Cache-Control": _IMMUTABLE},
+            )
+
+        return await self._respond(request, endpoint, log.name, make)
+
+    async def _issuer_handler(self, request: web.Request) -> web.StreamResponse:
+        log = self._log(request, LogKind.STATIC)
+        fp = request.match_info["fp"]
+
+        def make(_: Action) -> Reply:
+            der = log.issuers.get(fp)
+            if der is None:
+                raise TileNotFound(f"no issuer {fp}")
+            return Reply(
+                der, content_type="application/pkix-cert", headers={"Cache-Control": _IMMUTABLE}
+            )
+
+        return await self._respond(request, Endpoint.ISSUER, log.name, make)
+
+    # --- admin --------------------------------------------------------------------------------
+
+    async def _faults_get(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(self.faults.to_json(), dumps=_dumps)
+
+    async def _faults_post(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = await request.json(loads=orjson.loads)
+            if not isinstance(body, dict) or not isinstance(body.get("faults", []), list):
+                raise FaultSpecError('expected {"faults": [...], "seed": N, "append": false}')
+            faults = [
+                Fault.from_spec(f) if isinstance(f, str) else Fault.from_json(_object(f))
+                for f in body.get("faults", [])
+            ]
+            seed = body.get("seed")
+            if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+                raise FaultSpecError(f"seed must be an integer, got {seed!r}")
+        except (FaultSpecError, orjson.JSONDecodeError) as e:
+            return web.json_response({"error": str(e)}, status=400, dumps=_dumps)
+        if body.get("append"):
+            self.faults.add(faults)
+        else:
+            self.faults.replace(faults, seed)
+        return web.json_response(self.faults.to_json(), dumps=_dumps)
+
+    async def _faults_delete(self, request: web.Request) -> web.StreamResponse:
+        self.faults.replace([])
+        return web.json_response(self.faults.to_json(), dumps=_dumps)
+
+    async def _grow_handler(self, request: web.Request) -> web.StreamResponse:
+        try:
+            n = _uint_param(request, "n")
+        except RequestError as e:
+            return web.json_response({"error": str(e)}, status=400, dumps=_dumps)
+        names = request.query.getall("log", [])
+        unknown = [name for name in names if name not in self.logs]
+        if unknown:
+            return web.json_response({"error": f"unknown logs {unknown}"}, status=404)
+        self.grow(n, names or None)
+        return web.json_response(self._sizes(), dumps=_dumps)
+
+    async def _stats_handler(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response({**self.stats.to_json(), "logs": self._sizes()}, dumps=_dumps)
+
+    def _sizes(self) -> dict[str, object]:
+        return {
+            name: {
+                "kind": log.kind.value,
+                "url": self.log_url(name),
+                "tree_size": log.size,
+                "published_size": log.published_size,
+            }
+            for name, log in self.logs.items()
+        }
+
+
+def _hang_up(request: web.Request) -> None:
+    if request.transport is not None:
+        request.transport.close()
+
+
+def _hash_param(request: web.Request) -> bytes:
+    text = request.query.get("hash", "")
+    try:
+        value = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError(f"hash is not base64: {text!r:.60}") from None
+    if len(value) != 32:
+        raise RequestError(f"hash must be 32 bytes, got {len(value)}")
+    return value
+
+
+def _object(value: object) -> dict[str, object]:
+    if not isinstance(value, dict):
+        raise FaultSpecError(f"a fault is a spec string or an object, got {value!r:.60}")
+    return value
+
+
+def _dumps(obj: object) -> str:
+    return orjson.dumps(obj).decode()

@@ -1,0 +1,520 @@
+"""Configuration: schema defaults, validation messages, environment overrides, file lookup."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from certlake.config import (
+    DEFAULT_CT_LOGS_URL,
+    ENV_VARS,
+    Config,
+    ConfigError,
+    S3StorageConfig,
+    find_config_file,
+    load_config,
+    parse_config,
+    read_document,
+    s3_storage_options,
+    table_path_problem,
+)
+
+# A config.yaml as certstream-server-rust's operators write it (its key names and sections,
+# including one certlake has no equivalent for, switched off).
+RUST_STYLE_YAML = """\
+host: "0.0.0.0"
+port: 8080
+log_level: "info"
+buffer_size: 1000
+protocols:
+  websocket: true
+  sse: false
+  metrics: true
+  health: true
+  example_json: true
+  api: false
+ct_log:
+  retry_max_attempts: 3
+  retry_initial_delay_ms: 1000
+  retry_max_delay_ms: 30000
+  request_timeout_secs: 30
+  healthy_threshold: 2
+  unhealthy_threshold: 5
+  health_check_interval_secs: 60
+  state_file: "certstream_state.json"
+  batch_size: 256
+  poll_interval_ms: 1000
+connection_limit:
+  enabled: false
+  max_connections: 10000
+  per_ip_limit: null
+rate_limit:
+  enabled: false
+auth:
+  enabled: false
+  tokens: []
+  header_name: "Authorization"
+hot_reload:
+  enabled: false
+  watch_path: null
+custom_logs: []
+static_logs:
+  - name: "Let's Encrypt 'Sycamore' 2026h1"
+    url: "https://mon.sycamore.ct.letsencrypt.org/2026h1/"
+delta_sink:
+  enabled: true
+  table_path: "s3://ct-archive/certstream"
+  batch_size: 10000
+  flush_interval_secs: 30
+  compression_level: 9
+storage:
+  s3:
+    endpoint: "https://fly.storage.tigris.dev"
+    region: "auto"
+    access_key_id: "tid_example"
+    secret_access_key: "tsec_example"
+"""
+
+
+def errors_of(document: object, environ: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(document, environ or {})
+    return list(info.value.errors)
+
+
+def test_defaults_are_the_specified_ones() -> None:
+    cfg = parse_config(None, {})
+    assert (cfg.host, cfg.port, cfg.log_level) == ("0.0.0.0", 8080, "info")
+    assert cfg.ct_logs_url == DEFAULT_CT_LOGS_URL
+    assert cfg.ct_log.state_file == "certstream_state.json"
+    assert cfg.ct_log.batch_size == 256
+    sink = cfg.delta_sink
+    assert (sink.enabled, sink.table_path, sink.batch_size, sink.flush_interval_secs) == (
+        False,
+        "./data/certstream",
+        10000,
+        30,
+    )
+    assert cfg.custom_logs == () and cfg.static_logs == ()
+    assert not (cfg.auth.enabled or cfg.rate_limit.enabled or cfg.connection_limit.enabled)
+
+
+def test_config_is_frozen() -> None:
+    cfg = parse_config(None, {})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.port = 1  # type: ignore[misc]
+
+
+def test_rust_style_file_loads() -> None:
+    cfg = parse_config(yaml.safe_load(RUST_STYLE_YAML), {})
+    assert cfg.protocols.sse is False and cfg.protocols.api is False
+    assert cfg.delta_sink.enabled and cfg.delta_sink.table_path == "s3://ct-archive/certstream"
+    (log,) = cfg.static_logs
+    assert log.name == "Let's Encrypt 'Sycamore' 2026h1"
+    assert log.url == "https://mon.sycamore.ct.letsencrypt.org/2026h1"
+    assert cfg.storage.s3.region == "auto"
+
+
+def test_log_urls_are_normalized_like_the_state_keys() -> None:
+    cfg = parse_config({"custom_logs": [{"name": "A", "url": "ct.example.com/2025h2/"}]}, {})
+    assert cfg.custom_logs[0].url == "https://ct.example.com/2025h2"
+
+
+def test_log_level_is_case_insensitive() -> None:
+    assert parse_config({"log_level": "WARN"}, {}).log_level == "warn"
+
+
+# --- one test per kind of message ----------------------------------------------------------------
+
+
+def test_wrong_type_names_key_value_and_allowed() -> None:
+    assert errors_of({"port": "http"}) == [
+        "port: 'http' is not allowed; expected an integer from 0 to 65535"
+    ]
+    assert errors_of({"ct_log": {"retry_max_attempts": True}}) == [
+        "ct_log.retry_max_attempts: true is not allowed; expected an integer >= 1"
+    ]
+    assert errors_of({"protocols": {"sse": "yes"}}) == [
+        "protocols.sse: 'yes' is not allowed; expected true or false"
+    ]
+
+
+def test_out_of_range() -> None:
+    assert errors_of({"delta_sink": {"compression_level": 23}}) == [
+        "delta_sink.compression_level: 23 is not allowed; expected an integer from 1 to 22"
+    ]
+    assert errors_of({"rate_limit": {"free_refill_rate": 0}}) == [
+        "rate_limit.free_refill_rate: 0 is not allowed; expected a number > 0"
+    ]
+    assert errors_of({"connection_limit": {"per_ip_limit": 0}}) == [
+        "connection_limit.per_ip_limit: 0 is not allowed; expected an integer >= 1, or null"
+    ]
+
+
+def test_choices() -> None:
+    assert errors_of({"log_format": "xml"}) == [
+        "log_format: 'xml' is not allowed; expected one of text, json"
+    ]
+    (message,) = errors_of({"log_level": "verbose"})
+    assert message.startswith("log_level: 'verbose' is not allowed; expected one of trace, debug")
+
+
+def test_unknown_key_with_suggestion() -> None:
+    (message,) = errors_of({"delta_sink": {"tabel_path": "x"}})
+    assert message.startswith("delta_sink.tabel_path: unknown key; did you mean 'table_path'?")
+    assert "allowed here: enabled, table_path, batch_size" in message
+
+
+def test_unknown_key_without_suggestion() -> None:
+    (message,) = errors_of({"zzz": 1})
+    assert message.startswith("zzz: unknown key; (allowed here: host, port")
+
+
+def test_section_must_be_a_mapping() -> None:
+    assert errors_of({"ct_log": [1, 2]}) == [
+        "ct_log: a list is not allowed; expected a mapping of CtLogConfig keys"
+    ]
+    assert errors_of(["port", 1]) == [
+        "configuration: the configuration file must be a YAML mapping of keys"
+    ]
+
+
+def test_log_entries_need_name_and_url() -> None:
+    assert errors_of({"static_logs": [{"url": "https://mon.example.com/"}, "x"]}) == [
+        "static_logs[0].name: required key is missing",
+        "static_logs[1]: 'x' is not allowed; expected a mapping of LogSpec keys",
+    ]
+    assert errors_of({"custom_logs": [{"name": "A", "url": "ftp://ct.example.com"}]}) == [
+        "custom_logs[0].url: 'ftp://ct.example.com' is not allowed; expected an absolute "
+        "http or https URL without query or fragment"
+    ]
+
+
+def test_duplicate_log_urls_after_normalization() -> None:
+    document = {
+        "custom_logs": [{"name": "A", "url": "ct.example.com/log/"}],
+        "static_logs": [{"name": "B", "url": "https://ct.example.com/log"}],
+    }
+    (message,) = errors_of(document)
+    assert message.startswith(
+        "static_logs[0].url: 'https://ct.example.com/log' is the same log as custom_logs[0].url"
+    )
+
+
+def test_table_path_forms() -> None:
+    for ok in ("./data/certstream", "/var/lib/ct", "file:///var/lib/ct", "s3://bucket/prefix/x"):
+        assert table_path_problem(ok) is None, ok
+    for bad in ("", "gcs://bucket/x", "s3://", "s3:///prefix", "file://"):
+        assert table_path_problem(bad) is not None, bad
+    assert errors_of({"delta_sink": {"table_path": "gcs://b/x"}}) == [
+        "delta_sink.table_path: 'gcs://b/x' is not allowed; expected a local directory path, "
+        "a file:// URI or an s3://bucket/prefix URI"
+    ]
+
+
+def test_cross_field_rules() -> None:
+    assert errors_of({"ct_log": {"retry_initial_delay_ms": 5000, "retry_max_delay_ms": 100}}) == [
+        "ct_log.retry_max_delay_ms: 100 is not allowed; expected a value >= "
+        "ct_log.retry_initial_delay_ms (5000)"
+    ]
+    assert errors_of({"tls_cert": "cert.pem"}) == [
+        "tls_key: required when the other of tls_cert/tls_key is set"
+    ]
+    assert errors_of({"delta_sink": {"batch_size": 500, "max_buffer_records": 100}}) == [
+        "delta_sink.max_buffer_records: 100 is not allowed; expected a value >= "
+        "delta_sink.batch_size (500)"
+    ]
+    (message,) = errors_of({"auth": {"enabled": True}})
+    assert message.startswith("auth.tokens: empty while auth.enabled is true")
+
+
+def test_s3_options_validated() -> None:
+    assert errors_of({"storage": {"s3": {"access_key_id": "AKIA"}}}) == [
+        "storage.s3.secret_access_key: required when the other of "
+        "access_key_id/secret_access_key is set"
+    ]
+    assert errors_of({"storage": {"s3": {"endpoint": "http://127.0.0.1:9000"}}}) == [
+        "storage.s3.endpoint: 'http://127.0.0.1:9000' uses plain http; set "
+        "storage.s3.allow_http: true to allow it"
+    ]
+    assert errors_of({"storage": {"s3": {"conditional_put": "dynamo"}}}) == [
+        "storage.s3.conditional_put: 'dynamo' is not allowed; expected one of etag"
+    ]
+    cfg = parse_config(
+        {"storage": {"s3": {"endpoint": "http://127.0.0.1:9000", "allow_http": True}}}, {}
+    )
+    assert cfg.storage.s3.allow_http
+
+
+def test_s3_storage_options_for_deltalake() -> None:
+    s3 = S3StorageConfig(
+        endpoint="http://127.0.0.1:9000",
+        region="us-east-1",
+        access_key_id="minio",
+        secret_access_key="minio123",
+        allow_http=True,
+        conditional_put="etag",
+    )
+    assert s3_storage_options(s3) == {
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
+        "AWS_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "minio",
+        "AWS_SECRET_ACCESS_KEY": "minio123",
+        "aws_conditional_put": "etag",
+        "AWS_ALLOW_HTTP": "true",
+    }
+    assert s3_storage_options(S3StorageConfig()) == {}
+
+
+def test_secrets_are_never_echoed() -> None:
+    (message,) = errors_of({"auth": {"enabled": True, "tokens": ["", "s3cret"]}})
+    assert message == "auth.tokens[0]: <redacted> is not allowed; expected a non-empty string"
+    (message,) = errors_of({"storage": {"s3": {"secret_access_key": 12345}}})
+    assert "12345" not in message and "<redacted>" in message
+
+
+def test_rust_only_feature_switched_on_is_an_error() -> None:
+    (message,) = errors_of({"zerobus_sink": {"enabled": True, "endpoint": "x"}})
+    assert message.startswith("zerobus_sink.enabled: true is not allowed; expected false")
+    assert parse_config({"query_api": {"enabled": False, "table_path": "x"}}, {}) == Config()
+
+
+def test_every_error_is_collected() -> None:
+    errors = errors_of(
+        {
+            "port": -1,
+            "ct_log": {"batch_size": 0, "retry_max_attempts": "3"},
+            "delta_sink": {"compression_level": 99},
+            "bogus": 1,
+        },
+        {"CERTSTREAM_BUFFER_SIZE": "many"},
+    )
+    keys = sorted(e.split(":", 1)[0] for e in errors)
+    assert keys == [
+        "CERTSTREAM_BUFFER_SIZE",
+        "bogus",
+        "ct_log.batch_size",
+        "ct_log.retry_max_attempts",
+        "delta_sink.compression_level",
+        "port",
+    ]
+
+
+def test_config_error_text_lists_the_source_and_each_problem() -> None:
+    error = ConfigError(["a: bad", "b: worse"], "/etc/certstream/config.yaml")
+    assert str(error) == (
+        "invalid configuration (/etc/certstream/config.yaml):\n  - a: bad\n  - b: worse"
+    )
+    assert isinstance(error, ValueError)
+
+
+_KEYS = st.sampled_from(
+    sorted({part for path in ENV_VARS.values() for part in path} | {"custom_logs", "name", "url"})
+)
+_documents = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_KEYS | st.text(max_size=4), inner),
+    max_leaves=20,
+)
+
+
+@given(_documents)
+def test_any_document_gives_a_config_or_config_error(document: object) -> None:
+    try:
+        assert isinstance(parse_config(document, {}), Config)
+    except ConfigError as exc:
+        assert exc.errors and all(isinstance(e, str) and ": " in e for e in exc.errors)
+
+
+# --- environment ---------------------------------------------------------------------------------
+
+
+def test_env_overrides_file_and_defaults() -> None:
+    cfg = parse_config(
+        {"port": 9000, "delta_sink": {"table_path": "./from-file"}},
+        {
+            "CERTSTREAM_PORT": "9100",
+            "CERTSTREAM_DELTA_SINK_TABLE_PATH": "s3://bucket/ct",
+            "CERTSTREAM_CT_LOG_BATCH_SIZE": "1024",
+            "CERTSTREAM_CT_LOGS_URL": "http://127.0.0.1:8081/log_list.json",
+            "CERTSTREAM_DELTA_SINK_ENABLED": "TRUE",
+            "CERTSTREAM_STORAGE_S3_ENDPOINT": "https://s3.example.net",
+            "CERTSTREAM_AUTH_TOKENS": "one, two,,",
+            "CERTSTREAM_CT_LOG_STATE_FILE": "",
+            "CERTSTREAM_RATE_LIMIT_FREE_BURST": "2.5",
+            "UNRELATED": "x",
+        },
+    )
+    assert cfg.port == 9100
+    assert cfg.delta_sink.table_path == "s3://bucket/ct" and cfg.delta_sink.enabled
+    assert cfg.ct_log.batch_size == 1024
+    assert cfg.ct_logs_url == "http://127.0.0.1:8081/log_list.json"
+    assert cfg.storage.s3.endpoint == "https://s3.example.net"
+    assert cfg.auth.tokens == ("one", "two")
+    assert cfg.ct_log.state_file is None
+    assert cfg.rate_limit.free_burst == 2.5
+
+
+def test_rust_protocol_env_names_work() -> None:
+    cfg = parse_config(None, {"CERTSTREAM_WS_ENABLED": "false", "CERTSTREAM_API_ENABLED": "0"})
+    assert cfg.protocols.websocket is False and cfg.protocols.api is False
+
+
+def test_env_values_are_validated_like_file_values() -> None:
+    assert errors_of(None, {"CERTSTREAM_CT_LOG_BATCH_SIZE": "0"}) == [
+        "CERTSTREAM_CT_LOG_BATCH_SIZE (ct_log.batch_size): 0 is not allowed; "
+        "expected an integer >= 1"
+    ]
+    assert errors_of(None, {"CERTSTREAM_DELTA_SINK_ENABLED": "maybe"}) == [
+        "CERTSTREAM_DELTA_SINK_ENABLED: 'maybe' is not allowed; expected true or false "
+        "(also 1/0, yes/no, on/off)"
+    ]
+
+
+def test_unknown_env_variable_is_an_error() -> None:
+    assert errors_of(None, {"CERTSTREAM_DELTA_SINK_TABLEPATH": "x"}) == [
+        "CERTSTREAM_DELTA_SINK_TABLEPATH: unknown certlake environment variable; "
+        "did you mean CERTSTREAM_DELTA_SINK_TABLE_PATH?"
+    ]
+    assert errors_of(None, {"CERTSTREAM_STATIC_LOGS": "x"}) == [
+        "CERTSTREAM_STATIC_LOGS: static_logs cannot be set from the environment; "
+        "list the logs in the config file"
+    ]
+
+
+def test_env_names_follow_section_key_scheme() -> None:
+    assert ENV_VARS["CERTSTREAM_DELTA_SINK_TABLE_PATH"] == ("delta_sink", "table_path")
+    assert ENV_VARS["CERTSTREAM_STORAGE_S3_SECRET_ACCESS_KEY"] == (
+        "storage",
+        "s3",
+        "secret_access_key",
+    )
+    assert ENV_VARS["CERTSTREAM_STREAM_HEARTBEAT_INTERVAL_SECS"] == (
+        "stream",
+        "heartbeat_interval_secs",
+    )
+    assert ENV_VARS["CERTSTREAM_CT_LOGS_URL"] == ("ct_logs_url",)
+
+
+def _int_fields() -> list[tuple[str, int | None, int | None]]:
+    found = []
+    for name, path in ENV_VARS.items():
+        if len(path) != 2 or path[0] in ("hot_reload", "query_api", "zerobus_sink"):
+            continue
+        section = next(f for f in dataclasses.fields(Config) if f.name == path[0])
+        fields = dataclasses.fields(section.default_factory)  # type: ignore[arg-type]
+        fld = next(f for f in fields if f.name == path[1])
+        if fld.type == "int":
+            found.append((name, fld.metadata["min"], fld.metadata["max"]))
+    return found
+
+
+INT_FIELDS = _int_fields()
+
+
+@given(field=st.sampled_from(INT_FIELDS), value=st.integers(-(2**40), 2**40))
+def test_integer_env_override_accepted_iff_in_range(
+    field: tuple[str, int | None, int | None], value: int
+) -> None:
+    name, lo, hi = field
+    in_range = (lo is None or value >= lo) and (hi is None or value <= hi)
+    try:
+        cfg = parse_config(None, {name: str(value)})
+    except ConfigError as exc:
+        # An in-range value can still break a rule relating it to another key's default
+        # ("expected a value >= ..."), which is not a range error.
+        range_errors = [
+            e
+            for e in exc.errors
+            if e.startswith(f"{name} (") and f"{value} is not allowed; expected an integer" in e
+        ]
+        assert len(range_errors) == (0 if in_range else 1), exc.errors
+    else:
+        section, key = ENV_VARS[name]
+        assert in_range
+        assert getattr(getattr(cfg, section), key) == value
+
+
+# --- files ---------------------------------------------------------------------------------------
+
+
+def test_search_order(tmp_path: Path) -> None:
+    etc = tmp_path / "etc.yaml"
+    search = (Path("config.yaml"), Path("config.yml"), etc)
+    assert find_config_file(None, {}, tmp_path, search) is None
+    etc.write_text("port: 1\n")
+    assert find_config_file(None, {}, tmp_path, search) == etc
+    (tmp_path / "config.yml").write_text("port: 2\n")
+    assert find_config_file(None, {}, tmp_path, search) == tmp_path / "config.yml"
+    (tmp_path / "config.yaml").write_text("port: 3\n")
+    assert find_config_file(None, {}, tmp_path, search) == tmp_path / "config.yaml"
+    (tmp_path / "env.yaml").write_text("port: 4\n")
+    env = {"CERTSTREAM_CONFIG": "env.yaml"}
+    assert find_config_file(None, env, tmp_path, search) == tmp_path / "env.yaml"
+    (tmp_path / "flag.yaml").write_text("port: 5\n")
+    assert find_config_file("flag.yaml", env, tmp_path, search) == tmp_path / "flag.yaml"
+    loaded = load_config("flag.yaml", env, tmp_path, search)
+    assert loaded.config.port == 5 and loaded.path == tmp_path / "flag.yaml"
+    assert load_config(None, env, tmp_path, search).config.port == 4
+
+
+def test_named_file_must_exist(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text("port: 3\n")
+    with pytest.raises(ConfigError) as info:
+        load_config("nope.yaml", {}, tmp_path)
+    assert info.value.errors == ("--config: 'nope.yaml' is not allowed; expected an existing file",)
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"CERTSTREAM_CONFIG": "/nonexistent/c.yaml"}, tmp_path)
+    assert info.value.errors == (
+        "CERTSTREAM_CONFIG: '/nonexistent/c.yaml' is not allowed; expected an existing file",
+    )
+
+
+def test_yaml_problems_are_config_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("port: 8080\nct_log:\n  batch_size: [1\n")
+    with pytest.raises(ConfigError) as info:
+        read_document(bad)
+    assert info.value.errors[0].startswith("not valid YAML at line 4")
+    assert info.value.source == str(bad)
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("port: 8080\nhost: 127.0.0.1\nport: 9090\n")
+    with pytest.raises(ConfigError) as info:
+        read_document(dup)
+    assert info.value.errors == (
+        "not valid YAML at line 3, column 1: duplicate key 'port' (first given on line 1)",
+    )
+    date = tmp_path / "date.yaml"
+    date.write_text("ct_log:\n  state_file: 2001-13-45\n")
+    with pytest.raises(ConfigError) as info:
+        read_document(date)
+    assert info.value.errors == ("not valid YAML: month must be in 1..12",)
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("[" * 5000 + "]" * 5000)
+    with pytest.raises(ConfigError):
+        read_document(deep)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing set\n")
+    assert load_config(empty, {}, tmp_path).config == Config()
+
+
+def test_yaml_merge_keys_may_be_overridden(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("ct_log:\n  <<: {batch_size: 100, poll_interval_ms: 5}\n  batch_size: 200\n")
+    assert load_config(path, {}, tmp_path).config.ct_log.batch_size == 200
+
+
+def test_tls_files_must_exist(tmp_path: Path) -> None:
+    (tmp_path / "cert.pem").write_text("x")
+    path = tmp_path / "c.yaml"
+    path.write_text("tls_cert: cert.pem\ntls_key: key.pem\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {}, tmp_path)
+    assert info.value.errors == (
+        "tls_key: 'key.pem' is not allowed; expected an existing PEM file",
+    )

@@ -1,0 +1,153 @@
+"""The fault plan on its own: parsing, and which request gets which fault."""
+
+from __future__ import annotations
+
+from email.utils import parsedate_to_datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from certlake.testlog.faults import (
+    CorruptMode,
+    DropMode,
+    Endpoint,
+    Fault,
+    FaultKind,
+    FaultPlan,
+    FaultSpecError,
+)
+
+NOW = 1_700_000_000.0
+
+
+def test_probability_shorthand_and_defaults() -> None:
+    f = Fault.from_spec("429:0.25")
+    assert f.kind is FaultKind.RATE_LIMITED
+    assert f.p == 0.25
+    assert f.n is None
+    assert f.retry_after is not None and f.retry_after.header(NOW) == "1"
+
+
+def test_options_round_trip_through_json() -> None:
+    spec = "503:p=0.5,n=3,retry_after=date+7,endpoint=get-entries,endpoint=tile,log=a"
+    f = Fault.from_spec(spec)
+    assert f.endpoints == {Endpoint.GET_ENTRIES, Endpoint.HASH_TILE}
+    assert f.logs == {"a"}
+    assert Fault.from_json(f.to_json()) == f
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "418",
+        "429:p=2",
+        "429:n=0",
+        "429:n=x",
+        "slow:delay=-1",
+        "429:delay=1",
+        "short:at=3",
+        "corrupt",
+        "corrupt:at=-1",
+        "drop:mode=sideways",
+        "503:endpoint=get-everything",
+        "429:p=0.1,p=0.2",
+        "429:retry_after=soon",
+    ],
+)
+def test_bad_specs_are_rejected_with_a_typed_error(spec: str) -> None:
+    with pytest.raises(FaultSpecError):
+        Fault.from_spec(spec)
+
+
+def test_count_limited_fault_fires_exactly_n_times() -> None:
+    plan = FaultPlan([Fault.from_spec("503:n=3")])
+    statuses = [plan.decide(Endpoint.GET_STH, "x", NOW).status for _ in range(6)]
+    assert statuses == [503, 503, 503, None, None, None]
+
+
+def test_same_seed_same_decisions_and_probability_is_respected() -> None:
+    def run(seed: int) -> list[int | None]:
+        plan = FaultPlan([Fault.from_spec("429:0.3")], seed=seed)
+        return [plan.decide(Endpoint.GET_ENTRIES, "x", NOW).status for _ in range(2000)]
+
+    first = run(7)
+    assert first == run(7)
+    assert first != run(8)
+    hits = first.count(429)
+    assert 500 < hits < 700  # 600 expected; the bounds are ~4.6 sigma
+
+
+def test_retry_after_as_http_date() -> None:
+    plan = FaultPlan([Fault.from_spec("429:retry_after=date+30")])
+    header = plan.decide(Endpoint.CHECKPOINT, None, NOW).headers["Retry-After"]
+    assert parsedate_to_datetime(header).timestamp() == NOW + 30
+
+
+def test_endpoint_and_log_filters() -> None:
+    plan = FaultPlan([Fault.from_spec("502:endpoint=get-entries,log=a")])
+    assert plan.decide(Endpoint.GET_STH, "a", NOW).status is None
+    assert plan.decide(Endpoint.GET_ENTRIES, "b", NOW).status is None
+    assert plan.decide(Endpoint.GET_ENTRIES, "a", NOW).status == 502
+
+
+def test_log_list_is_reached_only_when_named() -> None:
+    plan = FaultPlan([Fault.from_spec("503")])
+    assert plan.decide(Endpoint.LOG_LIST, None, NOW).status is None
+    named = FaultPlan([Fault.from_spec("503:endpoint=log-list")])
+    assert named.decide(Endpoint.LOG_LIST, None, NOW).status == 503
+
+
+def test_first_status_fault_wins_and_delays_accumulate() -> None:
+    plan = FaultPlan(
+        [Fault.from_spec("slow:delay=0.5"), Fault.from_spec("504"), Fault.from_spec("429")]
+    )
+    action = plan.decide(Endpoint.GET_STH, "x", NOW)
+    assert action.delay == 0.5
+    assert action.status == 504
+    assert action.fired == [FaultKind.SLOW, FaultKind.GATEWAY_TIMEOUT]
+
+
+def test_drop_modes() -> None:
+    assert FaultPlan([Fault.from_spec("drop")]).decide(Endpoint.ISSUER, "x", NOW).drop is (
+        DropMode.BEFORE
+    )
+    mid = FaultPlan([Fault.from_spec("drop:mode=mid")]).decide(Endpoint.ISSUER, "x", NOW)
+    assert mid.drop is DropMode.MID and mid.status is None
+
+
+def test_short_applies_to_get_entries_only_and_only_when_it_can_shorten() -> None:
+    plan = FaultPlan([Fault.from_spec("short:to=10")])
+    assert plan.decide(Endpoint.DATA_TILE, "x", NOW, batch=256).fired == []
+    assert plan.decide(Endpoint.GET_ENTRIES, "x", NOW, batch=10).fired == []
+    assert plan.decide(Endpoint.GET_ENTRIES, "x", NOW, batch=None).fired == []
+    assert plan.decide(Endpoint.GET_ENTRIES, "x", NOW, batch=11).entries == 10
+
+
+@given(batch=st.integers(min_value=2, max_value=5000), seed=st.integers(0, 2**32))
+def test_random_short_is_always_strictly_shorter_and_non_empty(batch: int, seed: int) -> None:
+    plan = FaultPlan([Fault.from_spec("short")], seed=seed)
+    entries = plan.decide(Endpoint.GET_ENTRIES, "x", NOW, batch=batch).entries
+    assert entries is not None and 1 <= entries < batch
+
+
+def test_corruption_map_per_log() -> None:
+    plan = FaultPlan(
+        [Fault.from_spec("corrupt:at=5,at=9"), Fault.from_spec("corrupt:at=9,mode=framing,log=a")]
+    )
+    assert plan.corruption("a") == {5: CorruptMode.DER, 9: CorruptMode.FRAMING}
+    assert plan.corruption("b") == {5: CorruptMode.DER, 9: CorruptMode.DER}
+    # Content faults never turn a request into an error.
+    assert plan.decide(Endpoint.GET_ENTRIES, "a", NOW, batch=20).fired == []
+
+
+def test_replace_resets_counts_and_seed() -> None:
+    plan = FaultPlan([Fault.from_spec("429:n=1")])
+    assert plan.decide(Endpoint.GET_STH, "x", NOW).status == 429
+    assert plan.decide(Endpoint.GET_STH, "x", NOW).status is None
+    plan.replace(plan.faults, seed=3)
+    assert plan.seed == 3
+    assert plan.to_json()["faults"] == [
+        {"kind": "429", "p": 1.0, "n": 1, "retry_after": "1", "remaining": 1}
+    ]
+    assert plan.decide(Endpoint.GET_STH, "x", NOW).status == 429

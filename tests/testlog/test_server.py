@@ -1,0 +1,453 @@
+"""The test log over real loopback HTTP, read with aiohttp's client and certlake's CT decoders."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import gzip
+import hashlib
+import time
+from collections.abc import AsyncIterator
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import pytest
+from cryptography import x509
+
+from certlake.ct.leaf import decode_rfc6962_entry
+from certlake.ct.merkle import (
+    leaf_hash,
+    root_from_tile_hashes,
+    root_tiles,
+    verify_consistency,
+    verify_inclusion,
+)
+from certlake.ct.signing import SignedTreeHead, verify_checkpoint, verify_sth
+from certlake.ct.tile import data_tile_path, decode_data_tile, hash_tile_path
+from certlake.ct.tls import DecodeError
+from certlake.ct.urls import checkpoint_origin
+from certlake.testlog.certs import CertFactory
+from certlake.testlog.faults import Fault
+from certlake.testlog.pool import logged
+from certlake.testlog.server import TestLogServer
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def srv() -> AsyncIterator[TestLogServer]:
+    async with TestLogServer(seed=3, initial_size=700, batch_cap=100, pool_size=150) as server:
+        yield server
+
+
+async def _json(http: aiohttp.ClientSession, url: str) -> Any:
+    async with http.get(url) as resp:
+        assert resp.status == 200, await resp.text()
+        return await resp.json()
+
+
+async def _raw(http: aiohttp.ClientSession, url: str) -> tuple[int, bytes, dict[str, str]]:
+    async with http.get(url, auto_decompress=False) as resp:
+        return resp.status, await resp.read(), dict(resp.headers)
+
+
+async def _listed(http: aiohttp.ClientSession, srv: TestLogServer) -> dict[str, dict[str, Any]]:
+    """The log list's entries keyed by log name (from the URL path)."""
+    doc = await _json(http, srv.log_list_url)
+    (op,) = doc["operators"]
+    out = {item["url"].rstrip("/").rsplit("/", 1)[1]: item for item in op["logs"]}
+    for item in op["tiled_logs"]:
+        out[item["submission_url"].rstrip("/").rsplit("/", 1)[1]] = item
+    return out
+
+
+async def _sth(http: aiohttp.ClientSession, srv: TestLogServer) -> SignedTreeHead:
+    return SignedTreeHead.from_json(await _json(http, srv.rfc6962_url + "/ct/v1/get-sth"))
+
+
+async def _stats(http: aiohttp.ClientSession, srv: TestLogServer) -> Any:
+    return await _json(http, srv.base_url + "/admin/stats")
+
+
+async def _set_faults(http: aiohttp.ClientSession, srv: TestLogServer, *specs: str) -> None:
+    async with http.post(srv.base_url + "/admin/faults", json={"faults": list(specs)}) as resp:
+        assert resp.status == 200, await resp.text()
+
+
+# --- the log list and signatures ---------------------------------------------------------------
+
+
+async def test_log_list_describes_both_logs(
+    http: aiohttp.ClientSession, srv: TestLogServer
+) -> None:
+    listed = await _listed(http, srv)
+    assert set(listed) == {"rfc6962", "static"}
+    for item in listed.values():
+        key = base64.b64decode(item["key"])
+        assert base64.b64decode(item["log_id"]) == hashlib.sha256(key).digest()
+        assert "usable" in item["state"]
+    assert listed["rfc6962"]["url"] == srv.rfc6962_url + "/"
+    assert listed["static"]["monitoring_url"] == srv.static_url + "/"
+    assert listed["static"]["submission_url"] != listed["static"]["monitoring_url"]
+
+
+async def test_get_sth_verifies_with_the_listed_key(
+    http: aiohttp.ClientSession, srv: TestLogServer
+) -> None:
+    key = base64.b64decode((await _listed(http, srv))["rfc6962"]["key"])
+    sth = await _sth(http, srv)
+    verify_sth(sth, key)
+    assert sth.tree_size == 700
+    assert abs(sth.timestamp_ms - time.time() * 1000) < 60_000
+
+
+async def test_checkpoint_verifies_with_origin_from_the_submission_url(
+    http: aiohttp.ClientSession, srv: TestLogServer
+) -> None:
+    item = (await _listed(http, srv))["static"]
+    status, body, headers = await _raw(http, srv.static_url + "/checkpoint")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    cp = verify_checkpoint(
+        body, checkpoint_origin(item["submission_url"]), base64.b64decode(item["key"])
+    )
+    assert cp.tree_size == 700
+
+
+# --- RFC 6962 -----------------------------------------------------------------------------------
+
+
+async def test_get_entries_decode_and_prove_inclusion(
+    http: aiohttp.ClientSession, srv: TestLogServer
+) -> None:
+    sth = await _sth(http, srv)
+    base = srv.rfc6962_url + "/ct/v1"
+    entries: list[Any] = []
+    while len(entries) < sth.tree_size:
+        got = await _json(http, f"{base}/get-entries?start={len(entries)}&end={sth.tree_size - 1}")
+        assert 1 <= len(got["entries"]) <= 100  # the batch cap
+        entries += got["entries"]
+    for i, item in enumerate(entries):
+        leaf = base64.b64decode(item["leaf_input"])
+        entry = decode_rfc6962_entry(i, leaf, base64.b64decode(item["extra_data"]))
+        x509.load_der_x509_certificate(entry.cert_der)  # a real certificate (or precert)
+        assert [c.issuer for c in map(x509.load_der_x509_certificate, entry.chain)] != []
+        if i % 97 == 0:
+            h = quote(base64.b64encode(leaf_hash(leaf)).decode())
+            proof = await _json(
+                http, f"{base}/get-proof-by-hash?hash={h}&tree_size={sth.tree_size}"
+            )
+            assert proof["leaf_index"] == i
+            path = [base64.b64decode(p) for p in proof["audit_path"]]
+            assert verify_inclusion(i, sth.tree_size, leaf_hash(leaf), path, sth.root_hash)
+    one = await _json(http, f"{base}/get-entry-and-proof?leaf_index=123&tree_size={sth.tree_size}")
+    assert one["leaf_input"] == entries[123]["leaf_input"]
+    path = [base64.b64decode(p) for p in one["audit_path"]]
+    lh = leaf_hash(base64.b64decode(one["leaf_input"]))
+    assert verify_inclusion(123, sth.tree_size, lh, path, sth.root_hash)
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["start=700&end=800", "start=5&end=4", "start=-1&end=3", "start=a&end=3", "end=3"],
+)
+async def test_get_entries_bad_ranges_are_400(
+    http: aiohttp.ClientSession, srv: TestLogServer, query: str
+) -> None:
+    status, _, _ = await _raw(http, f"{srv.rfc6962_url}/ct/v1/get-entries?{query}")
+    assert status == 400
+
+
+async def test_get_entries_clamps_and_aligns(http: aiohttp.ClientSession) -> None:
+    async with TestLogServer(initial_size=300, batch_cap=64, align=True, pool_size=50) as s:
+        base = s.rfc6962_url + "/ct/v1/get-entries"
+        assert len((await _json(http, f"{base}?start=10&end=999"))["entries"]) == 54
+        assert len((await _json(http, f"{base}?start=64&end=999"))["entries"]) == 64
+        assert len((await _json(http, f"{base}?start=290&end=999"))["entries"]) == 10
+
+
+async def test_consistency_between_two_published_sizes(
+    http: aiohttp.ClientSession, srv: TestLogServer
+) -> None:
+    old = await _sth(http, srv)
+    srv.grow(333)
+    new = await _sth(http, srv)
+    assert new.tree_size == old.tree_size + 333
+    url = (
+        f"{srv.rfc6962_url}/ct/v1/get-sth-consistency?first={old.tree_size}&second={new.tree_size}"
+    )
+    proof = [base64.b64decode(h) for h in (await _json(http, url))["consistency"]]
+    assert verify_consistency(old.tree_size, new.tree_size, old.root_hash, new.root_hash, proof)
+    assert not verify_consistency(old.tree_size, new.tree_size, new.root_hash, new.root_hash, proof)
+
+
+async def test_get_roots_lists_the_chain_root(
+    http: aiohttp.ClientSession, srv: TestLogServer
+) -> None:
+    entry = (await _json(http, srv.rfc6962_url + "/ct/v1/get-entries?start=0&end=0"))["entries"][0]
+    chain = decode_rfc6962_entry(
+        0, base64.b64decode(entry["leaf_input"]), base64.b64decode(entry["extra_data"])
+    ).chain
+    roots = (await _json(http, srv.rfc6962_url + "/ct/v1/get-roots"))["certificates"]
+    assert base64.b64encode(chain[-1]).decode() in roots
+    root = x509.load_der_x509_certificate(chain[-1])
+    assert root.subject == root.issuer
+
+
+# --- static-ct-api ------------------------------------------------------------------------------
+
+
+async def test_data_tiles_are_gzip_and_match_the_hash_tiles_and_checkpoint(
+    http: aiohttp.ClientSession, srv: TestLogServer
+) -> None:
+    mon = srv.static_url
+    _, cp_body, _ = await _raw(http, mon + "/checkpoint")
+    size = int(cp_body.split(b"\n")[1])
+    assert size == 700
+    leaves = []
+    for n, width in [(0, 256), (1, 256), (2, 188)]:
+        status, body, headers = await _raw(http, f"{mon}/{data_tile_path(n, width)}")
+        assert status == 200 and headers["Content-Encoding"] == "gzip"
+        tile = decode_data_tile(gzip.decompress(body), n, width)
+        assert len(tile) == width
+        leaves += tile
+    assert [leaf.index for leaf in leaves] == list(range(700))
+    # Level-0 hash tiles hold exactly the data tiles' leaf hashes.
+    level0 = b""
+    for n, width in [(0, 256), (1, 256), (2, 188)]:
+        status, body, headers = await _raw(http, f"{mon}/{hash_tile_path(0, n, width)}")
+        assert status == 200 and "Content-Encoding" not in headers
+        level0 += body
+    assert level0 == b"".join(leaf_hash(leaf.leaf_input) for leaf in leaves)
+    # The checkpoint root is what the tiles add up to.
+    tiles = {}
+    for ref in root_tiles(size):
+        _, body, _ = await _raw(http, f"{mon}/{hash_tile_path(ref.level, ref.index, ref.width)}")
+        tiles[(ref.level, ref.index)] = body
+    assert base64.b64encode(root_from_tile_hashes(size, tiles)) == cp_body.split(b"\n")[2]
+
+
+async def test_partial_tiles_have_the_right_width_and_tiles_beyond_the_tree_404(
+    http: aiohttp.ClientSession, srv: TestLogServer
+) -> None:
+    mon = srv.static_url
+    _, body, _ = await _raw(http, f"{mon}/tile/1/000.p/2")
+    assert len(body) == 2 * 32
+    for path in [
+        data_tile_path(2),  # not full yet
+        data_tile_path(2, 189),
+        data_tile_path(3, 1),
+        hash_tile_path(1, 0, 3),
+        hash_tile_path(2, 0, 1),
+        "tile/data/2.p/5",  # not a canonical path
+    ]:
+        status, _, _ = await _raw(http, f"{mon}/{path}")
+        assert status == 404, path
+    # A grown log publishes the full tile; the old partial may still be read.
+    srv.grow(68)
+    assert (await _raw(http, f"{mon}/{data_tile_path(2)}"))[0] == 200
+    assert (await _raw(http, f"{mon}/{data_tile_path(2, 188)}"))[0] == 200
+
+
+async def test_issuer_fingerprints_resolve(http: aiohttp.ClientSession, srv: TestLogServer) -> None:
+    _, body, _ = await _raw(http, f"{srv.static_url}/{data_tile_path(0)}")
+    fingerprints = {
+        fp
+        for leaf in decode_data_tile(gzip.decompress(body), 0, 256)
+        for fp in leaf.chain_fingerprints
+    }
+    assert fingerprints
+    for fp in fingerprints:
+        status, der, headers = await _raw(http, f"{srv.static_url}/issuer/{fp.hex()}")
+        assert status == 200 and headers["Content-Type"] == "application/pkix-cert"
+        assert hashlib.sha256(der).digest() == fp
+        x509.load_der_x509_certificate(der)
+    assert (await _raw(http, f"{srv.static_url}/issuer/{'00' * 32}"))[0] == 404
+
+
+async def test_the_same_certificate_is_in_both_logs(
+    http: aiohttp.ClientSession, srv: TestLogServer
+) -> None:
+    item = (await _json(http, srv.rfc6962_url + "/ct/v1/get-entries?start=5&end=5"))["entries"][0]
+    rfc = decode_rfc6962_entry(
+        5, base64.b64decode(item["leaf_input"]), base64.b64decode(item["extra_data"])
+    )
+    _, body, _ = await _raw(http, f"{srv.static_url}/{data_tile_path(0)}")
+    tiled = decode_data_tile(gzip.decompress(body), 0, 256)[5]
+    assert (tiled.cert_der, tiled.timestamp_ms) == (rfc.cert_der, rfc.timestamp_ms)
+    # Only one log can be grown, too.
+    srv.grow(10, ["static"])
+    assert (await _sth(http, srv)).tree_size == 700
+    assert srv.logs["static"].published_size == 710
+
+
+# --- growth and admin ---------------------------------------------------------------------------
+
+
+async def test_growth_at_a_rate_is_sequenced(http: aiohttp.ClientSession) -> None:
+    started = time.monotonic()
+    async with TestLogServer(rate=200, sequence_interval=0.2, pool_size=100) as s:
+        await asyncio.sleep(1.0)
+        sth = await _sth(http, s)
+        elapsed = time.monotonic() - started
+        assert 50 <= sth.tree_size <= 200 * elapsed + 1
+        assert sth.tree_size <= s.logs["rfc6962"].size  # published lags the tree, never leads
+        status, body, _ = await _raw(http, s.static_url + "/checkpoint")
+        assert status == 200 and int(body.split(b"\n")[1]) > 0
+
+
+async def test_a_chosen_precert_and_its_final_certificate(http: aiohttp.ClientSession) -> None:
+    factory = CertFactory(5)
+    spec = factory.random_spec(sans=50)
+    pre, final = factory.issue_precert(spec), factory.issue(spec)
+    async with TestLogServer(initial_size=3, pool_size=3) as s:
+        s.add([logged(pre)], ["rfc6962"])
+        s.add([logged(final), logged(pre)])
+        url = s.rfc6962_url + "/ct/v1/get-entries?start=3&end=5"
+        items = (await _json(http, url))["entries"]
+        got = [
+            decode_rfc6962_entry(
+                3 + i, base64.b64decode(e["leaf_input"]), base64.b64decode(e["extra_data"])
+            )
+            for i, e in enumerate(items)
+        ]
+        assert [e.cert_der for e in got] == [pre.precert_der, final.der, pre.precert_der]
+        assert got[0].tbs == pre.tbs and got[0].issuer_key_hash == pre.issuer_key_hash
+        _, body, _ = await _raw(http, f"{s.static_url}/{data_tile_path(0, 5)}")
+        tiled = decode_data_tile(gzip.decompress(body), 0, 5)
+        assert [t.cert_der for t in tiled[3:]] == [final.der, pre.precert_der]
+
+
+async def test_admin_grow_and_stats(http: aiohttp.ClientSession, srv: TestLogServer) -> None:
+    async with http.post(srv.base_url + "/admin/grow?n=50&log=rfc6962") as resp:
+        sizes = await resp.json()
+    assert sizes["rfc6962"]["published_size"] == 750
+    assert sizes["static"]["published_size"] == 700
+    async with http.post(srv.base_url + "/admin/grow?n=x") as resp:
+        assert resp.status == 400
+    await _json(http, srv.rfc6962_url + "/ct/v1/get-entries?start=0&end=9")
+    stats = await _stats(http, srv)
+    assert stats["requests"]["get-entries"] == 1
+    assert stats["requests_by_log"]["rfc6962"]["get-entries"] == 1
+    assert stats["entries_served"] == 10
+    assert stats["logs"]["rfc6962"]["tree_size"] == 750
+
+
+async def test_bad_fault_posts_are_400(http: aiohttp.ClientSession, srv: TestLogServer) -> None:
+    for body in [{"faults": ["teapot"]}, {"faults": [7]}, {"faults": "429"}, [1]]:
+        async with http.post(srv.base_url + "/admin/faults", json=body) as resp:
+            assert resp.status == 400, body
+
+
+# --- faults -------------------------------------------------------------------------------------
+
+
+async def test_429_with_retry_after_seconds_then_date(
+    http: aiohttp.ClientSession, srv: TestLogServer
+) -> None:
+    await _set_faults(http, srv, "429:n=1,retry_after=5")
+    url = srv.rfc6962_url + "/ct/v1/get-sth"
+    status, _, headers = await _raw(http, url)
+    assert (status, headers["Retry-After"]) == (429, "5")
+    assert (await _raw(http, url))[0] == 200  # n=1: only once
+    async with http.post(
+        srv.base_url + "/admin/faults",
+        json={"faults": [{"kind": "429", "n": 1, "retry_after": "date+30"}]},
+    ) as resp:
+        assert resp.status == 200
+    status, _, headers = await _raw(http, url)
+    assert status == 429
+    assert parsedate_to_datetime(headers["Retry-After"]).timestamp() > time.time() + 25
+    assert (await _stats(http, srv))["faults"]["429"] == 2
+
+
+@pytest.mark.parametrize("code", [503, 502, 504])
+async def test_server_errors(http: aiohttp.ClientSession, srv: TestLogServer, code: int) -> None:
+    await _set_faults(http, srv, f"{code}:n=2,endpoint=data-tile")
+    assert (await _raw(http, srv.rfc6962_url + "/ct/v1/get-sth"))[0] == 200
+    statuses = [(await _raw(http, f"{srv.static_url}/{data_tile_path(0)}"))[0] for _ in range(3)]
+    assert statuses == [code, code, 200]
+    assert (await _stats(http, srv))["faults"][str(code)] == 2
+
+
+async def test_short_get_entries(http: aiohttp.ClientSession, srv: TestLogServer) -> None:
+    await _set_faults(http, srv, "short:to=7")
+    got = await _json(http, srv.rfc6962_url + "/ct/v1/get-entries?start=20&end=69")
+    assert len(got["entries"]) == 7
+    await _set_faults(http, srv, "short")
+    got = await _json(http, srv.rfc6962_url + "/ct/v1/get-entries?start=20&end=69")
+    assert 1 <= len(got["entries"]) < 50
+    assert (await _stats(http, srv))["faults"]["short"] == 2
+
+
+async def test_slow_responses(http: aiohttp.ClientSession, srv: TestLogServer) -> None:
+    await _set_faults(http, srv, "slow:delay=0.4,n=1")
+    started = time.monotonic()
+    assert (await _raw(http, srv.static_url + "/checkpoint"))[0] == 200
+    assert time.monotonic() - started >= 0.4
+    assert (await _stats(http, srv))["faults"]["slow"] == 1
+
+
+async def test_dropped_connections(http: aiohttp.ClientSession, srv: TestLogServer) -> None:
+    url = srv.rfc6962_url + "/ct/v1/get-entries?start=0&end=99"
+    # aiohttp (3.14) silently resends an idempotent request once when the connection closes
+    # before a response: two drops in a row are what its caller sees as one failure.
+    await _set_faults(http, srv, "drop:n=2")
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        await _raw(http, url)
+    await _set_faults(http, srv, "drop:n=1,mode=mid")
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await _raw(http, url)
+    assert (await _raw(http, url))[0] == 200
+    stats = await _stats(http, srv)
+    assert stats["faults"]["drop"] == 3
+    assert stats["requests"]["get-entries"] == 4
+    assert stats["entries_served"] == 200  # the half-sent response and the good one
+
+
+async def test_corrupt_entries_rfc6962_and_tile(
+    http: aiohttp.ClientSession, srv: TestLogServer
+) -> None:
+    await _set_faults(
+        http, srv, "corrupt:at=3,log=rfc6962", "corrupt:at=300,mode=framing,log=static"
+    )
+    items = (await _json(http, srv.rfc6962_url + "/ct/v1/get-entries?start=0&end=5"))["entries"]
+    decoded = [
+        decode_rfc6962_entry(
+            i, base64.b64decode(e["leaf_input"]), base64.b64decode(e["extra_data"])
+        )
+        for i, e in enumerate(items)
+    ]
+    with pytest.raises(ValueError):
+        x509.load_der_x509_certificate(decoded[3].cert_der)
+    x509.load_der_x509_certificate(decoded[4].cert_der)
+    _, body, _ = await _raw(http, f"{srv.static_url}/{data_tile_path(1)}")
+    with pytest.raises(DecodeError):
+        decode_data_tile(gzip.decompress(body), 1, 256)
+    _, body, _ = await _raw(http, f"{srv.static_url}/{data_tile_path(0)}")
+    decode_data_tile(gzip.decompress(body), 0, 256)  # other tiles are fine
+    assert (await _stats(http, srv))["faults"]["corrupt"] == 2
+    # Cleared at runtime: the entry is whole again.
+    async with http.delete(srv.base_url + "/admin/faults") as resp:
+        assert (await resp.json())["faults"] == []
+    _, body, _ = await _raw(http, f"{srv.static_url}/{data_tile_path(1)}")
+    decode_data_tile(gzip.decompress(body), 1, 256)
+
+
+async def test_faults_from_the_constructor_are_deterministic(http: aiohttp.ClientSession) -> None:
+    async def statuses(seed: int) -> list[int]:
+        async with TestLogServer(
+            seed=seed, initial_size=1, faults=[Fault.from_spec("503:0.5")], pool_size=1
+        ) as s:
+            return [(await _raw(http, s.rfc6962_url + "/ct/v1/get-sth"))[0] for _ in range(40)]
+
+    first = await statuses(11)
+    assert first == await statuses(11)
+    assert {200, 503} == set(first)
