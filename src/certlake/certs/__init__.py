@@ -1,0 +1,6 @@
+"""Certificates → certstream messages (SPEC §4): the hot path from a log entry to its payloads."""
+
+from certlake.certs.errors import CertificateParseError
+from certlake.certs.message import CertMessage, build_message
+
+__all__ = ["CertMessage", "CertificateParseError", "build_message"]

@@ -31,7 +31,7 @@ MERGE_NEEDS_STAGING: Final = "Error: --merge requires --staging-path <PATH>"
 
 # command -> (module, function). The module is imported when the command runs.
 TARGETS: Final = {
-    "serve": ("certlake.stream.serve", "run_serve"),
+    "serve": ("certlake.server.serve", "run_serve"),
     "backfill": ("certlake.backfill.run", "run_backfill"),
     "gaps": ("certlake.backfill.run", "run_gaps"),
     "merge": ("certlake.backfill.merge", "run_merge"),

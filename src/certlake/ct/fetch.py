@@ -32,7 +32,8 @@ class GaveUp:
 
 
 FetchItem = FetchedEntry | Unparseable | GaveUp
-RetryHook = Callable[[FetchError, int, float], None]
+# Called on every failed read (with the attempt number), including the one that gives up.
+ErrorHook = Callable[[FetchError, int], None]
 
 
 async def fetch_range(
@@ -44,7 +45,7 @@ async def fetch_range(
     policy: RetryPolicy | None = None,
     rng: random.Random | None = None,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    on_retry: RetryHook | None = None,
+    on_error: ErrorHook | None = None,
 ) -> AsyncIterator[FetchItem]:
     """Fetch `[start, end]` (inclusive). `tree_size` defaults to `end + 1`: the caller knows the
     range exists (from a tree head, or a state file's cursor)."""
@@ -62,6 +63,8 @@ async def fetch_range(
             batch = await reader.read(cursor, end, size)
         except FetchError as e:
             attempt += 1
+            if on_error is not None:
+                on_error(e, attempt)
             if attempt >= policy.attempts_for(e.status):
                 log.warning(
                     "giving up on %s [%d, %d] after %d attempts: %s",
@@ -73,10 +76,7 @@ async def fetch_range(
                 )
                 yield GaveUp(cursor, end, str(e), e.status)
                 return
-            wait = policy.delay(attempt, e.retry_after, rng)
-            if on_retry is not None:
-                on_retry(e, attempt, wait)
-            await sleep(wait)
+            await sleep(policy.delay(attempt, e.retry_after, rng))
             continue
         attempt = 0
         for item in batch:

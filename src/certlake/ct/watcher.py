@@ -19,6 +19,7 @@ from certlake.ct.reader import FetchedEntry, LogReader, Unparseable
 log = logging.getLogger(__name__)
 
 Consumer = Callable[[FetchedEntry | Unparseable], Awaitable[None]]
+ErrorReporter = Callable[[str, FetchError], None]
 
 
 @dataclass(slots=True)
@@ -50,6 +51,7 @@ class LogWatcher:
         policy: RetryPolicy | None = None,
         health: LogHealth | None = None,
         max_batch: int = 100_000,
+        on_error: ErrorReporter | None = None,
     ) -> None:
         """`start_index` is the saved cursor; None means a fresh start at the current tree head
         (only new entries, like the Go server). `max_batch` bounds one fetch pass so the status
@@ -63,6 +65,7 @@ class LogWatcher:
         # budget per pass is therefore small, so health reflects trouble quickly.
         self._policy = policy or RetryPolicy(max_attempts=3, rate_limit_attempts=11)
         self._max_batch = max_batch
+        self._on_error = on_error
 
     async def run(self) -> None:
         """Watch until cancelled. Never returns on log errors."""
@@ -70,9 +73,14 @@ class LogWatcher:
             try:
                 await self.poll_once()
             except FetchError as e:
+                self._report(e)
                 self.health.failure(str(e))
                 log.warning("%s: %s", self.status.url, e)
             await asyncio.sleep(self.health.retry_delay(self._poll))
+
+    def _report(self, error: FetchError) -> None:
+        if self._on_error is not None:
+            self._on_error(self.status.url, error)
 
     async def poll_once(self) -> None:
         """Read the tree head, then fetch up to it (at most `max_batch` entries)."""
@@ -95,7 +103,12 @@ class LogWatcher:
             return
         end = min(size, st.cursor + self._max_batch) - 1
         async for item in fetch_range(
-            self.reader, st.cursor, end, tree_size=size, policy=self._policy
+            self.reader,
+            st.cursor,
+            end,
+            tree_size=size,
+            policy=self._policy,
+            on_error=lambda e, _attempt: self._report(e),
         ):
             if isinstance(item, GaveUp):
                 self.health.failure(item.error)

@@ -38,12 +38,34 @@ _LEAF_POOL_SIZE = 4
 _RSA_POOL_SIZE = 2
 _DEFAULT_EPOCH = datetime(2025, 6, 1, tzinfo=UTC)
 _WORDS = (
-    "alpha", "bravo", "cloud", "delta", "echo", "forge", "grid", "harbor", "index", "jade",
-    "kite", "lumen", "metro", "nova", "orbit", "pixel", "quartz", "relay", "summit", "tango",
-)  # fmt: skip
+    "alpha",
+    "bravo",
+    "cloud",
+    "delta",
+    "echo",
+    "forge",
+    "grid",
+    "harbor",
+    "index",
+    "jade",
+    "kite",
+    "lumen",
+    "metro",
+    "nova",
+    "orbit",
+    "pixel",
+    "quartz",
+    "relay",
+    "summit",
+    "tango",
+)
 _TLDS = ("com", "net", "org", "io", "dev", "de", "co.uk", "fr", "nl", "com.br")
-_CITIES = (("US", "California", "San Francisco"), ("DE", "Bayern", "München"),
-           ("GB", "Oxfordshire", "Oxford"), ("JP", "Tokyo", "Chiyoda"))  # fmt: skip
+_CITIES = (
+    ("US", "California", "San Francisco"),
+    ("DE", "Bayern", "München"),
+    ("GB", "Oxfordshire", "Oxford"),
+    ("JP", "Tokyo", "Chiyoda"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,8 +233,11 @@ class CertFactory:
     def issue(self, spec: LeafSpec | None = None, *, signer: KeyType = "ec") -> IssuedCert:
         """A final certificate signed by the `signer` intermediate."""
         issuer = self._signer(signer)
-        cert = self._sign(self._leaf_builder(spec or self.random_spec(), issuer), issuer.key,
-                          issuer.hash_algorithm)  # fmt: skip
+        cert = self._sign(
+            self._leaf_builder(spec or self.random_spec(), issuer),
+            issuer.key,
+            issuer.hash_algorithm,
+        )
         return IssuedCert(cert.public_bytes(Encoding.DER), self.chain(signer))
 
     def issue_precert(

@@ -177,6 +177,10 @@ class TestLog:
     def last_timestamp(self) -> int:
         return self._timestamps[-1] if self._timestamps else 0
 
+    def cert_at(self, index: int) -> LoggedCert:
+        """What was logged at `index` (for tests that check what readers made of it)."""
+        return self._certs[index]
+
     def _extensions(self, index: int) -> bytes:
         # Static logs put their leaf_index in the (hashed) SCT extensions; RFC 6962 logs none.
         return leaf_index_extension(index) if self.kind is LogKind.STATIC else b""

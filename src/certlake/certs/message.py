@@ -1,0 +1,146 @@
+"""Log entry → the three certstream payloads plus the archive row's fields (SPEC §4, §6).
+
+`build_message` is the hot path: every entry of every log goes through it once. It parses the
+leaf, takes each chain certificate's JSON from a cache, serializes the leaf once with orjson and
+cuts the lite leaf and the domains list out of those bytes, so full, lite and domains-only come
+from a single serialization.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import NamedTuple
+
+import orjson
+
+from certlake.certs.certificate import CertObject, certificate_object
+from certlake.certs.errors import CertificateParseError
+from certlake.certs.gojson import go_escape, go_float, html_escape
+from certlake.ct.entry import EntryType, LogEntry, LogSource
+
+_LEAF_HEAD = b'{"all_domains":'
+_AS_DER_KEY = b',"as_der":"'
+
+
+class CertMessage(NamedTuple):
+    """One entry, serialized: the stream payloads and the plain values the archive row needs.
+
+    `full` and `lite` end with `\\n` as Go's do; `domains` does not. `leaf` is the parsed
+    `leaf_cert` object (with `as_der`); it shares cached sub-objects, so never mutate it.
+    `chain` holds one JSON document per chain certificate, exactly as in `full`.
+    """
+
+    full: bytes
+    lite: bytes
+    domains: bytes
+    leaf: CertObject
+    cert_index: int
+    update_type: str
+    seen: float
+    source_name: str
+    source_url: str
+    cert_link: str
+    serial_number: str
+    fingerprint: str
+    sha256: str
+    sha1: str
+    not_before: int
+    not_after: int
+    is_ca: bool
+    signature_algorithm: str
+    subject_aggregated: str
+    issuer_aggregated: str
+    all_domains: list[str]
+    as_der: str
+    chain: list[str]
+
+
+def build_message(entry: LogEntry, source: LogSource, seen: float, cert_link: str) -> CertMessage:
+    """Build the message for `entry`; raises `CertificateParseError` (with `part` naming the
+    leaf or the chain element) if any certificate of the entry cannot be read."""
+    leaf = certificate_object(entry.cert_der, precert=entry.entry_type is EntryType.PRECERT)
+    chain_json: list[bytes] = []
+    chain_text: list[str] = []
+    for position, der in enumerate(entry.chain):
+        try:
+            element = _chain_element(der)
+        except CertificateParseError as exc:
+            raise exc.in_part(f"chain[{position}]") from None
+        chain_json.append(element[0])
+        chain_text.append(element[1])
+
+    leaf_full = go_escape(orjson.dumps(leaf))
+    # The as_der member follows the all_domains array; `,"as_der":"` cannot occur inside a JSON
+    # string (its quotes would be escaped), so the first match is the key itself.
+    as_der = leaf["as_der"]
+    cut = leaf_full.index(_AS_DER_KEY, len(_LEAF_HEAD))
+    leaf_lite = leaf_full[:cut] + leaf_full[cut + len(_AS_DER_KEY) + len(as_der) + 1 :]
+    domains_json = leaf_full[len(_LEAF_HEAD) : cut]
+
+    update_type = entry.entry_type.update_type
+    source_head, source_tail = _source_fragments(source, update_type)
+    head = b'{"data":{"cert_index":%d,"cert_link":%b' % (
+        entry.index,
+        go_escape(orjson.dumps(cert_link)),
+    )
+    tail = b"".join(
+        (
+            b',"seen":',
+            go_float(seen),
+            source_head,
+            go_float(entry.timestamp_ms / 1000),
+            source_tail,
+        )
+    )
+    chain_part = b',"chain":[%b]' % b",".join(chain_json) if chain_json else b""
+    return CertMessage(
+        full=b"".join((head, chain_part, b',"leaf_cert":', leaf_full, tail)),
+        lite=b"".join((head, b',"leaf_cert":', leaf_lite, tail)),
+        domains=b'{"data":%b,"message_type":"dns_entries"}' % html_escape(domains_json),
+        leaf=leaf,
+        cert_index=entry.index,
+        update_type=update_type,
+        seen=seen,
+        source_name=source.name,
+        source_url=source.url,
+        cert_link=cert_link,
+        serial_number=leaf["serial_number"],
+        fingerprint=leaf["fingerprint"],
+        sha256=leaf["sha256"],
+        sha1=leaf["sha1"],
+        not_before=leaf["not_before"],
+        not_after=leaf["not_after"],
+        is_ca=leaf["is_ca"],
+        signature_algorithm=leaf["signature_algorithm"],
+        subject_aggregated=leaf["subject"]["aggregated"],
+        issuer_aggregated=leaf["issuer"]["aggregated"],
+        all_domains=leaf["all_domains"],
+        as_der=as_der,
+        chain=chain_text,
+    )
+
+
+# Chain certificates are the few intermediates and roots that sign nearly everything, so each
+# distinct DER is parsed and serialized once. Bound: the public CT ecosystem has a few thousand
+# distinct chain certificates; 4096 keeps all hot ones while capping memory (~8 KB each, ~32 MB
+# worst case) against a log that sends a different junk chain with every entry.
+@lru_cache(maxsize=4096)
+def _chain_element(der: bytes) -> tuple[bytes, str]:
+    """(JSON bytes, the same as str) of a chain certificate's object."""
+    encoded = go_escape(orjson.dumps(certificate_object(der)))
+    return encoded, encoded.decode("utf-8")
+
+
+# One entry per watched log (a few hundred); the bound only guards against unbounded churn.
+@lru_cache(maxsize=1024)
+def _source_fragments(source: LogSource, update_type: str) -> tuple[bytes, bytes]:
+    """The constant bytes around `source.timestamp` for this log and update type."""
+    head = b',"source":{"name":%b,"url":%b,"timestamp":' % (
+        go_escape(orjson.dumps(source.name)),
+        go_escape(orjson.dumps(source.url)),
+    )
+    tail = b',"type":%b},"update_type":%b},"message_type":"certificate_update"}\n' % (
+        orjson.dumps(source.kind.value),
+        orjson.dumps(update_type),
+    )
+    return head, tail
