@@ -1,0 +1,329 @@
+"""The live server's aiohttp application: the stream routes, the HTTP endpoints of SPEC §5 and the
+guard in front of them all.
+
+    /example.json       the newest lite message, as the stream sent it (503 before the first)
+    /latest.json        {"messages": [...]}: the 25 newest lite messages, newest first
+    /health             OK — open even when auth is on
+    /health/deep        per-log health; 503 when more than half the watched logs are unhealthy
+    /metrics            Prometheus text
+    /api/stats          uptime, throughput, clients, drops, logs by health, refusals
+    /api/logs           every watched log's position and health, and the log list's status
+    /api/cert/{key}     full message of a recently seen certificate by sha256/sha1/fingerprint
+
+Each group is switched by `protocols.*` (`example_json`, `health`, `metrics`, `api`, and
+`websocket` / `sse` for the streams); a route switched off is simply absent (404).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import string
+import time
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from certlake.config import Config
+from certlake.ct.health import Health
+from certlake.server.fleet import Fleet, Watched
+from certlake.server.guard import Guard, guard_middleware
+from certlake.server.metrics import ServerMetrics
+from certlake.server.pipeline import Pipeline
+from certlake.stream.fanout import Fanout
+from certlake.stream.hub import StreamKind
+from certlake.stream.web import Handler, SocketOptions, sse_handler, websocket_handler
+
+GUARD = web.AppKey("guard", Guard)
+
+RATE_WINDOW = 10.0  # seconds of history behind messages_per_second
+_HEX = frozenset(string.hexdigits)
+
+
+# --- pure helpers -------------------------------------------------------------------------------
+
+
+class RateMeter:
+    """Events per second over roughly the last `window` seconds, from samples of a running total.
+
+    The oldest sample kept is the newest one at or before the window's start, so the rate always
+    spans at least `window` seconds once there is that much history.
+    """
+
+    def __init__(self, window: float = RATE_WINDOW) -> None:
+        self.window = window
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def observe(self, now: float, total: int) -> None:
+        self._samples.append((now, total))
+        while len(self._samples) >= 2 and self._samples[1][0] <= now - self.window:
+            self._samples.popleft()
+
+    def rate(self) -> float:
+        if len(self._samples) < 2:
+            return 0.0
+        (t0, n0), (t1, n1) = self._samples[0], self._samples[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+def overall_health(states: Sequence[Health]) -> Health:
+    """Unhealthy when no log is watched or more than half are unhealthy; healthy when all are;
+    degraded otherwise."""
+    unhealthy = sum(1 for s in states if s is Health.UNHEALTHY)
+    if not states or 2 * unhealthy > len(states):
+        return Health.UNHEALTHY
+    if all(s is Health.HEALTHY for s in states):
+        return Health.HEALTHY
+    return Health.DEGRADED
+
+
+def log_status(w: Watched) -> dict[str, Any]:
+    """One log as /api/logs shows it; times are Unix seconds."""
+    st, health = w.watcher.status, w.watcher.health
+    return {
+        "url": w.info.url,
+        "name": w.info.description,
+        "kind": w.info.kind.value,
+        "operator": w.info.operator,
+        "health": health.state.value,
+        "cursor": st.cursor,
+        "tree_size": st.tree_size,
+        "lag": st.lag,
+        "entries": st.entries,
+        "unparseable": st.unparseable,
+        "last_success": st.last_success,
+        "last_error": health.last_error,
+        "consecutive_failures": health.consecutive_failures,
+        "total_failures": health.total_failures,
+    }
+
+
+_DEEP_KEYS = ("url", "name", "health", "lag", "last_success", "last_error")
+
+
+def latest_document(messages: Iterable[bytes]) -> bytes:
+    """`{"messages":[...]}` from serialized messages, without re-encoding them."""
+    return b'{"messages":[' + b",".join(m.rstrip(b"\n") for m in messages) + b"]}"
+
+
+def is_cert_key(key: str) -> bool:
+    """A SHA-1 or SHA-256 in hex, with or without colons, any case."""
+    digits = key.replace(":", "")
+    return len(digits) in (40, 64) and set(digits) <= _HEX
+
+
+# --- the HTTP shell -----------------------------------------------------------------------------
+
+
+def _json(obj: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(obj), status=status, content_type="application/json")
+
+
+def _message(body: bytes) -> web.Response:
+    return web.Response(body=body, content_type="application/json")
+
+
+class HttpApi:
+    """The endpoint handlers, over the live server's parts."""
+
+    def __init__(
+        self,
+        config: Config,
+        pipeline: Pipeline,
+        fleet: Fleet,
+        fanout: Fanout,
+        metrics: ServerMetrics,
+        guard: Guard,
+        meter: RateMeter,
+    ) -> None:
+        self.config = config
+        self.pipeline = pipeline
+        self.fleet = fleet
+        self.fanout = fanout
+        self.metrics = metrics
+        self.guard = guard
+        self.meter = meter
+
+    async def example(self, request: web.Request) -> web.Response:
+        if not self.pipeline.latest:
+            return _json({"error": "no certificate seen yet; try again shortly"}, 503)
+        return _message(self.pipeline.latest[-1].lite)
+
+    async def latest(self, request: web.Request) -> web.Response:
+        return _message(latest_document(m.lite for m in reversed(self.pipeline.latest)))
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(text="OK")
+
+    async def health_deep(self, request: web.Request) -> web.Response:
+        logs = [log_status(w) for w in self.fleet.watched.values()]
+        status = overall_health([w.watcher.health.state for w in self.fleet.watched.values()])
+        body = {
+            "status": status.value,
+            "logs": [{k: row[k] for k in _DEEP_KEYS} for row in logs],
+            "log_list_error": self.fleet.list_error,
+        }
+        return _json(body, 503 if status is Health.UNHEALTHY else 200)
+
+    async def metrics_text(self, request: web.Request) -> web.Response:
+        # Gauges read at scrape time, not up to a state-save interval old.
+        self.fleet.update_gauges()
+        # Rendering every per-log series takes milliseconds the stream should not wait for.
+        body = await asyncio.to_thread(generate_latest, self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def stats(self, request: web.Request) -> web.Response:
+        hub = self.fanout.hub.stats
+        by_health = Counter(w.watcher.health.state for w in self.fleet.watched.values())
+        guard, limiter = self.guard.stats, self.guard.connections
+        body = {
+            "uptime_seconds": round(time.time() - self.pipeline.started, 3),
+            "entries_processed": self.pipeline.processed,
+            "messages_per_second": round(self.meter.rate(), 3),
+            "clients": {kind.value: hub.clients[kind] for kind in StreamKind}
+            | {"total": sum(hub.clients.values())},
+            "messages_published": hub.published,
+            "messages_dropped": hub.dropped,
+            "clients_disconnected_stalled": hub.disconnected_stalled,
+            "logs": {"watched": len(self.fleet.watched)} | {h.value: by_health[h] for h in Health},
+            "refused": {
+                "unauthorized": guard.unauthorized,
+                "rate_limited": guard.rate_limited,
+                "server_full": guard.server_full,
+                "client_full": guard.client_full,
+            },
+            "limited_connections": None if limiter is None else limiter.total,
+        }
+        return _json(body)
+
+    async def logs(self, request: web.Request) -> web.Response:
+        body = {
+            "logs": [log_status(w) for w in self.fleet.watched.values()],
+            "log_list": {
+                "url": self.config.ct_logs_url,
+                "error": self.fleet.list_error,
+                "fetched_at": self.fleet.list_fetched_at,
+            },
+        }
+        return _json(body)
+
+    async def cert(self, request: web.Request) -> web.Response:
+        key = request.match_info["key"]
+        if not is_cert_key(key):
+            return _json({"error": "expected a SHA-256 or SHA-1 in hex (colons optional)"}, 400)
+        msg = self.pipeline.certs.get(key)
+        if msg is None:
+            return _json({"error": "not among the certificates seen recently", "key": key}, 404)
+        return _message(msg.full)
+
+
+class LiveCollector(Collector):
+    """Prometheus view of values owned elsewhere (the hub, the guard), read at scrape time."""
+
+    def __init__(self, fanout: Fanout, guard: Guard) -> None:
+        self._fanout = fanout
+        self._guard = guard
+
+    def collect(self) -> Iterable[Metric]:
+        hub = self._fanout.hub.stats
+        clients = GaugeMetricFamily(
+            "certlake_stream_clients", "Connected stream clients", labels=["stream"]
+        )
+        for kind in StreamKind:
+            clients.add_metric([kind.value], hub.clients[kind])
+        yield clients
+        yield CounterMetricFamily(
+            "certlake_stream_dropped",
+            "Messages dropped from slow clients' queues",
+            value=hub.dropped,
+        )
+        yield CounterMetricFamily(
+            "certlake_stream_disconnected_stalled",
+            "Clients cut off for taking nothing, heartbeats included, for too long",
+            value=hub.disconnected_stalled,
+        )
+        refused = CounterMetricFamily(
+            "certlake_requests_refused", "Requests refused by the guard", labels=["reason"]
+        )
+        g = self._guard.stats
+        for reason, n in (
+            ("unauthorized", g.unauthorized),
+            ("rate_limited", g.rate_limited),
+            ("server_full", g.server_full),
+            ("client_full", g.client_full),
+        ):
+            refused.add_metric([reason], n)
+        yield refused
+
+
+def build_app(
+    config: Config,
+    pipeline: Pipeline,
+    fleet: Fleet,
+    fanout: Fanout,
+    metrics: ServerMetrics,
+    *,
+    socket_options: SocketOptions | None = None,
+    rate_sample_interval: float = 1.0,
+) -> web.Application:
+    """The live server's application. The caller runs it and starts `fanout` and `fleet`."""
+    guard = Guard.from_config(config)
+    stream_resources: set[web.AbstractResource] = set()
+
+    def is_stream(request: web.Request) -> bool:
+        return request.match_info.route.resource in stream_resources
+
+    app = web.Application(middlewares=[guard_middleware(guard, is_stream)])
+    meter = RateMeter()
+    app[GUARD] = guard
+    api = HttpApi(config, pipeline, fleet, fanout, metrics, guard, meter)
+    p = config.protocols
+    opts = socket_options or SocketOptions()
+    streams: list[tuple[str, Handler]] = []
+    if p.websocket:
+        streams += [
+            ("/", websocket_handler(fanout, StreamKind.LITE, opts)),
+            ("/full-stream", websocket_handler(fanout, StreamKind.FULL, opts)),
+            ("/domains-only", websocket_handler(fanout, StreamKind.DOMAINS, opts)),
+        ]
+    if p.sse:
+        streams.append(("/sse", sse_handler(fanout, opts)))
+    for path, handler in streams:
+        resource = app.router.add_get(path, handler).resource
+        if resource is not None:
+            stream_resources.add(resource)
+    add = app.router.add_get
+    if p.example_json:
+        add("/example.json", api.example)
+        add("/latest.json", api.latest)
+    if p.health:
+        add("/health", api.health)
+        add("/health/deep", api.health_deep)
+    if p.metrics:
+        metrics.registry.register(LiveCollector(fanout, guard))
+        add("/metrics", api.metrics_text)
+    if p.api:
+        add("/api/stats", api.stats)
+        add("/api/logs", api.logs)
+        add("/api/cert/{key}", api.cert)
+
+    async def sample_rate(_: web.Application) -> AsyncIterator[None]:
+        async def run() -> None:
+            while True:
+                meter.observe(time.monotonic(), pipeline.processed)
+                await asyncio.sleep(rate_sample_interval)
+
+        task = asyncio.create_task(run(), name="rate meter")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    app.cleanup_ctx.append(sample_rate)
+    return app

@@ -1,0 +1,185 @@
+"""The set of watched logs: which logs (log list + config, re-read periodically), one watcher
+task each, and the state file that remembers where each one is."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlparse
+
+from certlake.config import Config
+from certlake.ct.entry import LogSource
+from certlake.ct.errors import FetchError
+from certlake.ct.health import Health, LogHealth
+from certlake.ct.http import CTHttp
+from certlake.ct.loglist import (
+    LogInfo,
+    LogListError,
+    merge_config_logs,
+    parse_log_list,
+    select_watchable,
+)
+from certlake.ct.static import IssuerCache
+from certlake.ct.watcher import Consumer, LogWatcher
+from certlake.readers import config_logs, make_reader, retry_policy
+from certlake.server.metrics import ServerMetrics
+from certlake.state import StateStore
+
+log = logging.getLogger(__name__)
+
+STATE_SAVE_INTERVAL = 1.0
+
+
+@dataclass(slots=True)
+class Watched:
+    info: LogInfo
+    watcher: LogWatcher
+    task: asyncio.Task[None] = field(repr=False)
+
+
+class Fleet:
+    def __init__(
+        self,
+        config: Config,
+        http: CTHttp,
+        consumer_for: Callable[[LogSource], Consumer],
+        metrics: ServerMetrics,
+        state: StateStore | None,
+        resume_cap: Callable[[str], int | None] | None = None,
+    ) -> None:
+        """`resume_cap(url)` may lower a log's saved cursor (the archive's committed position)
+        so that a restart refetches what the archive did not get."""
+        self._config = config
+        self._http = http
+        self._consumer_for = consumer_for
+        self.metrics = metrics
+        self.state = state
+        self._resume_cap = resume_cap
+        self.watched: dict[str, Watched] = {}
+        self._issuers = IssuerCache()
+        self.list_error: str | None = None
+        self.list_fetched_at: float | None = None
+
+    # --- which logs -----------------------------------------------------------------------------
+
+    async def _read_log_list(self) -> bytes:
+        url = self._config.ct_logs_url
+        if url.startswith("file://"):
+            return await asyncio.to_thread(Path(urlparse(url).path).read_bytes)
+        return await self._http.get(url)
+
+    async def desired_logs(self) -> list[LogInfo]:
+        """The list's watchable logs plus the configured ones; config logs alone (and a loud
+        warning) when the list cannot be had — the server never stops for that."""
+        custom, static = config_logs(self._config)
+        try:
+            parsed = parse_log_list(await self._read_log_list())
+        except (FetchError, LogListError, OSError) as e:
+            self.list_error = str(e)
+            log.warning("log list %s unavailable: %s", self._config.ct_logs_url, e)
+            return merge_config_logs([], custom, static)
+        self.list_error = None
+        self.list_fetched_at = time.time()
+        selected = select_watchable(parsed.logs, now=datetime.now(UTC))
+        return merge_config_logs(selected, custom, static, known=parsed.logs)
+
+    async def refresh(self) -> None:
+        desired = await self.desired_logs()
+        wanted = {info.url for info in desired}
+        for info in desired:
+            if info.url not in self.watched:
+                self._start(info)
+        if self.list_error is None:
+            # Only a list that was read can retire a log; an outage must not stop watchers.
+            for url in [u for u in self.watched if u not in wanted]:
+                log.info("%s left the watch list; stopping its watcher", url)
+                self.watched.pop(url).task.cancel()
+
+    def _start(self, info: LogInfo) -> None:
+        ct = self._config.ct_log
+        saved = self.state.get(info.url) if self.state is not None else None
+        start = saved.current_index if saved is not None else None
+        cap = self._resume_cap(info.url) if self._resume_cap is not None else None
+        if cap is not None and (start is None or cap < start):
+            start = cap
+        watcher = LogWatcher(
+            make_reader(self._http, info, ct, self._issuers),
+            self._consumer_for(info.source),
+            start_index=start,
+            poll_interval=ct.poll_interval_ms / 1000,
+            policy=retry_policy(ct),
+            health=LogHealth(
+                healthy_threshold=ct.healthy_threshold,
+                unhealthy_threshold=ct.unhealthy_threshold,
+                max_delay=float(ct.health_check_interval_secs),
+            ),
+            on_error=self._count_error,
+        )
+        task = asyncio.create_task(watcher.run(), name=f"watch {info.url}")
+        self.watched[info.url] = Watched(info, watcher, task)
+        log.info(
+            "watching %s (%s) from %s",
+            info.url,
+            info.description,
+            "the tree head" if start is None else start,
+        )
+
+    def _count_error(self, url: str, error: FetchError) -> None:
+        status = "none" if error.status is None else str(error.status)
+        self.metrics.fetch_errors.labels(url, status).inc()
+
+    # --- running --------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Watch until cancelled: refresh the list periodically, save the state every second."""
+        refresh_every = self._config.ct_log.log_refresh_interval_secs
+        next_refresh = 0.0
+        try:
+            while True:
+                now = time.monotonic()
+                if now >= next_refresh:
+                    await self.refresh()
+                    next_refresh = now + refresh_every
+                self.update_gauges()
+                await self.save_state()
+                await asyncio.sleep(STATE_SAVE_INTERVAL)
+        finally:
+            await self.stop()
+
+    def update_gauges(self) -> None:
+        m = self.metrics
+        for url, w in self.watched.items():
+            st = w.watcher.status
+            if st.tree_size is not None:
+                m.tree_size.labels(url).set(st.tree_size)
+            if st.lag is not None:
+                m.lag.labels(url).set(st.lag)
+            for h in Health:
+                m.healthy.labels(url, h.value).set(1 if w.watcher.health.state is h else 0)
+
+    async def save_state(self) -> None:
+        if self.state is None:
+            return
+        for url, w in self.watched.items():
+            st = w.watcher.status
+            if st.cursor is None or st.tree_size is None:
+                continue
+            prev = self.state.get(url)
+            if prev is None or prev.current_index != st.cursor or prev.tree_size != st.tree_size:
+                self.state.update(url, st.cursor, st.tree_size, int(st.last_success or time.time()))
+        await asyncio.to_thread(self.state.save_if_dirty)
+
+    async def stop(self) -> None:
+        tasks = [w.task for w in self.watched.values()]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        await self.save_state()

@@ -1,0 +1,45 @@
+"""Prometheus metrics of the live server (SPEC §10). Collectors live on a registry passed in, so
+tests and several servers in one process never share counters."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class ServerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.entries = Counter(
+            "certlake_log_entries", "Entries read from each log", ["log"], registry=registry
+        )
+        self.parse_failures = Counter(
+            "certlake_parse_failures",
+            "Entries that could not be decoded (kind=entry) or whose certificate could not be "
+            "parsed (kind=certificate)",
+            ["log", "kind"],
+            registry=registry,
+        )
+        self.fetch_errors = Counter(
+            "certlake_fetch_errors",
+            "Failed reads from a log, by HTTP status (none = timeout or connection error)",
+            ["log", "status"],
+            registry=registry,
+        )
+        self.tree_size = Gauge(
+            "certlake_log_tree_size", "Latest tree size seen", ["log"], registry=registry
+        )
+        self.lag = Gauge(
+            "certlake_log_lag_entries",
+            "Entries published by the log but not yet read",
+            ["log"],
+            registry=registry,
+        )
+        self.healthy = Gauge(
+            "certlake_log_health",
+            "1 for the log's current health state, 0 for the others",
+            ["log", "state"],
+            registry=registry,
+        )
+        self.messages = Counter(
+            "certlake_messages_published", "Messages handed to the stream", registry=registry
+        )

@@ -1,0 +1,128 @@
+"""`certlake serve [--demo]`: watchers → messages → stream (and archive), until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from certlake.config import Config
+from certlake.ct.http import USER_AGENT, CTHttp
+from certlake.server.app import build_app
+from certlake.server.fleet import Fleet
+from certlake.server.metrics import ServerMetrics
+from certlake.server.pipeline import Pipeline
+from certlake.state import StateStore
+from certlake.stream.fanout import Fanout
+from certlake.stream.hub import HubConfig
+
+log = logging.getLogger(__name__)
+
+DEMO_DIR = Path("data")
+DEMO_RATE = 25.0  # entries per second: lively on screen, light on a laptop
+
+
+def hub_config(config: Config) -> HubConfig:
+    s = config.stream
+    return HubConfig(
+        backlog=s.client_queue_size,
+        heartbeat_interval=float(s.heartbeat_interval_secs),
+        ping_interval=float(s.ping_interval_secs),
+        stall_timeout=float(s.slow_client_timeout_secs),
+    )
+
+
+@contextlib.asynccontextmanager
+async def demo_log(config: Config) -> AsyncIterator[Config]:
+    """The built-in test log, growing, and a config that watches only it and archives to
+    ./data/certstream — everything offline."""
+    from certlake.testlog.server import TestLogServer
+
+    await asyncio.to_thread(DEMO_DIR.mkdir, exist_ok=True)
+    async with TestLogServer(host="127.0.0.1", rate=DEMO_RATE, seed=1) as srv:
+        demo = dataclasses.replace(
+            config,
+            ct_logs_url=srv.log_list_url,
+            custom_logs=(),
+            static_logs=(),
+            ct_log=dataclasses.replace(
+                config.ct_log,
+                state_file=str(DEMO_DIR / "demo_state.json"),
+                poll_interval_ms=500,
+                default_operator_rate_limit_ms=0,
+            ),
+            delta_sink=dataclasses.replace(
+                config.delta_sink, enabled=True, flush_interval_secs=5
+            ),
+        )
+        print(f"certlake demo: built-in test log at {srv.base_url}", flush=True)
+        yield demo
+
+
+async def run_serve(config: Config, demo: bool = False) -> int:
+    if demo:
+        async with demo_log(config) as demo_config:
+            return await serve(demo_config)
+    return await serve(config)
+
+
+async def serve(config: Config) -> int:
+    registry = CollectorRegistry()
+    metrics = ServerMetrics(registry)
+    fanout = Fanout(hub_config(config))
+    pipeline = Pipeline(metrics, fanout.publish, None, config.api.cache_capacity)
+    state = StateStore.load(config.ct_log.state_file) if config.ct_log.state_file else None
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    user_agent = config.ct_log.user_agent or USER_AGENT
+    async with CTHttp(timeout=config.ct_log.request_timeout_secs, user_agent=user_agent) as http:
+        fleet = Fleet(config, http, pipeline.consumer, metrics, state)
+        app = build_app(config, pipeline, fleet, fanout, metrics)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, config.host, config.port)
+        await site.start()
+        fanout.start()
+        host, port = runner.addresses[0][:2]
+        _announce(str(host), int(port))
+        fleet_task = asyncio.create_task(fleet.run(), name="fleet")
+        try:
+            stop_task = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait(
+                {fleet_task, stop_task}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if fleet_task in done:
+                fleet_task.result()  # the fleet never ends by itself: surface why it did
+        finally:
+            log.info("shutting down")
+            fleet_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await fleet_task
+            fanout.stop()
+            await runner.cleanup()
+    return 0
+
+
+def _announce(host: str, port: int) -> None:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    base = f"{shown}:{port}"
+    print(
+        f"certlake serving on http://{base}\n"
+        f"  WebSocket  ws://{base}/ (lite)  ws://{base}/full-stream  ws://{base}/domains-only\n"
+        f"  SSE        http://{base}/sse?stream=lite|full|domains\n"
+        f"  HTTP       http://{base}/example.json  /latest.json  /api/logs  /metrics",
+        file=sys.stdout,
+        flush=True,
+    )
