@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from support.procs import Procs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,3 +26,13 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.fail(f"real CT test data not found at {path} (set CERTLAKE_SHARED)")
     return path
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Procs]:
+    """Start real certlake processes; all are stopped at the end of the test."""
+    p = Procs(tmp_path)
+    try:
+        yield p
+    finally:
+        p.close()
