@@ -270,9 +270,13 @@ class DeltaSinkConfig:
     table_path: str = field(default=DEFAULT_TABLE_PATH, metadata=_m(check=table_path_problem))
     batch_size: int = field(default=10000, metadata=_m(min=1))
     flush_interval_secs: int = field(default=30, metadata=_m(min=1))
-    compression_level: int = field(default=9, metadata=_m(min=1, max=22))  # zstd
+    # zstd level 3 (zstd's own default): level 9 halves the sink's throughput for ~8% smaller
+    # files (docs/benchmarks.md, "sink").
+    compression_level: int = field(default=3, metadata=_m(min=1, max=22))
     # certlake additions: the bound on records held while writes fail, and background compaction.
-    max_buffer_records: int = field(default=1_000_000, metadata=_m(min=1))
+    # ~6 KB a realistic row in memory: 200,000 rows is about 1.2 GB before entries are dropped
+    # (and recorded for backfill).
+    max_buffer_records: int = field(default=200_000, metadata=_m(min=1))
     compaction_interval_secs: int = field(default=3600, metadata=_m(min=0))  # 0 disables compaction
 
 

@@ -49,7 +49,8 @@ class RetryPolicy:
 
     def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
         """Wait before retry number `attempt` (1-based)."""
-        ceiling = min(self.max_delay, self.initial_delay * 2.0 ** (attempt - 1))
+        # The exponent is capped: 2**1024 overflows a float, and 2**64 is past any sane cap.
+        ceiling = min(self.max_delay, self.initial_delay * 2.0 ** min(attempt - 1, 64))
         # Half fixed, half jitter: spreads a fleet of workers without ever retrying instantly.
         wait = ceiling / 2 + rng.uniform(0, ceiling / 2)
         if retry_after is not None:

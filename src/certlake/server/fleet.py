@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,16 +51,20 @@ class Fleet:
         consumer_for: Callable[[LogSource], Consumer],
         metrics: ServerMetrics,
         state: StateStore | None,
-        resume_cap: Callable[[str], int | None] | None = None,
+        archive_cursor: Callable[[str], int | None] | None = None,
+        prepare: Callable[[list[str]], Awaitable[object]] | None = None,
     ) -> None:
-        """`resume_cap(url)` may lower a log's saved cursor (the archive's committed position)
-        so that a restart refetches what the archive did not get."""
+        """`archive_cursor(url)` is how far the archive has a log (docs/architecture.md, "Archive
+        and state agree"): a watcher resumes at no more than it, and the state file never claims
+        more. `prepare(urls)` runs before watchers of new logs start (the sink reads their
+        committed cursors)."""
         self._config = config
         self._http = http
         self._consumer_for = consumer_for
         self.metrics = metrics
         self.state = state
-        self._resume_cap = resume_cap
+        self._archive_cursor = archive_cursor
+        self._prepare = prepare
         self.watched: dict[str, Watched] = {}
         self._issuers = IssuerCache()
         self.list_error: str | None = None
@@ -92,9 +96,11 @@ class Fleet:
     async def refresh(self) -> None:
         desired = await self.desired_logs()
         wanted = {info.url for info in desired}
-        for info in desired:
-            if info.url not in self.watched:
-                self._start(info)
+        new = [info for info in desired if info.url not in self.watched]
+        if new and self._prepare is not None:
+            await self._prepare([info.url for info in new])
+        for info in new:
+            self._start(info)
         if self.list_error is None:
             # Only a list that was read can retire a log; an outage must not stop watchers.
             for url in [u for u in self.watched if u not in wanted]:
@@ -105,9 +111,7 @@ class Fleet:
         ct = self._config.ct_log
         saved = self.state.get(info.url) if self.state is not None else None
         start = saved.current_index if saved is not None else None
-        cap = self._resume_cap(info.url) if self._resume_cap is not None else None
-        if cap is not None and (start is None or cap < start):
-            start = cap
+        start = self._capped(info.url, start)
         watcher = LogWatcher(
             make_reader(self._http, info, ct, self._issuers),
             self._consumer_for(info.source),
@@ -129,6 +133,12 @@ class Fleet:
             info.description,
             "the tree head" if start is None else start,
         )
+
+    def _capped(self, url: str, cursor: int | None) -> int | None:
+        cap = self._archive_cursor(url) if self._archive_cursor is not None else None
+        if cap is None:
+            return cursor
+        return cap if cursor is None else min(cursor, cap)
 
     def _count_error(self, url: str, error: FetchError) -> None:
         status = "none" if error.status is None else str(error.status)
@@ -168,11 +178,12 @@ class Fleet:
             return
         for url, w in self.watched.items():
             st = w.watcher.status
-            if st.cursor is None or st.tree_size is None:
+            cursor = self._capped(url, st.cursor)
+            if cursor is None or st.tree_size is None:
                 continue
             prev = self.state.get(url)
-            if prev is None or prev.current_index != st.cursor or prev.tree_size != st.tree_size:
-                self.state.update(url, st.cursor, st.tree_size, int(st.last_success or time.time()))
+            if prev is None or prev.current_index != cursor or prev.tree_size != st.tree_size:
+                self.state.update(url, cursor, st.tree_size, int(st.last_success or time.time()))
         await asyncio.to_thread(self.state.save_if_dirty)
 
     async def stop(self) -> None:

@@ -7,6 +7,7 @@ import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from typing import Protocol
 
 from certlake.certs.errors import CertificateParseError
 from certlake.certs.message import CertMessage, build_message
@@ -44,6 +45,14 @@ def _norm(key: str) -> str:
     return key.replace(":", "").upper()
 
 
+class Archive(Protocol):
+    """The live sink as the pipeline sees it (`lake.sink.DeltaSink`): both calls return at once."""
+
+    def offer(self, msg: CertMessage) -> None: ...
+
+    def offer_unparseable(self, source_url: str, index: int, reason: str) -> None: ...
+
+
 class Pipeline:
     """The consumer given to every watcher. `publish` and `archive` must not block: the stream's
     hub and the sink each take the message and return at once."""
@@ -52,7 +61,7 @@ class Pipeline:
         self,
         metrics: ServerMetrics,
         publish: Callable[[CertMessage], object],
-        archive: Callable[[CertMessage], object] | None = None,
+        archive: Archive | None = None,
         cert_index_capacity: int = 10_000,
     ) -> None:
         self.metrics = metrics
@@ -74,12 +83,14 @@ class Pipeline:
         m.entries.labels(source.url).inc()
         if isinstance(item, Unparseable):
             m.parse_failures.labels(source.url, "entry").inc()
+            self._passed_without_message(source, item.index, item.error)
             return
         try:
             msg = build_message(item.entry, source, time.time(), item.cert_link)
         except CertificateParseError as e:
             m.parse_failures.labels(source.url, "certificate").inc()
             log.error("%s: entry %d: certificate does not parse: %s", source.url, item.index, e)
+            self._passed_without_message(source, item.index, f"certificate: {e}")
             return
         self.processed += 1
         self.latest.append(msg)
@@ -87,4 +98,9 @@ class Pipeline:
         self._publish(msg)
         m.messages.inc()
         if self._archive is not None:
-            self._archive(msg)
+            self._archive.offer(msg)
+
+    def _passed_without_message(self, source: LogSource, index: int, reason: str) -> None:
+        # The archive must hear of every index the watcher passes, or it would record a gap.
+        if self._archive is not None:
+            self._archive.offer_unparseable(source.url, index, reason)

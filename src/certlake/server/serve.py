@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from certlake.config import Config
 from certlake.ct.http import USER_AGENT, CTHttp
+from certlake.lake.sink import DeltaSink
 from certlake.server.app import build_app
 from certlake.server.fleet import Fleet
 from certlake.server.metrics import ServerMetrics
@@ -78,7 +79,8 @@ async def serve(config: Config) -> int:
     registry = CollectorRegistry()
     metrics = ServerMetrics(registry)
     fanout = Fanout(hub_config(config))
-    pipeline = Pipeline(metrics, fanout.publish, None, config.api.cache_capacity)
+    sink = DeltaSink.from_config(config, registry)
+    pipeline = Pipeline(metrics, fanout.publish, sink, config.api.cache_capacity)
     state = StateStore.load(config.ct_log.state_file) if config.ct_log.state_file else None
 
     stop = asyncio.Event()
@@ -88,7 +90,17 @@ async def serve(config: Config) -> int:
 
     user_agent = config.ct_log.user_agent or USER_AGENT
     async with CTHttp(timeout=config.ct_log.request_timeout_secs, user_agent=user_agent) as http:
-        fleet = Fleet(config, http, pipeline.consumer, metrics, state)
+        if sink is not None:
+            await sink.start()
+        fleet = Fleet(
+            config,
+            http,
+            pipeline.consumer,
+            metrics,
+            state,
+            archive_cursor=sink.committed_cursor if sink is not None else None,
+            prepare=sink.load_committed if sink is not None else None,
+        )
         app = build_app(config, pipeline, fleet, fanout, metrics)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
@@ -110,6 +122,11 @@ async def serve(config: Config) -> int:
             fleet_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await fleet_task
+            if sink is not None:
+                # Watchers are stopped: flush what they handed over, then let the state file
+                # claim what the archive now holds.
+                await sink.close()
+                await fleet.save_state()
             fanout.stop()
             await runner.cleanup()
     return 0

@@ -1,0 +1,100 @@
+"""The archive's table layout (SPEC §6) and the side table of passed-over index ranges.
+
+The 20 columns, their order, types and nullability are those of certstream-server-rust's
+`delta_schema()`, so its tables open and append without a schema change: every column NOT NULL,
+list elements nullable. The Rust tool declares `cert_index` as Arrow UInt64, which delta-rs stores
+as Delta `long`; certlake writes int64 directly (CT indices are far below 2**63).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import pyarrow as pa
+
+STRING_LIST: Final = pa.list_(pa.field("item", pa.string(), nullable=True))
+SEEN_TYPE: Final = pa.timestamp("us", tz="UTC")
+
+ARCHIVE_SCHEMA: Final = pa.schema(
+    [
+        pa.field("cert_index", pa.int64(), nullable=False),
+        pa.field("update_type", pa.string(), nullable=False),
+        pa.field("seen", SEEN_TYPE, nullable=False),
+        pa.field("seen_date", pa.string(), nullable=False),
+        pa.field("source_name", pa.string(), nullable=False),
+        pa.field("source_url", pa.string(), nullable=False),
+        pa.field("cert_link", pa.string(), nullable=False),
+        pa.field("serial_number", pa.string(), nullable=False),
+        pa.field("fingerprint", pa.string(), nullable=False),
+        pa.field("sha256", pa.string(), nullable=False),
+        pa.field("sha1", pa.string(), nullable=False),
+        pa.field("not_before", pa.int64(), nullable=False),
+        pa.field("not_after", pa.int64(), nullable=False),
+        pa.field("is_ca", pa.bool_(), nullable=False),
+        pa.field("signature_algorithm", pa.string(), nullable=False),
+        pa.field("subject_aggregated", pa.string(), nullable=False),
+        pa.field("issuer_aggregated", pa.string(), nullable=False),
+        pa.field("all_domains", STRING_LIST, nullable=False),
+        pa.field("as_der", pa.string(), nullable=False),
+        pa.field("chain", STRING_LIST, nullable=False),
+    ]
+)
+COLUMNS: Final = tuple(ARCHIVE_SCHEMA.names)
+PARTITION_BY: Final = ("seen_date",)
+
+# Index ranges the live sink passed without writing rows (see docs/architecture.md, "Archive and
+# state agree"). A `_`-prefixed directory inside the table: Delta readers and VACUUM ignore it,
+# and it travels with the table when the directory is copied.
+SKIPPED_DIR: Final = "_certlake_skipped"
+SKIPPED_SCHEMA: Final = pa.schema(
+    [
+        pa.field("source_url", pa.string(), nullable=False),
+        pa.field("start_index", pa.int64(), nullable=False),
+        pa.field("end_index", pa.int64(), nullable=False),  # inclusive
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("recorded", SEEN_TYPE, nullable=False),
+    ]
+)
+
+
+class ArchiveSchemaError(ValueError):
+    """An existing table's schema is not the archive's (a wrong path, or another tool's table)."""
+
+
+def _base_type(t: pa.DataType) -> pa.DataType:
+    """The type with list element names and integer signedness normalized: Delta has neither
+    unsigned integers nor list element names, so readers report them in different spellings."""
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return pa.list_(_base_type(t.value_type))
+    if pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return pa.string()
+    if pa.types.is_uint64(t):
+        return pa.int64()
+    if pa.types.is_timestamp(t):
+        # Delta `timestamp` is µs since the epoch, UTC; readers spell the zone differently.
+        return SEEN_TYPE
+    return t
+
+
+def schema_problems(schema: pa.Schema, expected: pa.Schema = ARCHIVE_SCHEMA) -> list[str]:
+    """What keeps rows of `expected` from being appended to a table of `schema`; empty if none.
+    Nullability is not compared: non-null rows fit a nullable column."""
+    problems: list[str] = []
+    if list(schema.names) != list(expected.names):
+        problems.append(f"columns are {list(schema.names)}, expected {list(expected.names)}")
+        return problems
+    for have, want in zip(schema, expected, strict=True):
+        if _base_type(have.type) != _base_type(want.type):
+            problems.append(f"column {have.name} is {have.type}, expected {want.type}")
+    return problems
+
+
+def check_archive_schema(schema: pa.Schema, partition_columns: list[str], where: str) -> None:
+    """Raise `ArchiveSchemaError` unless a table with `schema` and `partition_columns` takes
+    archive rows as they are."""
+    problems = schema_problems(schema)
+    if partition_columns != list(PARTITION_BY):
+        problems.append(f"partitioned by {partition_columns}, expected {list(PARTITION_BY)}")
+    if problems:
+        raise ArchiveSchemaError(f"{where} is not a certlake archive table: " + "; ".join(problems))

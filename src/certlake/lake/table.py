@@ -1,0 +1,219 @@
+"""The Delta table shell: open or create, append with transaction identifiers, find out whether a
+commit whose outcome was lost landed, record skipped ranges, compact.
+
+Every function here does blocking I/O (delta-rs releases the GIL while it works); callers on an
+event loop run them in a thread. An `ArchiveTable` is used by one thread at a time.
+
+Storage: local paths, `file://` and `s3://` URIs. On S3, delta-rs (>= 0.25) commits with
+conditional puts (`If-None-Match: *`), which AWS S3 and the usual S3-compatible servers honour,
+so commits are atomic and concurrent writers (the sink, its compaction, a backfill) are safe
+without a locking provider. `AWS_S3_ALLOW_UNSAFE_RENAME` (`storage.s3.allow_unsafe_rename`) is
+only for stores without conditional writes; then only one writer may commit at a time — see
+`unsafe_rename`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import pyarrow as pa
+from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
+from deltalake.exceptions import TableNotFoundError
+
+from certlake.lake.rows import skipped_to_batch
+from certlake.lake.schema import (
+    ARCHIVE_SCHEMA,
+    PARTITION_BY,
+    SKIPPED_DIR,
+    check_archive_schema,
+)
+from certlake.lake.txn import SkipKind, SkippedRange, app_id
+
+log = logging.getLogger(__name__)
+
+COMMIT_ID_KEY: Final = "certlake.commit"
+
+
+def table_uri(path: str) -> str:
+    """The location delta-rs is given: URIs as they are, local paths made absolute (the server
+    may change its working directory; the table must not move with it)."""
+    if "://" in path:
+        return path.rstrip("/")
+    return str(Path(path).expanduser().absolute())
+
+
+def child_uri(uri: str, name: str) -> str:
+    return f"{uri}/{name}" if "://" in uri else os.path.join(uri, name)
+
+
+def unsafe_rename(storage_options: Mapping[str, str] | None) -> bool:
+    """Whether commits are unprotected against a concurrent writer (see the module doc)."""
+    for key, value in (storage_options or {}).items():
+        if key.upper() == "AWS_S3_ALLOW_UNSAFE_RENAME" and value.lower() in ("1", "true"):
+            return True
+    return False
+
+
+def writer_properties(compression_level: int) -> WriterProperties:
+    return WriterProperties(compression="ZSTD", compression_level=compression_level)
+
+
+def _open(uri: str, storage_options: dict[str, str] | None) -> DeltaTable | None:
+    try:
+        return DeltaTable(uri, storage_options=storage_options)
+    except TableNotFoundError:
+        return None
+
+
+class ArchiveTable:
+    """The archive table (20 columns, partitioned by `seen_date`)."""
+
+    def __init__(
+        self,
+        table: DeltaTable,
+        uri: str,
+        storage_options: dict[str, str] | None,
+        compression_level: int,
+    ) -> None:
+        self._dt = table
+        self.uri = uri
+        self.storage_options = storage_options
+        self._writer = writer_properties(compression_level)
+        self._compression_level = compression_level
+
+    @classmethod
+    def open(
+        cls, uri: str, *, storage_options: dict[str, str] | None = None, compression_level: int = 9
+    ) -> ArchiveTable | None:
+        """The table at `uri`, or None when there is none; raises `ArchiveSchemaError` when the
+        table there is not an archive table."""
+        table = _open(uri, storage_options)
+        if table is None:
+            return None
+        metadata = table.metadata()
+        check_archive_schema(
+            pa.schema(table.schema().to_arrow()), list(metadata.partition_columns), uri
+        )
+        return cls(table, uri, storage_options, compression_level)
+
+    @classmethod
+    def open_or_create(
+        cls, uri: str, *, storage_options: dict[str, str] | None = None, compression_level: int = 9
+    ) -> ArchiveTable:
+        """Open the table at `uri`, creating it (schema, `seen_date` partitioning) if missing."""
+        existing = cls.open(
+            uri, storage_options=storage_options, compression_level=compression_level
+        )
+        if existing is not None:
+            return existing
+        try:
+            DeltaTable.create(
+                uri,
+                ARCHIVE_SCHEMA,
+                partition_by=list(PARTITION_BY),
+                storage_options=storage_options,
+            )
+            log.info("created archive table", extra={"table": uri})
+        except Exception as exc:  # deltalake raises a bare DeltaError when another writer won
+            if "already exists" not in str(exc):
+                raise
+        created = cls.open(
+            uri, storage_options=storage_options, compression_level=compression_level
+        )
+        if created is None:
+            raise TableNotFoundError(f"{uri}: created, but cannot be opened")
+        return created
+
+    @property
+    def version(self) -> int:
+        return int(self._dt.version())
+
+    def committed_cursor(self, source_url: str) -> int | None:
+        """The live cursor of `source_url` recorded in the table (reads the log: I/O)."""
+        value = self._dt.transaction_version(app_id(source_url))
+        return None if value is None else int(value)
+
+    def append(
+        self, batch: pa.Table | pa.RecordBatch, *, versions: Mapping[str, int], commit_id: str
+    ) -> None:
+        """One commit: `batch` (may be empty) and a transaction identifier per log in `versions`.
+        `commit_id` is stored in the commit info so that `landed` can find it."""
+        write_deltalake(
+            self._dt,
+            batch,
+            mode="append",
+            writer_properties=self._writer,
+            commit_properties=CommitProperties(
+                custom_metadata={COMMIT_ID_KEY: commit_id},
+                app_transactions=[Transaction(app_id(url), v) for url, v in versions.items()],
+            ),
+        )
+
+    def landed(self, commit_id: str, since_version: int) -> bool:
+        """After an append that raised: reopen the table and tell whether a commit with
+        `commit_id` exists after `since_version` (a timeout can lose the reply of a commit that
+        succeeded; retrying it blindly would write its rows twice)."""
+        self._dt = ArchiveTable.open_or_create(
+            self.uri,
+            storage_options=self.storage_options,
+            compression_level=self._compression_level,
+        )._dt
+        newer = self.version - since_version
+        if newer <= 0:
+            return False
+        # deltalake 1.6.6 holds the GIL while `history` reads the log (a few small objects);
+        # this runs only after a failed commit when other commits followed it.
+        return any(c.get(COMMIT_ID_KEY) == commit_id for c in self._dt.history(limit=newer))
+
+
+def record_skipped(
+    uri: str, storage_options: dict[str, str] | None, ranges: list[SkippedRange]
+) -> None:
+    """Append `ranges` to the side table of skipped ranges (created on first use)."""
+    batch = skipped_to_batch(ranges, recorded_us=int(time.time() * 1_000_000))
+    write_deltalake(
+        child_uri(uri, SKIPPED_DIR), batch, mode="append", storage_options=storage_options
+    )
+
+
+def read_skipped(uri: str, storage_options: dict[str, str] | None = None) -> list[SkippedRange]:
+    """Every range the live sink recorded as passed without rows (empty if none ever was).
+    Ranges may repeat (a record written again after a crash); readers take their union."""
+    table = _open(child_uri(uri, SKIPPED_DIR), storage_options)
+    if table is None:
+        return []
+    columns = ["source_url", "start_index", "end_index", "kind", "reason"]
+    data = table.to_pyarrow_table(columns=columns).to_pydict()
+    return [
+        SkippedRange(url, start, end, SkipKind(kind), reason)
+        for url, start, end, kind, reason in zip(
+            data["source_url"],
+            data["start_index"],
+            data["end_index"],
+            data["kind"],
+            data["reason"],
+            strict=True,
+        )
+    ]
+
+
+def compact(
+    uri: str, storage_options: dict[str, str] | None, compression_level: int
+) -> dict[str, Any] | None:
+    """Merge small files and remove files no longer referenced (after the default retention of
+    7 days, so readers of older versions are not broken). Uses its own handle: appends committed
+    meanwhile do not conflict with it (delta-rs checks and retries), so writers never wait.
+    None when there is no table yet."""
+    table = _open(uri, storage_options)
+    if table is None:
+        return None
+    metrics: dict[str, Any] = table.optimize.compact(
+        writer_properties=writer_properties(compression_level)
+    )
+    metrics["vacuumed"] = len(table.vacuum(dry_run=False))
+    return metrics
