@@ -18,6 +18,8 @@ from certlake.ct.reader import FetchedEntry, LogReader, Unparseable
 
 log = logging.getLogger(__name__)
 
+_YIELD_EVERY_MASK = 31  # yield to the event loop every 32 entries
+
 Consumer = Callable[[FetchedEntry | Unparseable], Awaitable[None]]
 ErrorReporter = Callable[[str, FetchError], None]
 
@@ -120,5 +122,9 @@ class LogWatcher:
                 log.error("%s: entry %d does not decode: %s", st.url, item.index, item.error)
             else:
                 st.entries += 1
+            if (st.cursor & _YIELD_EVERY_MASK) == 0:
+                # A batch is hundreds of entries; letting the loop run between slices lets the
+                # stream flush what is already built and other logs' watchers take their turn.
+                await asyncio.sleep(0)
         self.health.success()
         st.last_success = time.time()

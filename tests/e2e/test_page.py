@@ -1,0 +1,188 @@
+"""The live page in a real browser: headless Chromium opens `/` of a real `certlake serve` fed by
+a real, growing `certlake testlog`, and the test reads what a person would see from the DOM."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from support.browser import Page, chromium, ensure_chromium
+from support.procs import Procs, server_config
+
+pytestmark = pytest.mark.timeout(90)
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts"
+ROW_LIMIT = 200  # the page keeps this many rows
+
+ROWS = "[...document.querySelectorAll('#rows tr.cert')].map(r => ({...r.dataset}))"
+LOGS = "[...document.querySelectorAll('#logs li.log')].map(l => ({...l.dataset}))"
+STATE = "document.getElementById('conn').dataset.state"
+
+
+def value_of(element_id: str) -> str:
+    return f"Number(document.getElementById({orjson.dumps(element_id).decode()}).dataset.value)"
+
+
+@pytest.fixture(scope="module")
+def chromium_binary() -> str:
+    path, said = ensure_chromium()
+    if path is None:
+        pytest.skip(
+            "headless Chromium is not installed and scripts/test-setup could not install it "
+            f"(it needs root and Debian's packages):\n{said}"
+        )
+    return path
+
+
+@pytest.fixture
+async def browser_page(chromium_binary: str, tmp_path: Path) -> AsyncIterator[Page]:
+    async with chromium(chromium_binary, tmp_path / "browser") as browser:
+        page = await browser.new_page()
+        yield page
+        assert page.errors == [], page.errors
+
+
+async def rows_where(page: Page, condition: str, within: float = 15) -> list[dict[str, Any]]:
+    """The rows, once `condition` (JS over `rows`) holds for them."""
+    rows: list[dict[str, Any]] = await page.wait_for(
+        f"(rows => ({condition}) && rows)({ROWS})", within=within
+    )
+    return rows
+
+
+async def test_page_shows_the_live_stream_rates_logs_and_filters(
+    procs: Procs, tmp_path: Path, browser_page: Page
+) -> None:
+    testlog = procs.testlog("--initial-size", "5", "--rate", "30", "--seed", "41")
+    server = procs.serve(server_config(tmp_path, f"{testlog.url}/log_list.json"))
+    rfc6962, static = f"{testlog.url}/rfc6962", f"{testlog.url}/static/mon"
+    page = browser_page
+
+    await page.navigate(f"{server.url}/")
+    assert await page.evaluate("document.title") == "certlake · live certificates"
+    await page.wait_for(f"{STATE} === 'live'")
+
+    # Certificates scroll in from both logs, each row with its names, issuer and log.
+    rows = await rows_where(page, "new Set(rows.map(r => r.log)).size === 2 && rows.length >= 20")
+    assert {r["log"] for r in rows} == {rfc6962, static}
+    for r in rows:
+        assert r["domains"] and "." in r["domains"].split()[0]
+        assert r["issuer"]
+        assert r["updateType"] in ("X509LogEntry", "PrecertLogEntry")
+    assert await page.wait_for(f"{value_of('rate')} > 0")
+
+    # Per-log health and lag, from /api/logs.
+    logs = await page.wait_for(f"(ls => ls.length === 2 && ls)({LOGS})")
+    assert {log["url"] for log in logs} == {rfc6962, static}
+    assert all(log["health"] == "healthy" for log in logs), logs
+    assert all(log["lag"].isdigit() for log in logs), logs
+    assert await page.wait_for("document.getElementById('server-rate').textContent !== '–'")
+
+    # The stream outgrows the table, which keeps only the newest rows.
+    await page.wait_for(f"{value_of('total')} > {ROW_LIMIT + 20}", within=20)
+    assert len(await page.evaluate(ROWS)) == ROW_LIMIT
+
+    # A filter typed into the box reconnects with it as the stream's query string.
+    await page.type_into("#filter", f"log={static}")
+    await page.press_enter()
+    # The address bar keeps the filter, so the filtered view can be bookmarked.
+    search = "new URLSearchParams(location.search)"
+    assert await page.wait_for(f"{search}.get('log')") == static
+    assert static in await page.evaluate("document.getElementById('active-filter').textContent")
+    await page.wait_for(f"{STATE} === 'live'")
+    # The test log grows each log by 30 a second, in turn: unfiltered, 75 rows would hold at
+    # least one whole second's worth from the other log.
+    rows = await rows_where(page, "rows.length >= 75")
+    assert {r["log"] for r in rows} == {static}
+    await page.screenshot(tmp_path / "page.png", ARTIFACTS / "page.png")
+
+    # A filter the server refuses is not retried, and the page says why.
+    await page.type_into("#filter", "domain=re:(a+)+")
+    await page.press_enter()
+    await page.wait_for(f"{STATE} === 'rejected'")
+    error = await page.wait_for("document.getElementById('filter-error').textContent")
+    assert "domain=re:(a+)+" in error
+    assert await page.evaluate("document.getElementById('filter-error').hidden") is False
+    assert await page.evaluate(ROWS) == []
+    assert page.network_errors and all("400" in e for e in page.network_errors)
+
+    # Clearing the box brings back every certificate.
+    await page.evaluate("document.getElementById('clear').click()")
+    rows = await rows_where(page, "new Set(rows.map(r => r.log)).size === 2")
+    assert await page.evaluate("location.search") == ""
+    assert await page.evaluate("document.getElementById('filter-error').hidden") is True
+
+
+async def test_page_works_with_a_token_and_holds_no_stream_slot(
+    procs: Procs, tmp_path: Path, browser_page: Page
+) -> None:
+    testlog = procs.testlog("--initial-size", "5", "--rate", "10", "--seed", "42")
+    config = server_config(
+        tmp_path,
+        f"{testlog.url}/log_list.json",
+        auth={"enabled": True, "tokens": ["page-secret"]},
+        connection_limit={"enabled": True, "per_ip_limit": 1},
+    )
+    server = procs.serve(config)
+    ws_url = server.url.replace("http", "ws", 1)
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{server.url}/") as r:
+            assert r.status == 401
+        # With this client's one stream slot taken, the page still loads (a reload while its
+        # own WebSocket is open), and a second stream is refused.
+        async with s.ws_connect(f"{ws_url}/?token=page-secret"):
+            async with s.get(f"{server.url}/?token=page-secret") as r:
+                assert r.status == 200
+                assert r.content_type == "text/html"
+                assert "default-src 'none'" in r.headers["Content-Security-Policy"]
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await s.ws_connect(f"{ws_url}/?token=page-secret")
+            assert refused.value.status == 429
+
+    page = browser_page
+    await page.navigate(f"{server.url}/?token=page-secret")
+    await page.wait_for(f"{STATE} === 'live'")
+    rows = await rows_where(page, "rows.length >= 5")
+    assert {r["log"] for r in rows} <= {f"{testlog.url}/rfc6962", f"{testlog.url}/static/mon"}
+    logs = await page.wait_for(f"(ls => ls.length === 2 && ls)({LOGS})")
+    assert all(log["health"] == "healthy" for log in logs), logs
+    assert await page.wait_for("document.getElementById('clients').textContent === '1'")
+
+    # Everything the page asked for carried the token: the server refused only the test's probe.
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(f"{server.url}/api/stats?token=page-secret") as r,
+    ):
+        stats = await r.json()
+    assert stats["refused"]["unauthorized"] == 1
+    assert stats["refused"]["client_full"] == 1
+    assert page.network_errors == []
+
+
+async def test_page_reconnects_by_itself_when_the_server_comes_back(
+    procs: Procs, tmp_path: Path, browser_page: Page
+) -> None:
+    testlog = procs.testlog("--initial-size", "5", "--rate", "10", "--seed", "43")
+    config = server_config(tmp_path, f"{testlog.url}/log_list.json")
+    first = procs.serve(config)
+    page = browser_page
+    await page.navigate(f"{first.url}/")
+    await page.wait_for(f"{STATE} === 'live'")
+    await rows_where(page, "rows.length >= 5")
+
+    first.stop()
+    # One attempt fails while the server is down, and the page backs off further.
+    await page.wait_for(
+        "document.getElementById('conn').textContent === 'reconnecting in 2 s'", within=10
+    )
+    assert any("WebSocket" in e for e in page.network_errors), page.network_errors
+    before = await page.evaluate(value_of("total"))
+    procs.serve(config | {"port": int(first.url.rsplit(":", 1)[1])})
+    await page.wait_for(f"{STATE} === 'live'", within=20)
+    await page.wait_for(f"{value_of('total')} >= {before + 10}")
