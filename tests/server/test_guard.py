@@ -176,9 +176,38 @@ def test_rate_limiter_keys_by_client_and_tier() -> None:
 
 
 def test_tier_limits_from_config() -> None:
-    limits = tier_limits(RateLimitConfig(standard_max_tokens=7, standard_refill_rate=3.5))
-    assert limits[Tier.STANDARD] == TierLimit(7, 3.5)
-    assert limits[Tier.FREE] == TierLimit(100, 10)
+    cfg = RateLimitConfig(
+        standard_max_tokens=7,
+        standard_refill_rate=3.5,
+        standard_burst=4,
+        burst_window_seconds=2,
+        window_max_requests=30,
+        window_seconds=60,
+    )
+    limits = tier_limits(cfg)
+    assert limits[Tier.STANDARD] == TierLimit(7, 3.5, ((4, 2.0), (30, 0.5)))
+    assert limits[Tier.FREE] == TierLimit(100, 10, ((20, 10.0), (30, 0.5)))
+
+
+def test_every_rate_limit_key_bites() -> None:
+    """max_tokens, burst and the window each refuse on their own; a refusal spends nothing."""
+    base = {
+        "free_max_tokens": 100.0,
+        "free_refill_rate": 100.0,
+        "free_burst": 100.0,
+        "burst_window_seconds": 1,
+        "window_max_requests": 1000,
+        "window_seconds": 1,
+    }
+    for key, value, allowed in [
+        ("free_max_tokens", 3.0, 3),
+        ("free_burst", 4.0, 4),
+        ("window_max_requests", 5, 5),
+    ]:
+        limiter = RateLimiter(tier_limits(RateLimitConfig(**{**base, key: value})))
+        results = [limiter.check("c", Tier.FREE, 0.0) for _ in range(10)]
+        assert results.count(0.0) == allowed, key
+        assert all(r > 0 for r in results[allowed:]), key
 
 
 def test_rate_limiter_forgets_only_full_buckets() -> None:

@@ -17,7 +17,7 @@ import orjson
 import yaml
 
 CERTLAKE = str(Path(sys.executable).with_name("certlake"))
-SERVING = re.compile(rb"certlake serving on (http://\S+)")
+SERVING = re.compile(rb"certlake serving on (https?://\S+)")
 
 
 @dataclass

@@ -155,15 +155,19 @@ class TokenBucket:
     tokens: float
     updated: float
 
-    def take(self, now: float) -> float:
-        """Spend one token: 0.0 if there was one, else the seconds until there will be."""
+    def wait(self, now: float) -> float:
+        """0.0 if a token is there now, else the seconds until there will be one."""
         elapsed = max(0.0, now - self.updated)
         self.tokens = min(self.capacity, self.tokens + elapsed * self.refill_rate)
         self.updated = now
-        if self.tokens >= 1.0:
+        return 0.0 if self.tokens >= 1.0 else (1.0 - self.tokens) / self.refill_rate
+
+    def take(self, now: float) -> float:
+        """Spend one token: 0.0 if there was one, else the seconds until there will be."""
+        wait = self.wait(now)
+        if wait == 0.0:
             self.tokens -= 1.0
-            return 0.0
-        return (1.0 - self.tokens) / self.refill_rate
+        return wait
 
     def full_at(self) -> float:
         """When this bucket will be full again; from then on it equals a fresh one."""
@@ -172,15 +176,39 @@ class TokenBucket:
 
 @dataclass(frozen=True, slots=True)
 class TierLimit:
+    """The tier's bucket (`capacity`, `refill_rate` per second) and any further buckets
+    (capacity, refill per second) a request must also find a token in."""
+
     capacity: float
     refill_rate: float
+    extra: tuple[tuple[float, float], ...] = ()
+
+    def buckets(self, now: float) -> tuple[TokenBucket, ...]:
+        limits = ((self.capacity, self.refill_rate), *self.extra)
+        return tuple(TokenBucket(c, r, c, now) for c, r in limits)
 
 
 def tier_limits(config: RateLimitConfig) -> dict[Tier, TierLimit]:
+    """Every key of certstream-server-rust's `rate_limit` section has a meaning here, all as
+    token buckets: the tier's `max_tokens`/`refill_rate`; at most `<tier>_burst` requests per
+    `burst_window_seconds`; and, for every tier, at most `window_max_requests` per
+    `window_seconds`."""
+    window = (
+        float(config.window_max_requests),
+        config.window_max_requests / config.window_seconds,
+    )
+
+    def tier(max_tokens: float, refill: float, burst: float) -> TierLimit:
+        return TierLimit(max_tokens, refill, ((burst, burst / config.burst_window_seconds), window))
+
     return {
-        Tier.FREE: TierLimit(config.free_max_tokens, config.free_refill_rate),
-        Tier.STANDARD: TierLimit(config.standard_max_tokens, config.standard_refill_rate),
-        Tier.PREMIUM: TierLimit(config.premium_max_tokens, config.premium_refill_rate),
+        Tier.FREE: tier(config.free_max_tokens, config.free_refill_rate, config.free_burst),
+        Tier.STANDARD: tier(
+            config.standard_max_tokens, config.standard_refill_rate, config.standard_burst
+        ),
+        Tier.PREMIUM: tier(
+            config.premium_max_tokens, config.premium_refill_rate, config.premium_burst
+        ),
     }
 
 
@@ -193,7 +221,7 @@ class RateLimiter:
 
     def __init__(self, limits: dict[Tier, TierLimit]) -> None:
         self._limits = limits
-        self._buckets: dict[tuple[str, Tier], TokenBucket] = {}
+        self._buckets: dict[tuple[str, Tier], tuple[TokenBucket, ...]] = {}
         self._next_sweep = -math.inf
 
     def __len__(self) -> int:
@@ -203,16 +231,19 @@ class RateLimiter:
         """0.0 if the request may go ahead, else the seconds the client should wait."""
         if now >= self._next_sweep:
             self._sweep(now)
-        bucket = self._buckets.get((client, tier))
-        if bucket is None:
-            limit = self._limits[tier]
-            bucket = TokenBucket(limit.capacity, limit.refill_rate, limit.capacity, now)
-            self._buckets[(client, tier)] = bucket
-        return bucket.take(now)
+        buckets = self._buckets.get((client, tier))
+        if buckets is None:
+            buckets = self._buckets[(client, tier)] = self._limits[tier].buckets(now)
+        # A refused request spends nothing: it takes a token from every bucket or from none.
+        wait = max(b.wait(now) for b in buckets)
+        if wait == 0.0:
+            for b in buckets:
+                b.tokens -= 1.0
+        return wait
 
     def _sweep(self, now: float) -> None:
         self._next_sweep = now + self.SWEEP_INTERVAL
-        full = [key for key, b in self._buckets.items() if b.full_at() <= now]
+        full = [k for k, bs in self._buckets.items() if max(b.full_at() for b in bs) <= now]
         for key in full:
             del self._buckets[key]
 

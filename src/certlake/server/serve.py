@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import logging
 import signal
+import ssl
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -60,9 +61,7 @@ async def demo_log(config: Config) -> AsyncIterator[Config]:
                 poll_interval_ms=500,
                 default_operator_rate_limit_ms=0,
             ),
-            delta_sink=dataclasses.replace(
-                config.delta_sink, enabled=True, flush_interval_secs=5
-            ),
+            delta_sink=dataclasses.replace(config.delta_sink, enabled=True, flush_interval_secs=5),
         )
         print(f"certlake demo: built-in test log at {srv.base_url}", flush=True)
         yield demo
@@ -104,11 +103,12 @@ async def serve(config: Config) -> int:
         app = build_app(config, pipeline, fleet, fanout, metrics)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, config.host, config.port)
+        tls = _tls_context(config)
+        site = web.TCPSite(runner, config.host, config.port, ssl_context=tls)
         await site.start()
         fanout.start()
         host, port = runner.addresses[0][:2]
-        _announce(str(host), int(port))
+        _announce(str(host), int(port), tls is not None)
         fleet_task = asyncio.create_task(fleet.run(), name="fleet")
         try:
             stop_task = asyncio.create_task(stop.wait())
@@ -132,14 +132,24 @@ async def serve(config: Config) -> int:
     return 0
 
 
-def _announce(host: str, port: int) -> None:
+def _tls_context(config: Config) -> ssl.SSLContext | None:
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.tls_cert, config.tls_key)
+    return context
+
+
+def _announce(host: str, port: int, tls: bool) -> None:
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     base = f"{shown}:{port}"
+    http, ws = ("https", "wss") if tls else ("http", "ws")
     print(
-        f"certlake serving on http://{base}\n"
-        f"  WebSocket  ws://{base}/ (lite)  ws://{base}/full-stream  ws://{base}/domains-only\n"
-        f"  SSE        http://{base}/sse?stream=lite|full|domains\n"
-        f"  HTTP       http://{base}/example.json  /latest.json  /api/logs  /metrics",
+        f"certlake serving on {http}://{base}\n"
+        f"  Page       {http}://{base}/  (open it in a browser)\n"
+        f"  WebSocket  {ws}://{base}/ (lite)  {ws}://{base}/full-stream  {ws}://{base}/domains-only\n"
+        f"  SSE        {http}://{base}/sse?stream=lite|full|domains\n"
+        f"  HTTP       {http}://{base}/example.json  /latest.json  /api/logs  /metrics",
         file=sys.stdout,
         flush=True,
     )
