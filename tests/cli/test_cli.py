@@ -58,7 +58,7 @@ def test_help_lists_every_command(run: Run) -> None:
         assert command in result.stdout
 
 
-def test_error_ac4_5_merge_requires_staging_path(run: Run) -> None:
+def test_error_ac4_5_hv4_merge_requires_staging_path(run: Run) -> None:
     """staging-backfill.AC4.5 / HV4: the real CLI's stderr and exit code."""
     for argv in (["--merge"], ["merge"], ["--merge", "--summary-json", "s.json"]):
         result = run(*argv)
