@@ -9,25 +9,17 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
-from urllib.parse import urlparse
 
 from certlake.config import Config
 from certlake.ct.entry import LogSource
 from certlake.ct.errors import FetchError
 from certlake.ct.health import Health, LogHealth
 from certlake.ct.http import CTHttp
-from certlake.ct.loglist import (
-    LogInfo,
-    LogListError,
-    merge_config_logs,
-    parse_log_list,
-    select_watchable,
-)
+from certlake.ct.loglist import LogInfo
 from certlake.ct.static import IssuerCache
 from certlake.ct.watcher import Consumer, LogWatcher
-from certlake.readers import config_logs, make_reader, retry_policy
+from certlake.discovery import discover_logs
+from certlake.readers import make_reader, retry_policy
 from certlake.server.metrics import ServerMetrics
 from certlake.state import StateStore
 
@@ -72,26 +64,14 @@ class Fleet:
 
     # --- which logs -----------------------------------------------------------------------------
 
-    async def _read_log_list(self) -> bytes:
-        url = self._config.ct_logs_url
-        if url.startswith("file://"):
-            return await asyncio.to_thread(Path(urlparse(url).path).read_bytes)
-        return await self._http.get(url)
-
     async def desired_logs(self) -> list[LogInfo]:
         """The list's watchable logs plus the configured ones; config logs alone (and a loud
         warning) when the list cannot be had — the server never stops for that."""
-        custom, static = config_logs(self._config)
-        try:
-            parsed = parse_log_list(await self._read_log_list())
-        except (FetchError, LogListError, OSError) as e:
-            self.list_error = str(e)
-            log.warning("log list %s unavailable: %s", self._config.ct_logs_url, e)
-            return merge_config_logs([], custom, static)
-        self.list_error = None
-        self.list_fetched_at = time.time()
-        selected = select_watchable(parsed.logs, now=datetime.now(UTC))
-        return merge_config_logs(selected, custom, static, known=parsed.logs)
+        found = await discover_logs(self._config, self._http)
+        self.list_error = found.list_error
+        if found.list_error is None:
+            self.list_fetched_at = time.time()
+        return list(found.watchable)
 
     async def refresh(self) -> None:
         desired = await self.desired_logs()

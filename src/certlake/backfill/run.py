@@ -1,0 +1,497 @@
+"""`certlake backfill` and `certlake gaps` (SPEC §8): find exactly what the archive is missing,
+then fetch it and write it (backfill) or print it (gaps).
+
+Pipeline: log discovery (the log list and the configuration, as `serve` does) → ceilings from the
+state file → gap detection over main (∪ staging) → concurrent fetchers → one writer → summary →
+exit code.
+
+Decisions:
+- Ceilings come from the state file alone: no state file (or `ct_log.state_file: null`) means
+  nothing to do, exit 0. The file is only read — never moved aside or rewritten (it belongs to
+  `serve`); a damaged one ends the job (exit 1), since without it no ceiling is known.
+- Logs are those `serve` would watch plus the state file's logs that the list still describes
+  in another state (a `readonly` or `retired` log can be read, and its archive may have holes).
+  A state file's log that neither the list nor the configuration describes cannot be read (its
+  protocol is unknown; backfill never probes a log). Gap detection still runs for it: if it has
+  nothing missing it is not mentioned again; otherwise its missing ranges are listed as not
+  fetched and the run fails (exit 1) — the archive is incomplete and the operator can add the log
+  to `custom_logs` / `static_logs`. This also covers a log list that cannot be fetched: the
+  configured logs are still backfilled.
+- Exit codes: 0 every missing range fetched and written; 1 anything left (listed), interrupted,
+  a damaged state file, or a table that exists but cannot be read (main or staging: never
+  silently taken as empty); 2 a table at the main or staging path that is not an archive table
+  (the path names something else: a usage error).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Final
+
+import orjson
+
+from certlake.backfill.build import worker_init
+from certlake.backfill.fetcher import Fetchers, LogJob
+from certlake.backfill.gaps import GapPlan, format_plan_table
+from certlake.backfill.presence import TableUnreadableError, plan_gaps
+from certlake.backfill.progress import LOG_INTERVAL, is_terminal, live_display, log_lines
+from certlake.backfill.summary import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    LogOutcome,
+    SkippedLog,
+    Summary,
+    ranges_text,
+    reasons_text,
+)
+from certlake.backfill.writer import RowWriter
+from certlake.config import Config, s3_storage_options
+from certlake.ct.backoff import RetryPolicy
+from certlake.ct.http import USER_AGENT, CTHttp
+from certlake.ct.loglist import LogInfo
+from certlake.ct.static import IssuerCache
+from certlake.ct.urls import URLError, normalize_url
+from certlake.discovery import Discovery, discover_logs
+from certlake.lake.schema import ArchiveSchemaError
+from certlake.lake.table import table_uri
+from certlake.readers import make_reader
+from certlake.state import StateDecodeError, parse_state, write_atomic
+
+log = logging.getLogger(__name__)
+
+WATCH_INTERVAL: Final = 0.25  # seconds between looks at the writer's health
+POOL_MIN: Final = 20_000  # missing entries from which rows are built in worker processes
+MAX_PROCESSES: Final = 4
+
+
+class JobError(Exception):
+    """The job cannot run; `code` is its exit code, the message says why."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# --- inputs ---------------------------------------------------------------------------------------
+
+
+def read_ceilings(path: str | None) -> dict[str, int] | None:
+    """Each log's ceiling (`current_index`, exclusive) from the state file, by normalized URL;
+    None when there is no state file."""
+    if path is None:
+        return None
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise JobError(f"cannot read the state file {path}: {exc}", EXIT_FAILED) from exc
+    try:
+        logs = parse_state(data)
+    except StateDecodeError as exc:
+        raise JobError(
+            f"the state file {path} is damaged ({exc}); backfill leaves it as it is", EXIT_FAILED
+        ) from exc
+    ceilings: dict[str, int] = {}
+    for url, state in logs.items():
+        try:
+            ceilings.setdefault(normalize_url(url), state.current_index)
+        except URLError:
+            log.warning("state file names a log without a usable URL", extra={"url": url})
+    return ceilings
+
+
+def candidate_logs(
+    discovery: Discovery, ceilings: Mapping[str, int]
+) -> tuple[dict[str, str | None], dict[str, LogInfo]]:
+    """The logs to plan for (URL → name, None when unknown) and those that can be read."""
+    readable = {info.url: info for info in discovery.watchable}
+    for url in ceilings:
+        info = discovery.resolve(url)
+        if info is not None:
+            readable.setdefault(url, info)
+    names: dict[str, str | None] = {url: info.description for url, info in readable.items()}
+    for url in ceilings:
+        names.setdefault(url, None)
+    return names, readable
+
+
+def unreadable_reason(discovery: Discovery) -> str:
+    if discovery.list_error is not None:
+        return (
+            f"cannot be read: protocol unknown (the log list is unavailable: "
+            f"{discovery.list_error}; the configuration does not name the log)"
+        )
+    return (
+        "cannot be read: neither the log list nor the configuration names it "
+        "(add it to custom_logs or static_logs)"
+    )
+
+
+def _storage_options(config: Config, *uris: str | None) -> dict[str, str] | None:
+    if any(u is not None and u.startswith("s3://") for u in uris):
+        return s3_storage_options(config.storage.s3)
+    return None
+
+
+async def make_plan(
+    config: Config,
+    http: CTHttp,
+    ceilings: Mapping[str, int],
+    from_index: int | None,
+    log_filter: str | None,
+    staging_uri: str | None,
+) -> tuple[GapPlan, Discovery, dict[str, LogInfo]]:
+    discovery = await discover_logs(config, http)
+    names, readable = candidate_logs(discovery, ceilings)
+    main_uri = table_uri(config.delta_sink.table_path)
+    try:
+        plan = await asyncio.to_thread(
+            plan_gaps,
+            main_uri,
+            staging_uri,
+            ceilings,
+            from_index,
+            logs=names,
+            log_filter=log_filter,
+            storage_options=_storage_options(config, main_uri, staging_uri),
+            split_size=config.backfill.range_split_size,
+        )
+    except TableUnreadableError as exc:
+        raise JobError(str(exc), EXIT_FAILED) from exc
+    except ArchiveSchemaError as exc:
+        raise JobError(str(exc), EXIT_USAGE) from exc
+    return plan, discovery, readable
+
+
+# --- signals --------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
+    """SIGINT/SIGTERM set `stop`: fetching stops, what was fetched is written."""
+    loop = asyncio.get_running_loop()
+
+    def handle(sig: signal.Signals) -> None:
+        if stop.is_set():
+            log.warning("%s again: still writing what was fetched", sig.name)
+            return
+        log.warning("%s: stopping the fetchers, writing what was fetched", sig.name)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, handle, sig)
+    try:
+        yield
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+# --- backfill -------------------------------------------------------------------------------------
+
+
+def retry_policy(config: Config) -> RetryPolicy:
+    """Backfill's own budget (SPEC §8: at least 10 retries for 429/503, capped back-off): a batch
+    job can afford to wait far longer for a log than the live stream."""
+    return RetryPolicy(
+        max_attempts=config.backfill.retry_max_attempts,
+        initial_delay=config.ct_log.retry_initial_delay_ms / 1000,
+        max_delay=config.backfill.retry_max_delay_ms / 1000,
+    )
+
+
+def make_writer(config: Config, target: str) -> RowWriter:
+    """The one writer. It never compacts (only the live sink does). Memory: at most two
+    batches wait. When closing, a failing write is retried for a few back-off periods."""
+    ds = config.delta_sink
+    policy = retry_policy(config)
+    return RowWriter(
+        target,
+        storage_options=_storage_options(config, target),
+        batch_size=ds.batch_size,
+        flush_interval=float(ds.flush_interval_secs),
+        compression_level=ds.compression_level,
+        high_water=min(2 * ds.batch_size, ds.max_buffer_records),
+        retry=policy,
+        close_timeout=3 * policy.max_delay,
+    )
+
+
+def build_pool(missing: int, parse_processes: int | None) -> ProcessPoolExecutor | None:
+    """Processes that build rows, or None to build them on the event loop. By default a job
+    big enough to repay their start-up (about a second) gets one per core, up to
+    `MAX_PROCESSES`: building rows is most of backfill's CPU time, and one core would cap it."""
+    if parse_processes is None:
+        cores = os.cpu_count() or 1
+        parse_processes = min(cores, MAX_PROCESSES) if cores > 1 and missing >= POOL_MIN else 0
+    if parse_processes < 1:
+        return None
+    return ProcessPoolExecutor(
+        parse_processes, mp_context=multiprocessing.get_context("spawn"), initializer=worker_init
+    )
+
+
+async def _watch_writer(
+    writer: RowWriter, stop: asyncio.Event, max_failures: int, summary: Summary
+) -> None:
+    """Returns when `stop` is set, or when the writer has failed `max_failures` times in a row
+    (then fetching stops: with nowhere to write, the fetchers would only wait)."""
+    commits, base = writer.stats.commits, writer.stats.errors
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), WATCH_INTERVAL)
+        if writer.stats.commits != commits:
+            commits, base = writer.stats.commits, writer.stats.errors
+        if writer.stats.errors - base >= max_failures:
+            summary.write_error = writer.stats.last_error
+            log.error(
+                "the archive cannot be written; stopping",
+                extra={"table": writer.uri, "attempts": max_failures, "error": summary.write_error},
+            )
+            return
+
+
+async def _fetch_and_write(
+    config: Config,
+    summary: Summary,
+    jobs: list[LogJob],
+    stop: asyncio.Event,
+    progress_interval: float | None,
+    parse_processes: int | None,
+) -> None:
+    writer = make_writer(config, summary.target)
+    try:
+        await writer.start()
+    except Exception as exc:  # storage errors of any kind: nothing was fetched yet
+        await writer.close()
+        if isinstance(exc, ArchiveSchemaError):
+            raise JobError(str(exc), EXIT_USAGE) from exc
+        raise JobError(f"cannot open the table {summary.target}: {exc}", EXIT_FAILED) from exc
+    bf = config.backfill
+    pool = build_pool(sum(job.outcome.missing for job in jobs), parse_processes)
+    fetchers = Fetchers(
+        jobs,
+        writer,
+        workers=bf.workers,
+        per_log_workers=bf.per_log_workers,
+        policy=retry_policy(config),
+        pool=pool,
+    )
+    outcomes = [job.outcome for job in jobs]
+    reporter = asyncio.create_task(
+        live_display(outcomes)
+        if is_terminal()
+        else log_lines(outcomes, progress_interval or LOG_INTERVAL)
+    )
+    fetching = asyncio.create_task(fetchers.run(), name="backfill fetchers")
+    watching = asyncio.create_task(_watch_writer(writer, stop, bf.retry_max_attempts, summary))
+    try:
+        await asyncio.wait({fetching, watching}, return_when=asyncio.FIRST_COMPLETED)
+        if not fetching.done():
+            fetchers.cancel(
+                "interrupted" if stop.is_set() else "stopped: the archive cannot be written"
+            )
+        await fetching
+    finally:
+        watching.cancel()
+        if pool is not None:
+            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+        await writer.close()
+        reporter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reporter
+    summary.interrupted = stop.is_set()
+    summary.records_written = writer.stats.rows_written
+    summary.unwritten = writer.buffered
+    if summary.unwritten and summary.write_error is None:
+        summary.write_error = writer.stats.last_error
+
+
+async def _backfill(
+    config: Config,
+    summary: Summary,
+    stop: asyncio.Event,
+    log_filter: str | None,
+    staging_uri: str | None,
+    progress_interval: float | None,
+    parse_processes: int | None,
+) -> None:
+    ceilings = read_ceilings(config.ct_log.state_file)
+    if ceilings is None:
+        log.info(
+            "no state file: no log has a ceiling, nothing to backfill",
+            extra={"state_file": config.ct_log.state_file},
+        )
+        return
+    user_agent = config.ct_log.user_agent or USER_AGENT
+    async with CTHttp(timeout=config.ct_log.request_timeout_secs, user_agent=user_agent) as http:
+        plan, discovery, readable = await make_plan(
+            config, http, ceilings, summary.from_index, log_filter, staging_uri
+        )
+        summary.skipped = [SkippedLog(s.url, s.name, s.reason) for s in plan.skipped]
+        if stop.is_set():
+            summary.interrupted = True
+            return
+        issuers = IssuerCache()
+        unreadable = unreadable_reason(discovery)
+        jobs: list[LogJob] = []
+        for g in plan.logs:
+            outcome = LogOutcome(g.url, g.name, g.missing_count, len(g.work))
+            summary.logs.append(outcome)
+            info = readable.get(g.url)
+            if info is None:
+                for start, end in g.missing:
+                    outcome.add_unfetched(start, end, unreadable)
+                outcome.ranges_done = outcome.ranges
+            elif g.work:
+                reader = make_reader(http, info, config.ct_log, issuers)
+                jobs.append(LogJob(reader, g.ceiling, outcome, deque(g.work)))
+        log.info(
+            "backfill plan",
+            extra={
+                "mode": plan.mode,
+                "target": summary.target,
+                "logs": len(plan.logs),
+                "missing": plan.missing_count,
+                "work_items": len(plan.work_items),
+                "skipped_logs": len(plan.skipped),
+            },
+        )
+        if jobs:
+            await _fetch_and_write(config, summary, jobs, stop, progress_interval, parse_processes)
+
+
+def report(summary: Summary) -> None:
+    """The end-of-job lines: totals, then each log's unfetched ranges."""
+    failed = summary.exit_code != EXIT_OK
+    (log.error if failed else log.info)(
+        "backfill finished",
+        extra={
+            "exit_code": summary.exit_code,
+            "records_written": summary.records_written,
+            "entries_fetched": summary.fetched,
+            "logs_completed": len(summary.completed),
+            "logs_failed": len(summary.failed),
+            "entries_unfetched": sum(o.unfetched_count for o in summary.logs),
+            "interrupted": summary.interrupted,
+            "elapsed_secs": round(summary.elapsed, 1),
+        },
+    )
+    for o in summary.failed:
+        log.error(
+            "entries not fetched",
+            extra={
+                "log": o.url,
+                "entries": o.unfetched_count,
+                "ranges": ranges_text(o.left()),
+                "reasons": reasons_text(o),
+            },
+        )
+    if summary.unwritten:
+        log.error(
+            "fetched entries not written; the next run fetches them again",
+            extra={"entries": summary.unwritten, "error": summary.write_error},
+        )
+
+
+async def run_backfill(
+    config: Config,
+    *,
+    from_index: int | None = None,
+    logs: str | None = None,
+    staging_path: str | None = None,
+    summary_json: Path | None = None,
+    progress_interval: float | None = None,
+    parse_processes: int | None = None,
+) -> int:
+    """Fill what the archive is missing; returns the exit code (module docstring).
+    `progress_interval`: seconds between progress lines when stderr is not a terminal;
+    `parse_processes`: processes building rows (None: decided by `build_pool`)."""
+    started = time.monotonic()
+    staging_uri = None if staging_path is None else table_uri(staging_path)
+    summary = Summary(
+        mode="catch-up" if from_index is None else "historical",
+        from_index=from_index,
+        target=staging_uri or table_uri(config.delta_sink.table_path),
+        staging=staging_uri is not None,
+    )
+    if staging_uri is not None:
+        log.info("writing to a staging table", extra={"staging_path": staging_uri})
+    stop = asyncio.Event()
+    with _stop_on_signals(stop):
+        try:
+            await _backfill(
+                config, summary, stop, logs, staging_uri, progress_interval, parse_processes
+            )
+        except JobError as exc:
+            summary.error, summary.error_code = str(exc), exc.code
+            log.error("backfill cannot run: %s", exc)
+    summary.elapsed = time.monotonic() - started
+    report(summary)
+    if summary_json is not None:
+        try:
+            await asyncio.to_thread(
+                write_atomic,
+                summary_json,
+                orjson.dumps(summary.to_json(), option=orjson.OPT_INDENT_2),
+            )
+        except OSError as exc:
+            log.error(
+                "cannot write the summary", extra={"path": str(summary_json), "error": str(exc)}
+            )
+            return EXIT_FAILED
+    return summary.exit_code
+
+
+# --- gaps -----------------------------------------------------------------------------------------
+
+
+async def run_gaps(
+    config: Config,
+    *,
+    from_index: int | None = None,
+    logs: str | None = None,
+    staging_path: str | None = None,
+) -> int:
+    """Print what backfill would fetch, per log, as a table; fetch nothing."""
+    staging_uri = None if staging_path is None else table_uri(staging_path)
+    try:
+        ceilings = read_ceilings(config.ct_log.state_file)
+        if ceilings is None:
+            print(
+                f"no state file ({config.ct_log.state_file}): no log has a ceiling, "
+                "nothing to backfill"
+            )
+            return EXIT_OK
+        user_agent = config.ct_log.user_agent or USER_AGENT
+        async with CTHttp(
+            timeout=config.ct_log.request_timeout_secs, user_agent=user_agent
+        ) as http:
+            plan, discovery, readable = await make_plan(
+                config, http, ceilings, from_index, logs, staging_uri
+            )
+    except JobError as exc:
+        log.error("gap detection failed: %s", exc)
+        return exc.code
+    out = [format_plan_table(plan)]
+    unreadable = unreadable_reason(discovery)
+    out.extend(
+        f"not fetchable: {g.url}: {unreadable}\n"
+        for g in plan.logs
+        if g.missing and g.url not in readable
+    )
+    sys.stdout.write("".join(out))
+    return EXIT_OK

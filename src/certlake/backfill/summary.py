@@ -1,0 +1,173 @@
+"""What a backfill run did, per log and in total, and the exit code that follows (SPEC §8, §10).
+
+Pure: plain values in, plain values out. `run.py` fills a `Summary` as the job goes, logs it
+and, with `--summary-json FILE`, writes `Summary.to_json()`.
+
+Exit code: 0 only when every missing range was fetched and every fetched entry written; any range
+left — given up, interrupted, not attempted, or belonging to a log that cannot be read — or any
+entry fetched but not written makes it 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Final
+
+from certlake.backfill.gaps import Range, union_ranges
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+# Ranges shown per log in the human-readable lines (the JSON lists all of them).
+SHOWN_RANGES: Final = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Unfetched:
+    """Indices `[start, end]` of a log that were not fetched, and why."""
+
+    start: int
+    end: int
+    reason: str
+
+    @property
+    def count(self) -> int:
+        return self.end - self.start + 1
+
+
+@dataclass(slots=True)
+class LogOutcome:
+    """One planned log: how much was missing, how much arrived, what is left."""
+
+    url: str
+    name: str | None
+    missing: int  # entries the plan asked for
+    ranges: int  # work items the plan made of them
+    fetched: int = 0  # entries received: messages and unparseable ones
+    unparseable: int = 0  # of which recorded as undecodable (never holes again)
+    ranges_done: int = 0  # work items finished, fully or not
+    retries: dict[str, int] = field(default_factory=dict)  # failed reads by HTTP status
+    unfetched: list[Unfetched] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return self.url if self.name is None else f"{self.name} ({self.url})"
+
+    @property
+    def complete(self) -> bool:
+        return not self.unfetched
+
+    @property
+    def unfetched_count(self) -> int:
+        return sum(u.count for u in self.unfetched)
+
+    def add_unfetched(self, start: int, end: int, reason: str) -> None:
+        if start <= end:
+            self.unfetched.append(Unfetched(start, end, reason))
+
+    def count_retry(self, status: int | None) -> None:
+        key = "none" if status is None else str(status)
+        self.retries[key] = self.retries.get(key, 0) + 1
+
+    def left(self) -> list[Range]:
+        """The unfetched indices as coalesced ranges (what a rerun will find missing)."""
+        return union_ranges((u.start, u.end) for u in self.unfetched)
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedLog:
+    url: str
+    name: str | None
+    reason: str
+
+
+@dataclass(slots=True)
+class Summary:
+    mode: str  # "catch-up" / "historical"
+    from_index: int | None
+    target: str  # the table written to
+    staging: bool
+    logs: list[LogOutcome] = field(default_factory=list)
+    skipped: list[SkippedLog] = field(default_factory=list)
+    records_written: int = 0
+    unwritten: int = 0  # entries fetched but not written (the writer failed)
+    write_error: str | None = None
+    interrupted: bool = False
+    elapsed: float = 0.0
+    error: str | None = None  # why the job could not run at all
+    error_code: int = EXIT_FAILED
+
+    @property
+    def completed(self) -> list[LogOutcome]:
+        return [o for o in self.logs if o.complete]
+
+    @property
+    def failed(self) -> list[LogOutcome]:
+        return [o for o in self.logs if not o.complete]
+
+    @property
+    def fetched(self) -> int:
+        return sum(o.fetched for o in self.logs)
+
+    @property
+    def exit_code(self) -> int:
+        if self.error is not None:
+            return self.error_code
+        ok = not self.failed and not self.unwritten and self.write_error is None
+        return EXIT_OK if ok and not self.interrupted else EXIT_FAILED
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "exit_code": self.exit_code,
+            "mode": self.mode,
+            "from": self.from_index,
+            "target": self.target,
+            "staging": self.staging,
+            "records_written": self.records_written,
+            "entries_fetched": self.fetched,
+            "unparseable_recorded": sum(o.unparseable for o in self.logs),
+            "entries_missing": sum(o.missing for o in self.logs),
+            "entries_unfetched": sum(o.unfetched_count for o in self.logs),
+            "entries_unwritten": self.unwritten,
+            "write_error": self.write_error,
+            "error": self.error,
+            "logs_completed": [o.url for o in self.completed],
+            "logs_failed": [o.url for o in self.failed],
+            "interrupted": self.interrupted,
+            "elapsed_secs": round(self.elapsed, 3),
+            "logs": [_log_json(o) for o in self.logs],
+            "skipped_logs": [
+                {"url": s.url, "name": s.name, "reason": s.reason} for s in self.skipped
+            ],
+        }
+
+
+def _log_json(o: LogOutcome) -> dict[str, object]:
+    return {
+        "url": o.url,
+        "name": o.name,
+        "complete": o.complete,
+        "missing": o.missing,
+        "fetched": o.fetched,
+        "unparseable": o.unparseable,
+        "retries": dict(sorted(o.retries.items())),
+        "unfetched": [
+            {"start": u.start, "end": u.end, "count": u.count, "reason": u.reason}
+            for u in sorted(o.unfetched, key=lambda u: u.start)
+        ],
+    }
+
+
+def ranges_text(ranges: Iterable[Range], shown: int = SHOWN_RANGES) -> str:
+    """`10-19, 40, 52-60` with at most `shown` ranges, then how many more."""
+    items = list(ranges)
+    text = ", ".join(str(s) if s == e else f"{s}-{e}" for s, e in items[:shown])
+    more = len(items) - shown
+    return f"{text}, … (+{more} more)" if more > 0 else text
+
+
+def reasons_text(o: LogOutcome) -> str:
+    """The distinct reasons a log's ranges were left, in index order."""
+    ordered = sorted(o.unfetched, key=lambda u: u.start)
+    return "; ".join(dict.fromkeys(u.reason for u in ordered))
