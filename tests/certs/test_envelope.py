@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from certlake.certs.gojson import go_escape, go_float, go_text, html_escape
-from certlake.certs.message import CertMessage, build_message
+from certlake.certs.message import CertMessage, build_message, build_record
 from certlake.ct.entry import EntryType, LogEntry, LogKind, LogSource
 from certlake.testlog.certs import CertFactory, LeafSpec
 
@@ -211,3 +211,16 @@ def test_helpers() -> None:
     assert go_escape(b'"plain ascii"') == b'"plain ascii"'
     assert go_escape('"\u2028\u2029\ufffd é"'.encode()) == b'"\\u2028\\u2029\\ufffd \xc3\xa9"'
     assert html_escape(b'["<a>&"]') == b'["\\u003ca\\u003e\\u0026"]'
+
+
+
+def test_build_record_has_exactly_the_messages_row_fields(
+    factory: CertFactory, entry_of: Any, source: LogSource
+) -> None:
+    """Backfill's rows come from `build_record`, the live sink's from `build_message`."""
+    for issued in (factory.issue(spec(factory)), factory.issue_precert(spec(factory))):
+        entry = entry_of(issued)
+        msg = build_message(entry, source, 1_700_000_000.5, "https://l/x")
+        rec = build_record(entry, source, 1_700_000_000.5, "https://l/x")
+        assert (rec.full, rec.lite, rec.domains) == (b"", b"", b"")
+        assert rec._replace(full=msg.full, lite=msg.lite, domains=msg.domains) == msg

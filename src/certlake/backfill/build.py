@@ -1,7 +1,7 @@
 """Entries → archive rows, a chunk at a time: backfill's CPU-heavy step, run in worker processes.
 
-Pure: the same `build_message` and `lake/rows.split_malformed` the live path uses, so backfilled
-rows are the live sink's rows (delta-backfill.AC4.2).
+Pure: `build_record` (exactly the archive fields of the live path's `build_message`) and the same
+`lake/rows.split_malformed`, so backfilled rows are the live sink's rows (delta-backfill.AC4.2).
 
 Crossing the process boundary is made cheap (measured, docs/benchmarks.md "backfill"): a chunk
 goes out packed as plain tuples of bytes, each distinct chain once (entries of one CA share it,
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from certlake.certs.errors import CertificateParseError
-from certlake.certs.message import CertMessage, build_message
+from certlake.certs.message import CertMessage, build_record
 from certlake.ct.entry import EntryType, LogEntry, LogSource
 from certlake.ct.reader import FetchedEntry, Unparseable
 from certlake.lake.rows import split_malformed
@@ -70,7 +70,7 @@ def build_rows(source: LogSource, packed: Packed, seen: float) -> BuiltRows:
             index, ts, kind, der, chain, tbs, issuer_key_hash, cert_link = item
             entry = LogEntry(index, ts, EntryType(kind), der, chain, tbs, issuer_key_hash)
             try:
-                messages.append(build_message(entry, source, seen, cert_link))
+                messages.append(build_record(entry, source, seen, cert_link))
                 continue
             except CertificateParseError as e:
                 reason = f"certificate: {e}"
