@@ -232,8 +232,12 @@ async def serve(stack: str, port: int, size: int, coalesce: float) -> None:
         "aiohttp-frames": start_aiohttp_frames,
         "picows-frames": start_picows_frames,
     }
-    server = await starters[stack](port, coalesce)
-    make = payload_factory(size)
+    await run_commands(await starters[stack](port, coalesce), payload_factory(size))
+
+
+async def run_commands(server: Server, make: Callable[[int], bytes]) -> None:
+    """Obey the orchestrator on stdin: `usage`, `run RATE SECONDS` (publish `make(i)` at RATE
+    for SECONDS, then report), `quit`."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)

@@ -35,10 +35,11 @@ from certlake.ct.health import Health
 from certlake.server.fleet import Fleet, Watched
 from certlake.server.guard import Guard, guard_middleware
 from certlake.server.metrics import ServerMetrics
+from certlake.server.page import is_page_request, with_page
 from certlake.server.pipeline import Pipeline
 from certlake.stream.fanout import Fanout
 from certlake.stream.hub import StreamKind
-from certlake.stream.web import Handler, SocketOptions, sse_handler, websocket_handler
+from certlake.stream.web import SocketOptions, add_stream_routes
 
 GUARD = web.AppKey("guard", Guard)
 
@@ -277,27 +278,29 @@ def build_app(
     stream_resources: set[web.AbstractResource] = set()
 
     def is_stream(request: web.Request) -> bool:
-        return request.match_info.route.resource in stream_resources
+        # `/` is also the live page: a browser fetching it holds no stream slot, so reloading
+        # the page while its own WebSocket is still open is not refused at a per-IP limit of 1.
+        resource = request.match_info.route.resource
+        if resource is not None and resource.canonical == "/" and is_page_request(request):
+            return False
+        return resource in stream_resources
 
     app = web.Application(middlewares=[guard_middleware(guard, is_stream)])
     meter = RateMeter()
     app[GUARD] = guard
     api = HttpApi(config, pipeline, fleet, fanout, metrics, guard, meter)
     p = config.protocols
-    opts = socket_options or SocketOptions()
-    streams: list[tuple[str, Handler]] = []
-    if p.websocket:
-        streams += [
-            ("/", websocket_handler(fanout, StreamKind.LITE, opts)),
-            ("/full-stream", websocket_handler(fanout, StreamKind.FULL, opts)),
-            ("/domains-only", websocket_handler(fanout, StreamKind.DOMAINS, opts)),
-        ]
-    if p.sse:
-        streams.append(("/sse", sse_handler(fanout, opts)))
-    for path, handler in streams:
-        resource = app.router.add_get(path, handler).resource
-        if resource is not None:
-            stream_resources.add(resource)
+    stream_resources.update(
+        add_stream_routes(
+            app,
+            fanout,
+            socket_options,
+            websocket=p.websocket,
+            sse=p.sse,
+            dedupe_window=config.stream.dedupe_window,
+            wrap_root=with_page,
+        )
+    )
     add = app.router.add_get
     if p.example_json:
         add("/example.json", api.example)

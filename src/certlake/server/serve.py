@@ -39,6 +39,7 @@ def hub_config(config: Config) -> HubConfig:
         heartbeat_interval=float(s.heartbeat_interval_secs),
         ping_interval=float(s.ping_interval_secs),
         stall_timeout=float(s.slow_client_timeout_secs),
+        resume_ring=s.resume_ring_size,
     )
 
 

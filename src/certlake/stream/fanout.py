@@ -15,16 +15,23 @@ from certlake.stream.hub import (
     StreamMessage,
     Wire,
 )
+from certlake.stream.resume import cursor_base
 
 
 class Fanout:
     """Owns a `Hub` and drives it from the running event loop.
 
     `publish` is what the producer calls for every message: synchronous and O(clients).
+    Cursors start at the time the fanout is created (see `resume.py`).
     """
 
     def __init__(self, config: HubConfig | None = None) -> None:
-        self.hub = Hub(config or HubConfig(), wake=self._schedule_flush, wall_clock=time.time)
+        self.hub = Hub(
+            config or HubConfig(),
+            wake=self._schedule_flush,
+            wall_clock=time.time,
+            cursor_base=cursor_base(time.time_ns()),
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tick_handle: asyncio.TimerHandle | None = None
         self._flush_handle: asyncio.TimerHandle | None = None
@@ -48,9 +55,15 @@ class Fanout:
         return self.hub.publish(message)
 
     def connect(
-        self, kind: StreamKind, wire: Wire, sink: Sink, accepts: Predicate | None = None
+        self,
+        kind: StreamKind,
+        wire: Wire,
+        sink: Sink,
+        accepts: Predicate | None = None,
+        since: int | None = None,
+        keys: frozenset[str] | None = None,
     ) -> Client:
-        return self.hub.add(kind, wire, sink, time.monotonic(), accepts)
+        return self.hub.add(kind, wire, sink, time.monotonic(), accepts, since, keys)
 
     def disconnect(self, client: Client) -> None:
         self.hub.remove(client)

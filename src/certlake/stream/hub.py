@@ -13,6 +13,18 @@ Why it is shaped this way:
   client's backlog; a slow client costs references, not copies.
 - A backlog holds at most `backlog` messages. Appending to a full one drops the oldest message,
   and the drop is counted and reported to the client as `"skipped"` in the next heartbeat.
+- Every message gets the next cursor (see `resume.py`), spliced into its payload once per
+  stream kind, and goes into a bounded ring. A client that connects with `since` is fed from
+  the ring, as its connection takes it, and joins the live fan-out when it has caught up:
+  `add` registers it and plans its replay in one synchronous step, and `publish` appends to
+  the ring before it looks at any client, so every message reaches it exactly once — from the
+  ring or live.
+- Clients choose what they get before anything is queued for them, live and in replay alike.
+  A client registered with `keys` (its exact and `*.` domain filters, see `filters.py`) is
+  only offered messages whose facts share one of them: the hub looks each of a message's few
+  keys up in an index, so such clients cost nothing for the messages they do not want, however
+  many there are. Then a client's `accepts` predicate (its other filters, its
+  de-duplication), if any, decides. The frame of a message no client takes is never built.
 - Writes are coalesced: the flush runs `coalesce` seconds after the first publish that found the
   hub idle, so one `transport.write` carries every frame a client got in that window. A write
   syscall costs far more than a frame, so this is where most of the throughput comes from.
@@ -25,12 +37,20 @@ Why it is shaped this way:
 from __future__ import annotations
 
 import enum
+import itertools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from certlake.stream.dedupe import Identified
+from certlake.stream.filters import FactsCache, Selectable
 from certlake.stream.frames import PING_FRAME, heartbeat_payload, sse_event, ws_frame
+from certlake.stream.resume import CursorRing, plan_resume, stamp_cursor
+
+# Ring entries a replaying client's filter looks at per flush, so that many clients resuming at
+# once (after a network blip) cannot hold the loop for long in one go.
+REPLAY_SCAN = 1000
 
 
 class StreamConfigError(ValueError):
@@ -60,8 +80,9 @@ class Wire(enum.Enum):
         return PING_FRAME if self is Wire.WEBSOCKET else None
 
 
-class StreamMessage(Protocol):
-    """One CT entry serialized once into the three certstream payloads."""
+class StreamMessage(Selectable, Identified, Protocol):
+    """One CT entry serialized once into the three certstream payloads, with the fields that
+    clients' filters and de-duplication read."""
 
     @property
     def full(self) -> bytes: ...
@@ -101,6 +122,7 @@ class HubConfig:
     coalesce: float = 0.005
     high_water: int = 64 * 1024
     tick: float = 0.1
+    resume_ring: int = 10_000  # messages kept for `since`; 0 disables replay
 
     def __post_init__(self) -> None:
         positive = {
@@ -114,8 +136,9 @@ class HubConfig:
         for name, value in positive.items():
             if value <= 0:
                 raise StreamConfigError(f"{name} must be > 0, got {value!r}")
-        if self.coalesce < 0:
-            raise StreamConfigError(f"coalesce must be >= 0, got {self.coalesce!r}")
+        for name, value in (("coalesce", self.coalesce), ("resume_ring", self.resume_ring)):
+            if value < 0:
+                raise StreamConfigError(f"{name} must be >= 0, got {value!r}")
 
 
 @dataclass(eq=False, slots=True)
@@ -137,6 +160,10 @@ class Client:
     pending: bool = False
     stalled_since: float | None = None
     closed: bool = False
+    # The next cursor to feed from the ring while the client catches up; None once it is live.
+    replay_next: int | None = None
+    # Index keys: when set, the client is only offered messages whose facts share one.
+    keys: frozenset[str] | None = None
 
 
 @dataclass(slots=True)
@@ -155,22 +182,33 @@ class Hub:
         config: HubConfig,
         wake: Callable[[], None],
         wall_clock: Callable[[], float],
+        cursor_base: int = 0,
     ) -> None:
         self.config = config
         self.stats = HubStats()
         self._wake = wake
         self._wall_clock = wall_clock
-        self._seq = 0
+        self._base = cursor_base
+        self._seq = cursor_base
+        self._ring: CursorRing[StreamMessage] = CursorRing(config.resume_ring, cursor_base)
+        # What clients' filters derive from a message, computed once per message for all.
+        self.facts = FactsCache()
+        # Every client, by stream and wire; `_scan` holds those without keys, which publish
+        # offers every message, and `_index` the others, by each of their keys.
         self._groups: dict[tuple[StreamKind, Wire], dict[Client, None]] = {
             (kind, wire): {} for kind in StreamKind for wire in Wire
         }
+        self._scan: dict[tuple[StreamKind, Wire], dict[Client, None]] = {
+            group: {} for group in self._groups
+        }
+        self._index: dict[str, dict[Client, None]] = {}
         self._pending: list[Client] = []
         self._stalled: dict[Client, None] = {}
         self._flush_requested = False
 
     @property
     def seq(self) -> int:
-        """Sequence number of the newest published message (0 before the first)."""
+        """Cursor of the newest published message (`cursor_base` before the first)."""
         return self._seq
 
     def clients(self) -> list[Client]:
@@ -183,7 +221,14 @@ class Hub:
         sink: Sink,
         now: float,
         accepts: Predicate | None = None,
+        since: int | None = None,
+        keys: frozenset[str] | None = None,
     ) -> Client:
+        """Register a client. `keys` and `accepts` choose the messages it gets (see the module
+        doc). With `since`, it first gets every message after that cursor that the ring still
+        holds (preceded by a notice when that is not all of them; see `resume.py`), then the
+        live stream: the plan is made here, in the same step as the registration, so no publish
+        can fall between the two."""
         client = Client(
             kind=kind,
             wire=wire,
@@ -192,9 +237,17 @@ class Hub:
             backlog=deque(maxlen=self.config.backlog),
             last_sent=now,
             last_ping=now,
+            keys=keys,
         )
         self._groups[(kind, wire)][client] = None
+        if keys is None:
+            self._scan[(kind, wire)][client] = None
+        else:
+            for key in keys:
+                self._index.setdefault(key, {})[client] = None
         self.stats.clients[kind] += 1
+        if since is not None:
+            self._resume(client, since)
         return client
 
     def remove(self, client: Client) -> None:
@@ -203,23 +256,38 @@ class Hub:
             return
         client.closed = True
         del self._groups[(client.kind, client.wire)][client]
+        if client.keys is None:
+            del self._scan[(client.kind, client.wire)][client]
+        else:
+            for key in client.keys:
+                indexed = self._index[key]
+                del indexed[client]
+                if not indexed:
+                    del self._index[key]
         self._stalled.pop(client, None)
         client.backlog.clear()
         self.stats.clients[client.kind] -= 1
 
     def publish(self, message: StreamMessage) -> int:
-        """Queue `message` for every client that accepts it; returns its sequence number."""
-        self._seq += 1
+        """Queue `message` for every live client that takes it; returns its cursor."""
+        self._seq = cursor = self._seq + 1
         self.stats.published += 1
+        self._ring.append(cursor, message)
+        frames = _Frames(message, cursor)
+        groups: Iterable[tuple[tuple[StreamKind, Wire], Iterable[Client]]] = self._scan.items()
+        if self._index:
+            groups = itertools.chain(groups, self._offered(message).items())
         limit = self.config.backlog
         pending = self._pending
-        for (kind, wire), group in self._groups.items():
-            if not group:
-                continue
-            frame = wire.encode(getattr(message, kind.value))
+        for (kind, wire), group in groups:
+            frame: bytes | None = None
             for client in group:
+                if client.replay_next is not None:
+                    continue  # still catching up: the ring will carry this message to it
                 if client.accepts is not None and not client.accepts(message):
                     continue
+                if frame is None:
+                    frame = frames.get(kind, wire)
                 backlog = client.backlog
                 if len(backlog) == limit:
                     client.skipped += 1
@@ -230,7 +298,20 @@ class Hub:
                     client.pending = True
                     pending.append(client)
         self._request_flush()
-        return self._seq
+        return cursor
+
+    def _offered(self, message: StreamMessage) -> dict[tuple[StreamKind, Wire], list[Client]]:
+        """The indexed clients whose keys the message's facts share, by stream and wire."""
+        index = self._index
+        offered: dict[Client, None] = {}
+        for key in self.facts.of(message).keys:
+            clients = index.get(key)
+            if clients is not None:
+                offered |= clients
+        groups: dict[tuple[StreamKind, Wire], list[Client]] = {}
+        for client in offered:
+            groups.setdefault((client.kind, client.wire), []).append(client)
+        return groups
 
     def flush(self, now: float) -> None:
         """Write what each pending client can take; clients that cannot take more are parked."""
@@ -274,6 +355,8 @@ class Hub:
         if client.stalled_since is not None:
             client.stalled_since = None
             del self._stalled[client]
+        if client.replay_next is not None:
+            self._replay(client, room)
         chunks: list[bytes] = []
         if client.ping_due:
             ping = client.wire.ping
@@ -297,8 +380,46 @@ class Hub:
             # A ping alone does not count: certstream-go clients only see data frames.
             if heartbeat or size:
                 client.last_sent = now
-        if backlog:
+        if backlog or client.replay_next is not None:
             self._mark_pending(client)
+
+    def _resume(self, client: Client, since: int) -> None:
+        ring = self._ring
+        plan = plan_resume(since, ring.oldest, ring.newest, self._base)
+        if plan.notice is not None:
+            client.backlog.append(client.wire.encode(plan.notice))
+        if plan.start <= ring.newest:
+            client.replay_next = plan.start
+        if client.backlog or client.replay_next is not None:
+            self._mark_pending(client)
+            self._request_flush()
+
+    def _replay(self, client: Client, room: int) -> None:
+        """Move what the client is owed from the ring into its backlog: about `room` bytes, at
+        most `REPLAY_SCAN` ring entries; it goes live when nothing is left to replay."""
+        ring, backlog = self._ring, client.backlog
+        start = client.replay_next
+        assert start is not None
+        if len(backlog) == backlog.maxlen:
+            return  # a full deque would drop its oldest frame on the next append
+        if start < ring.oldest:  # the ring moved on while the client was reading slowly
+            plan = plan_resume(start - 1, ring.oldest, ring.newest, self._base)
+            if plan.notice is not None:
+                backlog.append(client.wire.encode(plan.notice))
+            start = plan.start
+        keys, accepts = client.keys, client.accepts
+        size = sum(len(frame) for frame in backlog)
+        for cursor, message in ring.items(start, REPLAY_SCAN):
+            if size >= room or len(backlog) == backlog.maxlen:
+                break
+            start = cursor + 1
+            if keys is not None and keys.isdisjoint(self.facts.of(message).keys):
+                continue
+            if accepts is None or accepts(message):
+                frame = _Frames(message, cursor).get(client.kind, client.wire)
+                backlog.append(frame)
+                size += len(frame)
+        client.replay_next = start if start <= ring.newest else None
 
     def _mark_pending(self, client: Client) -> None:
         if not client.pending:
@@ -309,3 +430,26 @@ class Hub:
         if self._pending and not self._flush_requested:
             self._flush_requested = True
             self._wake()
+
+
+class _Frames:
+    """The frames of one message, each built on first use: the cursor is spliced in once per
+    stream kind and the result framed once per wire, whatever the number of clients."""
+
+    __slots__ = ("_cursor", "_frames", "_message", "_stamped")
+
+    def __init__(self, message: StreamMessage, cursor: int) -> None:
+        self._message = message
+        self._cursor = cursor
+        self._stamped: dict[StreamKind, bytes] = {}
+        self._frames: dict[tuple[StreamKind, Wire], bytes] = {}
+
+    def get(self, kind: StreamKind, wire: Wire) -> bytes:
+        frame = self._frames.get((kind, wire))
+        if frame is None:
+            payload = self._stamped.get(kind)
+            if payload is None:
+                payload = stamp_cursor(getattr(self._message, kind.value), self._cursor)
+                self._stamped[kind] = payload
+            frame = self._frames[(kind, wire)] = wire.encode(payload)
+        return frame

@@ -3,19 +3,33 @@
 aiohttp does the HTTP side (routing, the upgrade handshake, answering client pings, the close
 handshake). The hub writes its pre-built frames straight to the connection's transport, whole
 frames per `write`, so they never interleave with aiohttp's own control frames.
+
+Every stream endpoint takes the same query parameters (SPEC §5):
+
+    domain, issuer, log, update_type   filters (`filters.py`)
+    since=<cursor>                     resume after that cursor (`resume.py`)
+    dedupe=1                           cross-log de-duplication (`dedupe.py`); also true/0/false
+    token                              read by the guard (auth), ignored here
+    stream=lite|full|domains           `/sse` only
+
+Anything else, or a malformed value, is refused with 400 and `{"error": "..."}` before the
+connection is upgraded or the event stream starts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from certlake.config import StreamConfig
+from certlake.stream.dedupe import Deduper
 from certlake.stream.fanout import Fanout
-from certlake.stream.hub import StreamKind, Wire
+from certlake.stream.filters import FILTER_KEYS, FactsCache, FilterError, compile_filter
+from certlake.stream.hub import Predicate, StreamKind, StreamMessage, Wire
 
 # Cap on client frames: clients only send control frames and the odd small text message.
 _MAX_CLIENT_MESSAGE = 4096
@@ -127,35 +141,136 @@ def _transport(request: web.Request) -> asyncio.Transport:
     return transport
 
 
-def websocket_handler(fanout: Fanout, kind: StreamKind, options: SocketOptions) -> Handler:
+DEFAULT_DEDUPE_WINDOW = StreamConfig().dedupe_window
+_MAX_CURSOR_DIGITS = 20
+_FLAGS = {"1": True, "true": True, "yes": True, "on": True}
+_FLAGS |= {"0": False, "false": False, "no": False, "off": False}
+# Read by the guard before the handler runs (`?token=` for browsers).
+_GUARD_KEYS = frozenset({"token"})
+SSE_KEYS = frozenset({"stream"})
+
+
+class QueryError(ValueError):
+    """A stream request's query string cannot be honoured; the client gets 400 and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """What one connection asked for: which messages (filters, de-duplication; see
+    `hub.Hub.add` for `keys` and `accepts`) and from where (`since`)."""
+
+    keys: frozenset[str] | None
+    accepts: Predicate | None
+    since: int | None
+
+
+def _both(first: Predicate, second: Predicate) -> Predicate:
+    def accepts(message: StreamMessage) -> bool:
+        return first(message) and second(message)
+
+    return accepts
+
+
+def parse_subscription(
+    pairs: Iterable[tuple[str, str]],
+    *,
+    facts: FactsCache,
+    dedupe_window: int,
+    extra_keys: frozenset[str] = frozenset(),
+) -> Subscription:
+    """The subscription a query string asks for; raises `QueryError` or `FilterError`.
+
+    `extra_keys` are further parameters the endpoint reads itself (`stream` on `/sse`)."""
+    filters: list[tuple[str, str]] = []
+    since: int | None = None
+    dedupe = False
+    for key, value in pairs:
+        if key in FILTER_KEYS:
+            filters.append((key, value))
+        elif key == "since":
+            if since is not None:
+                raise QueryError("since= may be given only once")
+            if not (value.isascii() and value.isdigit() and len(value) <= _MAX_CURSOR_DIGITS):
+                raise QueryError(f"since={value!r}: expected a cursor, a non-negative integer")
+            since = int(value)
+        elif key == "dedupe":
+            flag = _FLAGS.get(value.lower())
+            if flag is None:
+                raise QueryError(f"dedupe={value!r}: expected 1 or 0 (or true/false)")
+            dedupe = flag
+        elif key not in _GUARD_KEYS and key not in extra_keys:
+            known = sorted(FILTER_KEYS | {"since", "dedupe"} | _GUARD_KEYS | extra_keys)
+            raise QueryError(f"unknown parameter {key!r}; a stream takes {', '.join(known)}")
+    selection = compile_filter(filters, facts)
+    keys = None if selection is None else selection.keys
+    accepts: Predicate | None = None if selection is None else selection.accepts
+    if dedupe:
+        deduper = Deduper(dedupe_window)
+        accepts = deduper if accepts is None else _both(accepts, deduper)
+    return Subscription(keys, accepts, since)
+
+
+@dataclass(frozen=True, slots=True)
+class Streams:
+    """What every stream endpoint of one server shares."""
+
+    fanout: Fanout
+    options: SocketOptions = field(default_factory=SocketOptions)
+    dedupe_window: int = DEFAULT_DEDUPE_WINDOW
+
+    def subscription(
+        self, request: web.Request, extra_keys: frozenset[str] = frozenset()
+    ) -> Subscription | web.Response:
+        """The request's subscription, or the 400 response refusing it."""
+        try:
+            return parse_subscription(
+                request.query.items(),
+                # The hub's: what filters derive from a message is computed once for all.
+                facts=self.fanout.hub.facts,
+                dedupe_window=self.dedupe_window,
+                extra_keys=extra_keys,
+            )
+        except (QueryError, FilterError) as e:
+            return web.json_response({"error": str(e)}, status=400)
+
+
+def websocket_handler(streams: Streams, kind: StreamKind) -> Handler:
     """An aiohttp handler streaming `kind` to WebSocket clients."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
+        sub = streams.subscription(request)
+        if isinstance(sub, web.Response):
+            return sub
         # No compression: a frame is built once for all clients, compression is per connection.
         # No aiohttp heartbeat: the hub pings, and a missing pong must not cut a client.
         ws = web.WebSocketResponse(compress=False, max_msg_size=_MAX_CLIENT_MESSAGE)
         await ws.prepare(request)
         transport = _transport(request)
-        tune_socket(transport, options)
+        tune_socket(transport, streams.options)
         sink = TransportSink(transport, closed=lambda: ws.closed)
-        client = fanout.connect(kind, Wire.WEBSOCKET, sink)
+        client = streams.fanout.connect(
+            kind, Wire.WEBSOCKET, sink, sub.accepts, since=sub.since, keys=sub.keys
+        )
         try:
             # Client messages carry nothing for us; reading answers pings and sees the close.
             async for _ in ws:
                 pass
         finally:
-            fanout.disconnect(client)
+            streams.fanout.disconnect(client)
         return ws
 
     return handle
 
 
-def sse_handler(fanout: Fanout, options: SocketOptions) -> Handler:
+def sse_handler(streams: Streams) -> Handler:
     """An aiohttp handler for `/sse?stream=lite|full|domains`; anything else gives lite."""
 
     kinds = {"full": StreamKind.FULL, "domains": StreamKind.DOMAINS, "lite": StreamKind.LITE}
 
     async def handle(request: web.Request) -> web.StreamResponse:
+        sub = streams.subscription(request, SSE_KEYS)
+        if isinstance(sub, web.Response):
+            return sub
         kind = kinds.get(request.query.get("stream", "lite"), StreamKind.LITE)
         response = web.StreamResponse(
             headers={
@@ -171,27 +286,47 @@ def sse_handler(fanout: Fanout, options: SocketOptions) -> Handler:
             response.force_close()  # HTTP/1.0: the body ends when the connection does
         await response.prepare(request)
         transport = _transport(request)
-        tune_socket(transport, options)
+        tune_socket(transport, streams.options)
         lost = asyncio.Event()
         inner = transport.get_protocol()
         assert isinstance(inner, asyncio.Protocol)
         transport.set_protocol(_LossWatcher(inner, lost))
-        client = fanout.connect(kind, Wire.SSE, TransportSink(transport, chunked=chunked))
+        sink = TransportSink(transport, chunked=chunked)
+        client = streams.fanout.connect(
+            kind, Wire.SSE, sink, sub.accepts, since=sub.since, keys=sub.keys
+        )
         try:
             await lost.wait()
         finally:
-            fanout.disconnect(client)
+            streams.fanout.disconnect(client)
         return response
 
     return handle
 
 
 def add_stream_routes(
-    app: web.Application, fanout: Fanout, options: SocketOptions | None = None
-) -> None:
-    """Route `/`, `/full-stream`, `/domains-only` (WebSocket) and `/sse` to `fanout`."""
-    opts = options or SocketOptions()
-    app.router.add_get("/", websocket_handler(fanout, StreamKind.LITE, opts))
-    app.router.add_get("/full-stream", websocket_handler(fanout, StreamKind.FULL, opts))
-    app.router.add_get("/domains-only", websocket_handler(fanout, StreamKind.DOMAINS, opts))
-    app.router.add_get("/sse", sse_handler(fanout, opts))
+    app: web.Application,
+    fanout: Fanout,
+    options: SocketOptions | None = None,
+    *,
+    websocket: bool = True,
+    sse: bool = True,
+    dedupe_window: int = DEFAULT_DEDUPE_WINDOW,
+    wrap_root: Callable[[Handler], Handler] | None = None,
+) -> list[web.AbstractResource]:
+    """Route `/`, `/full-stream`, `/domains-only` (WebSocket, when `websocket`) and `/sse` (when
+    `sse`) to `fanout`; returns the routes' resources. `wrap_root` wraps the handler of `/`
+    (the live page answers plain GETs there)."""
+    streams = Streams(fanout, options or SocketOptions(), dedupe_window)
+    routes: list[tuple[str, Handler]] = []
+    if websocket:
+        root = websocket_handler(streams, StreamKind.LITE)
+        routes += [
+            ("/", root if wrap_root is None else wrap_root(root)),
+            ("/full-stream", websocket_handler(streams, StreamKind.FULL)),
+            ("/domains-only", websocket_handler(streams, StreamKind.DOMAINS)),
+        ]
+    if sse:
+        routes.append(("/sse", sse_handler(streams)))
+    resources = [app.router.add_get(path, handler).resource for path, handler in routes]
+    return [r for r in resources if r is not None]
