@@ -1,0 +1,590 @@
+"""`certlake merge --staging-path P` (SPEC §9): move a staging table's rows into the main table.
+
+Every staging row whose `(source_url, cert_index)` is not in main is appended to main; the rest
+is skipped, and duplicates inside staging collapse to one row (which one: `mergekeys`). Then the
+staging table is deleted.
+
+How it stays safe at any size:
+
+- Staging is read in *windows* of at most `window_rows` rows (whole Parquet row groups, in
+  staging order). A window is decided from its keys alone (two columns), then its rows are
+  re-read, filtered and appended in *batches* of at most `batch_rows` rows (and ~16 MB). Memory
+  holds one window's keys (~30 bytes a row) and one batch of rows, never a table.
+- Main is pruned per window: only the files whose `source_url`/`cert_index` statistics overlap
+  the window's key segments are opened, and only their two key columns are read, with each
+  log's index bounds in the window pushed down to Parquet row groups.
+- Each batch is its own Delta commit. The decision is an anti-join against main, so it is
+  idempotent: a batch that landed before a crash or a Ctrl-C is found in main by the re-run and
+  skipped, whether staging is the same table or a new one with the same rows. (Delta MERGE was
+  measured and rejected: delta-rs 1.6.6 decodes whole target rows for an insert-only merge; two
+  50,000-row batches against a 930,000-row main took 10-20 s and ~7 GB of RSS, this 2.7 s and
+  0.8 GB; docs/benchmarks.md, "merge".)
+- Staging is deleted only after the last batch committed, log first and newest version first,
+  so an interrupted deletion leaves either an older readable version of staging (whose rows are
+  all in main) or nothing.
+- Nothing is touched when staging and main are the same table (under any spelling) or when their
+  schemas differ: exit 2.
+
+Main may receive appends from other writers meanwhile (the live sink); each window reads main as
+it is when the window starts. A writer that inserts a key of the current window between that
+read and the window's commits would make a duplicate; the live sink writes at the logs' heads,
+which backfill (the only producer of staging tables) does not fetch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, Final
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+from deltalake import DeltaTable
+from deltalake.exceptions import DeltaError
+from deltalake.fs import DeltaStorageHandler
+
+from certlake.backfill.location import Location, TableLocationError, local_path, object_location
+from certlake.backfill.mergekeys import MergeKeyError, Segment, WindowKeys
+from certlake.backfill.presence import TableUnreadableError, may_hold, normalize_stats, open_table
+from certlake.config import Config, s3_storage_options
+from certlake.lake.schema import (
+    ARCHIVE_SCHEMA,
+    ArchiveSchemaError,
+    check_archive_schema,
+    schema_problems,
+)
+from certlake.lake.table import ArchiveTable, read_skipped, record_skipped, table_uri
+
+log = logging.getLogger(__name__)
+
+URL: Final = "source_url"
+INDEX: Final = "cert_index"
+DEFAULT_WINDOW_ROWS: Final = 1 << 20
+# A window's keys are matched against main's file statistics as at most this many index
+# intervals (each costs one vectorized pass over the statistics).
+MAX_SEGMENTS: Final = 256
+_SCAN_ROWS: Final = 1 << 19  # main's keys per probe of the window: ~6 MB, one hash build each
+# Staging rows are decoded a couple of thousand at a time, and a commit ends at this many bytes
+# of Arrow data even before `batch_rows` rows: delta-rs needs several times a batch's size while
+# it writes it (measured: ~250 MB for 32 MB), and realistic rows are ~4 KB, so 10,000 rows
+# (`delta_sink.batch_size`'s default) would be ~40 MB.
+_READ_ROWS: Final = 2048
+BATCH_BYTES: Final = 16 << 20
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_REFUSED: Final = 2
+
+
+class SameTableError(ValueError):
+    """Staging and main are one table (or one lies inside the other): merging would delete it."""
+
+
+class MergeError(RuntimeError):
+    """A merge that started could not finish (staging changed under it, ...)."""
+
+
+@dataclass
+class MergeSummary:
+    """What a merge did. Totals cover completed windows: `inserted + skipped == staging_rows`."""
+
+    staging: str
+    main: str
+    outcome: str = "running"
+    total_staging_rows: int = 0
+    total_inserted: int = 0
+    total_skipped: int = 0
+    skipped_in_main: int = 0  # of total_skipped: the key was already in main
+    skipped_duplicates: int = 0  # of total_skipped: a repeat of a key earlier in staging
+    batches: int = 0  # commits to main
+    windows: int = 0
+    main_files_read: int = 0  # summed over windows
+    main_created: bool = False
+    staging_deleted: bool = False
+    seconds: float = 0.0
+
+    def add_window(self, keys: WindowKeys, inserted: int) -> None:
+        self.windows += 1
+        self.total_staging_rows += keys.rows
+        self.total_inserted += inserted
+        self.skipped_in_main += keys.already_present
+        self.skipped_duplicates += keys.duplicates
+        self.total_skipped = self.skipped_in_main + self.skipped_duplicates
+
+
+# --- locations ------------------------------------------------------------------------------------
+
+
+def resolve_location(path: str) -> Location:
+    """The one spelling of a table location: local paths made absolute with `..` and symlinks
+    resolved (also for a table that does not exist yet), `s3://` keys normalized."""
+    local = local_path(path)
+    if local is None:
+        return object_location(path)
+    return Location.local(os.path.realpath(os.path.expanduser(local)))
+
+
+def check_distinct(staging: Location, main: Location) -> None:
+    """Raise `SameTableError` unless the two locations are disjoint."""
+    relation = staging.relation(main)
+    if relation is None and staging.scheme == main.scheme == "file":
+        # Bind mounts and hard-linked directories escape path comparison; the inode does not.
+        try:
+            if os.path.samefile(str(staging), str(main)):
+                relation = "same"
+        except OSError:
+            pass
+    if relation == "same":
+        raise SameTableError(f"staging {staging} is the main table")
+    if relation == "inside":
+        raise SameTableError(f"staging {staging} lies inside the main table {main}")
+    if relation == "contains":
+        raise SameTableError(
+            f"the main table {main} lies inside staging {staging}: deleting staging would delete it"
+        )
+
+
+# --- staging --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Unit:
+    """One Parquet row group of staging, readable on its own."""
+
+    dataset: ds.FileSystemDataset
+    rows: int
+
+
+def _staging_windows(table: DeltaTable, limit: int) -> Iterator[list[_Unit]]:
+    """Staging's row groups in staging order (data files by commit time, then path), grouped
+    into windows of at most `limit` rows (a larger row group is a window of its own). Footers
+    are read as the windows are reached."""
+    dataset = table.to_pyarrow_dataset()
+    fragments = {f.path: f for f in dataset.get_fragments()}
+    actions = pa.table(table.get_add_actions(flatten=True)).select(["path", "modification_time"])
+    order = actions.sort_by([("modification_time", "ascending"), ("path", "ascending")])
+    window: list[_Unit] = []
+    rows = 0
+    for path in order.column("path").to_pylist():
+        if path not in fragments:
+            raise MergeError(f"staging data file {path} is in the log but not readable")
+        for group in fragments[path].split_by_row_group():
+            n = group.row_groups[0].num_rows
+            if window and rows + n > limit:
+                yield window
+                window, rows = [], 0
+            sub = ds.FileSystemDataset([group], dataset.schema, dataset.format, dataset.filesystem)
+            window.append(_Unit(sub, n))
+            rows += n
+    if window:
+        yield window
+
+
+def _window_keys(units: list[_Unit]) -> WindowKeys:
+    def parts() -> Iterator[tuple[pa.ChunkedArray, pa.ChunkedArray]]:
+        for unit in units:
+            keys = unit.dataset.to_table(columns=[URL, INDEX])
+            if keys.num_rows != unit.rows:
+                raise MergeError(f"a staging row group read {keys.num_rows} rows, not {unit.rows}")
+            yield keys.column(URL), keys.column(INDEX)
+
+    return WindowKeys.build(parts())
+
+
+def _staging_rows(table: DeltaTable) -> int | None:
+    """Rows in staging by the log's statistics; None when some file has none recorded."""
+    actions = pa.table(table.get_add_actions(flatten=True))
+    if actions.num_rows == 0:
+        return 0
+    if "num_records" not in actions.column_names or actions.column("num_records").null_count:
+        return None
+    return int(pc.sum(actions.column("num_records")).as_py() or 0)
+
+
+def delete_table(uri: str, storage_options: Mapping[str, str] | None) -> int:
+    """Delete every file of the table at `uri` (every object under an s3:// prefix); returns
+    how many. The log goes first, newest version first: at every instant the location holds an
+    older version of the table, or none."""
+    handler = DeltaStorageHandler(uri, dict(storage_options or {}))
+    fs = pafs.PyFileSystem(handler)
+    infos = fs.get_file_info(pafs.FileSelector("", recursive=True, allow_not_found=True))
+    files = [i.path for i in infos if i.type == pafs.FileType.File]
+
+    def order(path: str) -> tuple[int, str]:
+        if path == "_delta_log/_last_checkpoint":
+            return (0, "")
+        if path.startswith("_delta_log/"):
+            return (1, "".join(chr(0x10FFFF - ord(c)) for c in path))  # descending
+        return (2, path)
+
+    files.sort(key=order)
+    for path in files:
+        fs.delete_file(path)
+    local = local_path(uri)
+    if local is not None:  # the directories left behind, and a symlink that led here
+        real = os.path.realpath(local)
+        if os.path.isdir(real):
+            shutil.rmtree(real)
+        if os.path.islink(local):
+            os.unlink(local)
+    return len(files)
+
+
+# --- main -----------------------------------------------------------------------------------------
+
+
+def _main_files(table: DeltaTable, segments: list[Segment]) -> tuple[list[str], int]:
+    """The data files of main whose statistics can hold a key of `segments`, and how many
+    files main has."""
+    stats = normalize_stats(pa.table(table.get_add_actions(flatten=True)))
+    if not stats.num_rows or not segments:
+        return [], stats.num_rows
+    mask: Any = None
+    for url, lo, hi in segments:
+        hit = may_hold(stats, url, lo, hi)
+        mask = hit if mask is None else pc.or_(mask, hit)
+    paths: list[str] = pc.filter(stats.column("path"), mask).to_pylist()
+    return paths, stats.num_rows
+
+
+def _mark_main_keys(table: DeltaTable, paths: list[str], keys: WindowKeys) -> None:
+    """Feed `keys` the keys of `paths` that fall within the window's per-log bounds."""
+    if not paths:
+        return
+    dataset = table.to_pyarrow_dataset(
+        parquet_read_options=ds.ParquetReadOptions(dictionary_columns={URL})
+    )
+    fragments = {f.path: f for f in dataset.get_fragments()}
+    missing = [p for p in paths if p not in fragments]
+    if missing:
+        raise MergeError(f"main data file {missing[0]} is in the log but not readable")
+    predicate: Any = None
+    for url, lo, hi in keys.url_bounds():
+        term = (pc.field(URL) == url) & (pc.field(INDEX) >= lo) & (pc.field(INDEX) <= hi)
+        predicate = term if predicate is None else predicate | term
+    subset = ds.FileSystemDataset(
+        [fragments[p] for p in paths], dataset.schema, dataset.format, dataset.filesystem
+    )
+    scanner = subset.scanner(
+        columns=[URL, INDEX], filter=predicate, batch_size=_SCAN_ROWS, use_threads=True
+    )
+    # Batches are a row group or less; each call probes every key of the window once, so
+    # main's keys are handed over in chunks of about _SCAN_ROWS.
+    urls: list[pa.Array] = []
+    indices: list[pa.Array] = []
+    held = 0
+    for batch in scanner.to_batches():
+        urls.append(batch.column(URL))
+        indices.append(batch.column(INDEX))
+        held += batch.num_rows
+        if held >= _SCAN_ROWS:
+            keys.mark_present(pa.chunked_array(urls), pa.chunked_array(indices))
+            urls, indices, held = [], [], 0
+    if held:
+        keys.mark_present(pa.chunked_array(urls), pa.chunked_array(indices))
+
+
+# --- the merge ------------------------------------------------------------------------------------
+
+
+class _Merge:
+    def __init__(
+        self,
+        main_path: str,
+        staging_path: str,
+        *,
+        storage_options: Mapping[str, str] | None,
+        batch_rows: int,
+        compression_level: int,
+        window_rows: int,
+    ) -> None:
+        if batch_rows < 1 or window_rows < 1:
+            raise ValueError("batch_rows and window_rows must be at least 1")
+        self.main_uri = table_uri(main_path)
+        self.staging_uri = table_uri(staging_path)
+        # Object-store options go to s3:// tables only. They mean nothing to a local table, and
+        # a script that opened a local table with storage options and read it through pyarrow
+        # was seen to abort at interpreter exit (deltalake 1.6.6: "terminate called without an
+        # active exception").
+        options = dict(storage_options or {})
+        self.main_options = options if local_path(self.main_uri) is None else None
+        self.staging_options = options if local_path(self.staging_uri) is None else None
+        self.batch_rows = batch_rows
+        self.level = compression_level
+        self.window_rows = window_rows
+        self.summary = MergeSummary(self.staging_uri, self.main_uri)
+        self.deleting = False
+
+    def run(self) -> None:
+        summary = self.summary
+        check_distinct(resolve_location(self.staging_uri), resolve_location(self.main_uri))
+        staging = open_table(self.staging_uri, self.staging_options, "staging")
+        if staging is None:
+            summary.outcome = "missing staging"
+            return
+        problems = schema_problems(pa.schema(staging.schema().to_arrow()), ARCHIVE_SCHEMA)
+        if problems:
+            raise ArchiveSchemaError(
+                f"staging {self.staging_uri} does not have the archive's schema: "
+                + "; ".join(problems)
+            )
+        main = self._open_main()
+        if main is not None and str(main.metadata().id) == str(staging.metadata().id):
+            raise SameTableError(
+                f"staging {self.staging_uri} has the Delta table id of the main table "
+                f"{self.main_uri}: it is main under another name, or a copy of it"
+            )
+        if _staging_rows(staging) == 0:
+            summary.outcome = "empty staging"
+            return
+        if main is None:
+            ArchiveTable.open_or_create(
+                self.main_uri, storage_options=self.main_options, compression_level=self.level
+            )
+            summary.main_created = True
+            log.info("main table did not exist: created it", extra={"main": self.main_uri})
+            main = self._open_main()
+            if main is None:
+                raise MergeError(f"main table {self.main_uri}: created, but cannot be opened")
+        writer = ArchiveTable(main, self.main_uri, self.main_options, self.level)
+        staging_id = str(staging.metadata().id)  # the stub says int; it is a UUID
+        for units in _staging_windows(staging, self.window_rows):
+            self._window(units, main, writer, staging_id)
+        skipped = read_skipped(self.staging_uri, self.staging_options)
+        if skipped:
+            record_skipped(self.main_uri, self.main_options, skipped)
+        self.deleting = True
+        deleted = delete_table(self.staging_uri, self.staging_options)
+        summary.staging_deleted = True
+        summary.outcome = "merged"
+        log.info(
+            "staging table deleted",
+            extra={"staging": self.staging_uri, "files": deleted, "skip_records": len(skipped)},
+        )
+
+    def _open_main(self) -> DeltaTable | None:
+        """Main, or None when it does not exist yet; raises `ArchiveSchemaError` when the table
+        there is not an archive table."""
+        main = open_table(self.main_uri, self.main_options, "main")
+        if main is not None:
+            try:
+                schema = pa.schema(main.schema().to_arrow())
+                partitions = list(main.metadata().partition_columns)
+            except (DeltaError, OSError) as exc:
+                raise TableUnreadableError(f"main table {self.main_uri}: {exc}") from exc
+            check_archive_schema(schema, partitions, f"main table {self.main_uri}")
+        return main
+
+    def _window(
+        self, units: list[_Unit], main: DeltaTable, writer: ArchiveTable, staging_id: str
+    ) -> None:
+        keys = _window_keys(units)
+        main.update_incremental()  # commits of earlier windows, and of other writers
+        paths, main_files = _main_files(main, keys.segments(MAX_SEGMENTS))
+        _mark_main_keys(main, paths, keys)
+        self.summary.main_files_read += len(paths)
+        mask = keys.insert_mask()
+        to_insert = int(pc.sum(mask).as_py() or 0)
+        log.info(
+            "merge window decided",
+            extra={
+                "window": self.summary.windows + 1,
+                "staging_rows": keys.rows,
+                "duplicates": keys.duplicates,
+                "already_in_main": keys.already_present,
+                "to_insert": to_insert,
+                "main_files_read": len(paths),
+                "main_files_total": main_files,
+            },
+        )
+        inserted = self._insert(units, keys, mask, writer, staging_id) if to_insert else 0
+        if inserted != to_insert:
+            raise MergeError(f"window decided {to_insert} rows to insert, wrote {inserted}")
+        self.summary.add_window(keys, inserted)
+
+    def _insert(
+        self,
+        units: list[_Unit],
+        keys: WindowKeys,
+        mask: pa.Array,
+        writer: ArchiveTable,
+        staging_id: str,
+    ) -> int:
+        """Re-read the window's rows, keep those `mask` selects, append them in batches."""
+        pending: list[pa.RecordBatch] = []
+        pending_rows = pending_bytes = 0
+        inserted = 0
+        position = 0
+        for unit in units:
+            end = position + unit.rows
+            if not pc.any(mask.slice(position, unit.rows)).as_py():
+                position = end  # every row of this row group is skipped: it is not read
+                continue
+            for batch in unit.dataset.to_batches(
+                batch_size=_READ_ROWS, batch_readahead=1, use_threads=True
+            ):
+                n = batch.num_rows
+                expected = keys.indices_in_order.slice(position, n)
+                if position + n > end or not pc.all(pc.equal(batch[INDEX], expected)).as_py():
+                    raise MergeError("staging changed while it was being merged")
+                kept = batch.filter(mask.slice(position, n))
+                position += n
+                if kept.num_rows:
+                    pending.append(kept)
+                    pending_rows += kept.num_rows
+                    pending_bytes += kept.nbytes
+                while pending_rows >= self.batch_rows or pending_bytes >= BATCH_BYTES:
+                    rows = pa.Table.from_batches(pending)
+                    take = min(pending_rows, self.batch_rows)
+                    inserted += self._commit(rows.slice(0, take), writer, staging_id)
+                    rest = rows.slice(take)
+                    pending, pending_rows, pending_bytes = (
+                        rest.to_batches(),
+                        rest.num_rows,
+                        rest.nbytes,
+                    )
+            if position != end:
+                raise MergeError("staging changed while it was being merged")
+        if pending_rows:
+            inserted += self._commit(pa.Table.from_batches(pending), writer, staging_id)
+        return inserted
+
+    def _commit(self, rows: pa.Table, writer: ArchiveTable, staging_id: str) -> int:
+        batch = self.summary.batches + 1
+        writer.append(
+            rows.cast(ARCHIVE_SCHEMA),
+            versions={},
+            commit_id=f"merge {staging_id} window {self.summary.windows + 1} batch {batch}",
+        )
+        self.summary.batches = batch
+        log.info(
+            "merge batch committed",
+            extra={"batch": batch, "window": self.summary.windows + 1, "rows": rows.num_rows},
+        )
+        return int(rows.num_rows)
+
+
+# --- the command ----------------------------------------------------------------------------------
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def merge_command(
+    main_path: str,
+    staging_path: str,
+    *,
+    storage_options: Mapping[str, str] | None = None,
+    batch_rows: int = 10_000,
+    compression_level: int = 3,
+    window_rows: int = DEFAULT_WINDOW_ROWS,
+    summary_json: Path | None = None,
+) -> int:
+    """Run the merge, log and print its summary, write it to `summary_json`; the exit code."""
+    started = time.monotonic()
+    merge = _Merge(
+        main_path,
+        staging_path,
+        storage_options=storage_options,
+        batch_rows=batch_rows,
+        compression_level=compression_level,
+        window_rows=window_rows,
+    )
+    summary = merge.summary
+    log.info("merge starting", extra={"staging": merge.staging_uri, "main": merge.main_uri})
+    # SIGINT and SIGTERM abort the current batch where it stands: a Delta commit is atomic, so
+    # the batch either landed (the re-run skips it) or did not; staging is not deleted.
+    handlers: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(sig) is not signal.SIG_IGN:  # as `nohup` and `&` leave them
+                handlers[sig] = signal.signal(sig, _interrupt)
+    code = EXIT_FAILED
+    try:
+        merge.run()
+        code = EXIT_OK
+    except (SameTableError, ArchiveSchemaError, TableLocationError) as exc:
+        summary.outcome = "refused"
+        code = EXIT_REFUSED
+        log.error("merge refused; nothing was changed", extra={"reason": str(exc)})
+    except KeyboardInterrupt as exc:
+        summary.outcome = "interrupted"
+        log.error("merge interrupted", extra={"signal": str(exc) or "SIGINT", **_left(merge)})
+    except (
+        MergeError,
+        MergeKeyError,
+        TableUnreadableError,
+        DeltaError,
+        OSError,
+        pa.ArrowException,
+    ) as exc:
+        summary.outcome = "failed"
+        log.error("merge failed", extra={"error": f"{type(exc).__name__}: {exc}", **_left(merge)})
+    finally:
+        for signum, previous in handlers.items():
+            signal.signal(signum, previous)
+    summary.seconds = round(time.monotonic() - started, 3)
+    _report(summary)
+    if summary_json is not None:
+        summary_json.write_bytes(orjson.dumps(asdict(summary), option=orjson.OPT_INDENT_2) + b"\n")
+    return code
+
+
+def _left(merge: _Merge) -> dict[str, object]:
+    """What a failed or interrupted merge leaves behind, for its log line."""
+    if merge.deleting:
+        state = "partly deleted; every row is in main; run the merge again to finish"
+    else:
+        state = "intact; run the merge again to finish (batches already committed are skipped)"
+    return {"staging": merge.staging_uri, "staging_state": state, "batches": merge.summary.batches}
+
+
+def _report(summary: MergeSummary) -> None:
+    figures = {
+        "total_inserted": summary.total_inserted,
+        "total_skipped": summary.total_skipped,
+        "total_staging_rows": summary.total_staging_rows,
+        "skipped_in_main": summary.skipped_in_main,
+        "skipped_duplicates": summary.skipped_duplicates,
+        "batches": summary.batches,
+        "main_files_read": summary.main_files_read,
+    }
+    if summary.outcome == "merged":
+        log.info("merge complete", extra=figures)
+        print(
+            f"merge complete: total_inserted={summary.total_inserted} "
+            f"total_skipped={summary.total_skipped} "
+            f"(already in main {summary.skipped_in_main}, duplicates within staging "
+            f"{summary.skipped_duplicates}) total_staging_rows={summary.total_staging_rows}; "
+            f"staging {summary.staging} deleted",
+            flush=True,
+        )
+    elif summary.outcome in ("missing staging", "empty staging"):
+        log.info("nothing to merge", extra={"reason": summary.outcome, "staging": summary.staging})
+        print(f"nothing to merge: {summary.outcome} ({summary.staging})", flush=True)
+    elif summary.outcome in ("failed", "interrupted"):
+        log.info("merge stopped", extra={"outcome": summary.outcome, **figures})
+
+
+def run_merge(config: Config, staging_path: str, summary_json: Path | None = None) -> int:
+    """`certlake merge`: the configured main table, S3 options, commit size and compression."""
+    return merge_command(
+        config.delta_sink.table_path,
+        staging_path,
+        storage_options=s3_storage_options(config.storage.s3),
+        batch_rows=config.delta_sink.batch_size,
+        compression_level=config.delta_sink.compression_level,
+        summary_json=summary_json,
+    )
