@@ -25,9 +25,9 @@ from certlake.ct.reader import FetchedEntry, Unparseable
 from certlake.lake.rows import split_malformed
 from certlake.lake.txn import SkipKind, SkippedRange
 
-# (index, timestamp_ms, entry type, cert DER, chain, tbs, issuer key hash, cert_link), or
-# (index, why it does not decode).
-PackedEntry = tuple[int, int, int, bytes, tuple[bytes, ...], bytes | None, bytes | None, str]
+# (index, timestamp_ms, entry type, cert DER, chain, cert_link), or (index, why it does not
+# decode).
+PackedEntry = tuple[int, int, int, bytes, tuple[bytes, ...], str]
 Packed = list[PackedEntry | tuple[int, str]]
 
 
@@ -42,8 +42,8 @@ class BuiltRows:
 
 
 def pack(items: Iterable[FetchedEntry | Unparseable]) -> Packed:
-    """`items` as plain tuples for another process. The Merkle leaf bytes are left out: rows do
-    not need them."""
+    """`items` as plain tuples for another process. The Merkle leaf bytes and a precert's logged
+    TBS are left out: rows do not need them (a precert's fields come from the pre-certificate)."""
     chains: dict[tuple[bytes, ...], tuple[bytes, ...]] = {}
     out: Packed = []
     for item in items:
@@ -52,10 +52,7 @@ def pack(items: Iterable[FetchedEntry | Unparseable]) -> Packed:
             continue
         e = item.entry
         chain = chains.setdefault(e.chain, e.chain)
-        out.append(
-            (e.index, e.timestamp_ms, int(e.entry_type), e.cert_der, chain, e.tbs,
-             e.issuer_key_hash, item.cert_link)
-        )  # fmt: skip
+        out.append((e.index, e.timestamp_ms, int(e.entry_type), e.cert_der, chain, item.cert_link))
     return out
 
 
@@ -67,8 +64,8 @@ def build_rows(source: LogSource, packed: Packed, seen: float) -> BuiltRows:
         if len(item) == 2:
             index, reason = item
         else:
-            index, ts, kind, der, chain, tbs, issuer_key_hash, cert_link = item
-            entry = LogEntry(index, ts, EntryType(kind), der, chain, tbs, issuer_key_hash)
+            index, ts, kind, der, chain, cert_link = item
+            entry = LogEntry(index, ts, EntryType(kind), der, chain)
             try:
                 messages.append(build_record(entry, source, seen, cert_link))
                 continue
