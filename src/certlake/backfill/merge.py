@@ -60,6 +60,8 @@ from certlake.backfill.presence import TableUnreadableError, may_hold, normalize
 from certlake.config import Config, s3_storage_options
 from certlake.lake.schema import (
     ARCHIVE_SCHEMA,
+    CERT_INDEX,
+    SOURCE_URL,
     ArchiveSchemaError,
     check_archive_schema,
     schema_problems,
@@ -68,8 +70,8 @@ from certlake.lake.table import ArchiveTable, read_skipped, record_skipped, tabl
 
 log = logging.getLogger(__name__)
 
-URL: Final = "source_url"
-INDEX: Final = "cert_index"
+URL: Final = SOURCE_URL
+INDEX: Final = CERT_INDEX
 DEFAULT_WINDOW_ROWS: Final = 1 << 20
 # A window's keys are matched against main's file statistics as at most this many index
 # intervals (each costs one vectorized pass over the statistics).

@@ -48,13 +48,13 @@ from certlake.backfill.gaps import (
     runs_from_ranges,
     select_logs,
 )
-from certlake.lake.schema import ArchiveSchemaError
+from certlake.lake.schema import CERT_INDEX, SOURCE_URL, ArchiveSchemaError
 from certlake.lake.table import read_skipped
 
 log = logging.getLogger(__name__)
 
-URL: Final = "source_url"
-INDEX: Final = "cert_index"
+URL: Final = SOURCE_URL
+INDEX: Final = CERT_INDEX
 _BATCH_ROWS: Final = 1 << 17
 
 

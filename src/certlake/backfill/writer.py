@@ -19,7 +19,6 @@ bookkeeping: backfill writes below the live cursors, without transaction identif
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -33,6 +32,7 @@ import pyarrow as pa
 
 from certlake.backfill.build import BuiltRows
 from certlake.ct.backoff import RetryPolicy
+from certlake.lake.flushing import flush_loop
 from certlake.lake.table import ArchiveTable, record_skipped
 from certlake.lake.txn import SkippedRange
 
@@ -159,19 +159,13 @@ class RowWriter:
     # --- the writer task ------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_flush = loop.time() + self._flush_interval
-        while not self._closing:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.0, next_flush - loop.time()))
-            self._wake.clear()
-            if self._closing:
-                break
-            if loop.time() >= next_flush:
-                await self._drain(full_only=False)
-                next_flush = loop.time() + self._flush_interval
-            elif self._rows >= self._batch_size:
-                await self._drain(full_only=True)
+        await flush_loop(
+            wake=self._wake,
+            closing=lambda: self._closing,
+            interval=self._flush_interval,
+            full=lambda: self._rows >= self._batch_size,
+            drain=lambda full_only: self._drain(full_only=full_only),
+        )
         await self._drain(full_only=False)
 
     async def _drain(self, *, full_only: bool) -> None:

@@ -12,6 +12,10 @@ from typing import Final
 
 import pyarrow as pa
 
+# The key of an archive row: a log and an index in it.
+SOURCE_URL: Final = "source_url"
+CERT_INDEX: Final = "cert_index"
+
 STRING_LIST: Final = pa.list_(pa.field("item", pa.string(), nullable=True))
 SEEN_TYPE: Final = pa.timestamp("us", tz="UTC")
 

@@ -37,6 +37,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from certlake.certs.message import CertMessage
 from certlake.config import Config, DeltaSinkConfig, s3_storage_options
 from certlake.ct.backoff import RetryPolicy
+from certlake.lake.flushing import flush_loop
 from certlake.lake.rows import split_malformed
 from certlake.lake.table import ArchiveTable, compact, record_skipped, table_uri, unsafe_rename
 from certlake.lake.txn import CommitPlan, OpenRange, SkipKind, SkippedRange, plan_commit
@@ -326,19 +327,13 @@ class DeltaSink:
     # --- writer side ---------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_flush = loop.time() + self._flush_interval
-        while not self._closing:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.0, next_flush - loop.time()))
-            self._wake.clear()
-            if self._closing:
-                break
-            if loop.time() >= next_flush:
-                await self._drain(full_only=False)
-                next_flush = loop.time() + self._flush_interval
-            elif self._rows >= self._batch_size:
-                await self._drain(full_only=True)
+        await flush_loop(
+            wake=self._wake,
+            closing=lambda: self._closing,
+            interval=self._flush_interval,
+            full=lambda: self._rows >= self._batch_size,
+            drain=lambda full_only: self._drain(full_only=full_only),
+        )
         await self._drain(full_only=False, until_empty=True)
 
     async def _drain(self, *, full_only: bool, until_empty: bool = False) -> None:
