@@ -12,21 +12,13 @@ email/IP SANs. Every leaf is distinct; chain certificates repeat, as they do in 
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import platform
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.x509.oid import (
-    AuthorityInformationAccessOID,
-    ExtensionOID,
-    NameOID,
-    SignatureAlgorithmOID,
-)
 
 from certlake.certs.message import build_message
 from certlake.ct.entry import EntryType, LogEntry, LogKind, LogSource
@@ -37,6 +29,9 @@ from certlake.ct.leaf import (
     encode_leaf_input,
 )
 from certlake.testlog.certs import CertFactory
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support.reference_cert import expected_object
 
 SOURCE = LogSource("https://ct.certlake.test/bench", "certlake bench log", LogKind.RFC6962)
 RawEntry = tuple[int, bytes, bytes]
@@ -73,116 +68,15 @@ def _link(index: int) -> str:
 
 
 # --- the naive baseline: what a straightforward implementation over the object API does ------
-
-_KU = (
-    ("digital_signature", "Digital Signature"),
-    ("content_commitment", "Content Commitment"),
-    ("key_encipherment", "Key Encipherment"),
-    ("data_encipherment", "Data Encipherment"),
-    ("key_agreement", "Key Agreement"),
-    ("key_cert_sign", "Certificate Signing"),
-    ("crl_sign", "CRL Signing"),
-)
-
-
-_SIGNATURES = {
-    SignatureAlgorithmOID.ECDSA_WITH_SHA256: "ecdsa, sha256",
-    SignatureAlgorithmOID.ECDSA_WITH_SHA384: "ecdsa, sha384",
-    SignatureAlgorithmOID.RSA_WITH_SHA256: "sha256, rsa",
-}
-
-
-def _naive_name(name: x509.Name) -> dict[str, Any]:
-    def joined(oid: x509.ObjectIdentifier) -> str | None:
-        values = [str(a.value) for a in name.get_attributes_for_oid(oid)]
-        return ",".join(values) if values else None
-
-    cns = name.get_attributes_for_oid(NameOID.COMMON_NAME)
-    out: dict[str, Any] = {
-        "C": joined(NameOID.COUNTRY_NAME),
-        "CN": str(cns[-1].value) if cns else "",
-        "L": joined(NameOID.LOCALITY_NAME),
-        "O": joined(NameOID.ORGANIZATION_NAME),
-        "OU": joined(NameOID.ORGANIZATIONAL_UNIT_NAME),
-        "ST": joined(NameOID.STATE_OR_PROVINCE_NAME),
-    }
-    out["aggregated"] = "".join(f"/{k}={v}" for k, v in out.items() if v is not None)
-    out["email_address"] = joined(NameOID.EMAIL_ADDRESS)
-    return out
-
-
-def _naive_cert(der: bytes, precert: bool = False) -> dict[str, Any]:
-    cert = x509.load_der_x509_certificate(der)
-    ext: dict[str, Any] = {}
-    dns: list[str] = []
-    is_ca = False
-    for e in cert.extensions:
-        v = e.value
-        if isinstance(v, x509.AuthorityInformationAccess):
-            ca = [
-                d.access_location.value
-                for d in v
-                if d.access_method == AuthorityInformationAccessOID.CA_ISSUERS
-            ]
-            ocsp = [
-                d.access_location.value
-                for d in v
-                if d.access_method == AuthorityInformationAccessOID.OCSP
-            ]
-            ext["authorityInfoAccess"] = ", ".join(f"URI:{u}" for u in ca + ocsp)
-        elif isinstance(v, x509.AuthorityKeyIdentifier):
-            kid = v.key_identifier or b""
-            ext["authorityKeyIdentifier"] = "keyid:" + ":".join(f"{b:02x}" for b in kid)
-        elif isinstance(v, x509.BasicConstraints):
-            is_ca = v.ca
-            ext["basicConstraints"] = "CA:TRUE" if v.ca else "CA:FALSE"
-        elif isinstance(v, x509.CertificatePolicies):
-            ext["certificatePolicies"] = "".join(
-                f"Policy: {p.policy_identifier.dotted_string}\n" for p in v
-            )
-        elif isinstance(v, x509.KeyUsage):
-            ext["keyUsage"] = ", ".join(label for attr, label in _KU if getattr(v, attr))
-        elif isinstance(v, x509.SubjectAlternativeName):
-            dns = v.get_values_for_type(x509.DNSName)
-            parts = [f"DNS:{d}" for d in dns]
-            parts += [f"email:{m}" for m in v.get_values_for_type(x509.RFC822Name)]
-            parts += [f"IP Address:{a}" for a in v.get_values_for_type(x509.IPAddress)]
-            ext["subjectAltName"] = ", ".join(parts)
-        elif isinstance(v, x509.SubjectKeyIdentifier):
-            ext["subjectKeyIdentifier"] = "keyid:" + ":".join(f"{b:02x}" for b in v.digest)
-        elif e.oid == ExtensionOID.PRECERT_POISON:
-            precert = True
-    if precert:
-        ext["ctlPoisonByte"] = True
-    subject = _naive_name(cert.subject)
-    if subject["CN"] and not is_ca and subject["CN"] not in dns:
-        dns.append(subject["CN"])
-    sha1 = ":".join(f"{b:02X}" for b in cert.fingerprint(hashes.SHA1()))
-    serial = f"{cert.serial_number:X}"
-    return {
-        "all_domains": dns,
-        "as_der": base64.b64encode(der).decode(),
-        "extensions": ext,
-        "fingerprint": sha1,
-        "sha1": sha1,
-        "sha256": ":".join(f"{b:02X}" for b in cert.fingerprint(hashes.SHA256())),
-        "not_after": int(cert.not_valid_after_utc.timestamp()),
-        "not_before": int(cert.not_valid_before_utc.timestamp()),
-        "serial_number": serial if len(serial) % 2 == 0 else "0" + serial,
-        "signature_algorithm": _SIGNATURES.get(cert.signature_algorithm_oid, "unknown"),
-        "subject": subject,
-        "issuer": _naive_name(cert.issuer),
-        "is_ca": is_ca,
-    }
-
+# (the same reference model the certificate tests check certlake against)
 
 def naive_data(index: int, leaf_input: bytes, extra: bytes) -> dict[str, Any]:
     entry: LogEntry = decode_rfc6962_entry(index, leaf_input, extra)
     return {
         "cert_index": entry.index,
         "cert_link": _link(index),
-        "chain": [_naive_cert(der) for der in entry.chain],
-        "leaf_cert": _naive_cert(entry.cert_der, entry.entry_type is EntryType.PRECERT),
+        "chain": [expected_object(der) for der in entry.chain],
+        "leaf_cert": expected_object(entry.cert_der, entry.entry_type is EntryType.PRECERT),
         "seen": time.time(),
         "source": {
             "name": SOURCE.name,
