@@ -6,23 +6,21 @@ from __future__ import annotations
 import itertools
 import logging
 import tempfile
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import boto3
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from moto.server import ThreadedMotoServer
 
 from certlake.backfill.gaps import NOT_IN_STATE, NOT_IN_TABLE, GapPlan
 from certlake.backfill.presence import TableUnreadableError, plan_gaps
 from certlake.lake.schema import ARCHIVE_SCHEMA, PARTITION_BY, ArchiveSchemaError
 from certlake.lake.table import record_skipped
 from certlake.lake.txn import SkipKind, SkippedRange
+from support.s3 import S3Server
 
 LOG = "https://ct.example.com/logs/argon2025h1"
 LOG_B = "https://oak.ct.example.org/2025h2"
@@ -327,41 +325,11 @@ def test_table_without_the_columns_is_rejected(tmp_path: Path) -> None:
         plan_gaps(str(tmp_path / "other"), None, {LOG: 10}, None)
 
 
-# --- s3:// tables (a real S3-compatible server, moto, on loopback) --------------------------------
-
-S3_KEY = "certlake-test"
+# --- s3:// tables (a real S3-compatible server on loopback: tests/support/s3.py) ------------
 
 
-@pytest.fixture(scope="module")
-def s3_bucket() -> Iterator[tuple[str, dict[str, str]]]:
-    """A fresh bucket on a moto server on 127.0.0.1: its name and the storage options."""
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{server.get_host_and_port()[1]}"
-    bucket = f"certlake-{uuid.uuid4().hex[:12]}"
-    boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id=S3_KEY,
-        aws_secret_access_key=S3_KEY,
-        region_name="us-east-1",
-    ).create_bucket(Bucket=bucket)
-    yield (
-        bucket,
-        {
-            "AWS_ENDPOINT_URL": endpoint,
-            "AWS_ACCESS_KEY_ID": S3_KEY,
-            "AWS_SECRET_ACCESS_KEY": S3_KEY,
-            "AWS_REGION": "us-east-1",
-            "AWS_ALLOW_HTTP": "true",
-        },
-    )
-    server.stop()
-
-
-def test_main_and_staging_on_s3(s3_bucket: tuple[str, dict[str, str]]) -> None:
-    bucket, options = s3_bucket
+def test_main_and_staging_on_s3(s3_server: S3Server, s3_bucket: str) -> None:
+    bucket, options = s3_bucket, s3_server.options()
     main = table(f"s3://{bucket}/main", [10, 11, 15, 16], [30], storage_options=options)
     staging = table(f"s3://{bucket}/staging", [12, 13], storage_options=options)
     plan = plan_gaps(main, staging, {LOG: 20}, None, storage_options=options)

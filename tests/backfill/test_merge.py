@@ -9,7 +9,6 @@ import hashlib
 import json
 import logging
 import os
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -25,8 +24,9 @@ from certlake.lake.rows import messages_to_batch
 from certlake.lake.schema import ARCHIVE_SCHEMA, PARTITION_BY
 from certlake.lake.table import read_skipped, record_skipped
 from certlake.lake.txn import SkipKind, SkippedRange
-from lake.conftest import LOG_A, LOG_B, S3Server, make_message
+from lake.conftest import LOG_A, LOG_B, make_message
 from lake.helpers import broken_log, table_keys
+from support.s3 import S3Server
 
 MERGE_LOGGER = "certlake.backfill.merge"
 T0 = 1_760_000_000.0
@@ -399,29 +399,15 @@ def test_skipped_range_records_move_to_main(tmp_path: Path) -> None:
 # --- s3:// on a real S3-compatible server ---------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def s3_server() -> Iterator[S3Server]:
-    server = S3Server()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def bucket(s3_server: S3Server) -> str:
-    name = f"certlake-{uuid.uuid4().hex[:12]}"
-    s3_server.client().create_bucket(Bucket=name)
-    return name
-
-
 def objects(server: S3Server, bucket: str) -> dict[str, str]:
     listing = server.client().list_objects_v2(Bucket=bucket)
     return {o["Key"]: o["ETag"] for o in listing.get("Contents", [])}
 
 
 def test_merge_ac3_4_s3_staging_prefix_deleted_neighbours_kept(
-    s3_server: S3Server, bucket: str
+    s3_server: S3Server, s3_bucket: str
 ) -> None:
-    options = s3_server.options()
+    bucket, options = s3_bucket, s3_server.options()
     main = write(f"s3://{bucket}/lake/main", rows([1, 2, 3]), options)
     staging = write(f"s3://{bucket}/lake/staging", rows([3, 4, 5]), options)
     neighbour = write(f"s3://{bucket}/lake/staging2", rows([9]), options)  # a shared key prefix
@@ -441,11 +427,11 @@ def test_merge_ac3_4_s3_staging_prefix_deleted_neighbours_kept(
 
 def test_error_ac4_3_hv2_s3_outage_mid_merge_leaves_staging_intact(
     s3_server: S3Server,
-    bucket: str,
+    s3_bucket: str,
     hook: Callable[[logging.Handler], None],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    options = s3_server.options()
+    bucket, options = s3_bucket, s3_server.options()
     main = write(f"s3://{bucket}/main", rows(range(0, 4)), options)
     staging = write(f"s3://{bucket}/staging", rows(range(2, 32)), options)
     before = {k: v for k, v in objects(s3_server, bucket).items() if k.startswith("staging/")}

@@ -8,8 +8,9 @@ from deltalake import DeltaTable
 
 from certlake.lake.table import read_skipped
 from certlake.lake.txn import SkipKind, app_id
+from support.s3 import S3Server
 
-from .conftest import LOG_A, LOG_B, MakeMessages, S3Server
+from .conftest import LOG_A, LOG_B, MakeMessages
 from .helpers import make_sink, table_keys, wait_for
 
 
