@@ -17,7 +17,7 @@ Then, each in a fresh process on a fresh copy of the tables (hard links; the cop
 is copied), best of `--runs`:
 - append: staging streamed and appended to main in commits of `--batch-rows` rows, no
   de-duplication (what merging costs at least: reading staging and writing its rows);
-- merge: `certlake.backfill.merge.merge_command` with the same commit size; afterwards main must
+- merge: `certlake.merge.run.merge_command` with the same commit size; afterwards main must
   hold every key exactly once and staging must be gone.
 Peak RSS is the child's `VmHWM`.
 """
@@ -209,7 +209,7 @@ def child_append(main: str, staging: str, batch_rows: int) -> dict[str, Any]:
 
 
 def child_merge(main: str, staging: str, batch_rows: int, expected: int) -> dict[str, Any]:
-    from certlake.backfill.merge import merge_command
+    from certlake.merge.run import merge_command
 
     summary = Path(staging + ".summary.json")
     code = merge_command(

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from certlake.state import (
+from certlake.ingest.state import (
     LogState,
     StateDecodeError,
     StateFileError,
@@ -158,7 +158,7 @@ def test_damaged_file_is_moved_aside_and_reported(
 ) -> None:
     path = tmp_path / "certstream_state.json"
     path.write_bytes(data)
-    with caplog.at_level(logging.ERROR, logger="certlake.state"):
+    with caplog.at_level(logging.ERROR, logger="certlake.ingest.state"):
         store = StateStore.load(path)
     assert store.snapshot() == {}
     assert not path.exists()
@@ -235,7 +235,7 @@ def test_save_into_missing_directory_fails_loudly(tmp_path: Path) -> None:
 _FAILING_SAVE = textwrap.dedent(
     """
     import resource, signal, sys
-    from certlake.state import StateStore, StateFileError
+    from certlake.ingest.state import StateStore, StateFileError
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     store = StateStore.load(sys.argv[1])
     for i in range(2000):
@@ -265,7 +265,7 @@ def test_failed_write_leaves_old_file_intact(tmp_path: Path) -> None:
 _SAVE_FOREVER = textwrap.dedent(
     """
     import sys
-    from certlake.state import StateStore
+    from certlake.ingest.state import StateStore
     store = StateStore.load(sys.argv[1])
     i = 0
     while True:

@@ -55,7 +55,7 @@ def _text_value(value: object) -> str:
 
 
 class KeyValueFormatter(logging.Formatter):
-    """`2026-01-02T03:04:05.678Z INFO certlake.state saved state path=/x logs=12`."""
+    """`2026-01-02T03:04:05.678Z INFO certlake.ingest.state saved state path=/x logs=12`."""
 
     def format(self, record: logging.LogRecord) -> str:
         parts = [_timestamp(record), record.levelname, record.name, record.getMessage()]

@@ -23,14 +23,14 @@ from deltalake import DeltaTable
 from prometheus_client import CollectorRegistry
 
 from certlake.config import CtLogConfig
-from certlake.ct.fetch import GaveUp, fetch_range
-from certlake.ct.http import CTHttp
+from certlake.ct.client.fetch import GaveUp, fetch_range
+from certlake.ct.client.http import CTHttp
+from certlake.ct.client.reader import FetchedEntry, Unparseable
 from certlake.ct.loglist import LogInfo, parse_log_list
-from certlake.ct.reader import FetchedEntry, Unparseable
+from certlake.ingest.pipeline import Pipeline
+from certlake.ingest.readers import make_reader
 from certlake.lake.sink import DeltaSink
-from certlake.readers import make_reader
 from certlake.server.metrics import ServerMetrics
-from certlake.server.pipeline import Pipeline
 from certlake.testlog.background import BackgroundTestLog
 from certlake.testlog.faults import Endpoint, Fault, FaultKind
 from certlake.testlog.server import Stats

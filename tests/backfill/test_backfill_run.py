@@ -20,7 +20,7 @@ from certlake.backfill.summary import LogOutcome, Summary, ranges_text, reasons_
 from certlake.config import load_config
 from certlake.ct.entry import LogKind
 from certlake.ct.loglist import LogInfo
-from certlake.discovery import Discovery
+from certlake.ingest.discovery import Discovery
 
 from .conftest import SIZE, Lake
 

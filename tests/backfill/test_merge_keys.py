@@ -7,13 +7,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from certlake.backfill.location import (
+from certlake.lake.location import (
     Location,
     TableLocationError,
     local_path,
     object_location,
 )
-from certlake.backfill.mergekeys import MergeKeyError, WindowKeys
+from certlake.merge.keys import MergeKeyError, WindowKeys
 
 A = "https://a.example/log"
 B = "https://b.example/log"

@@ -15,13 +15,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from certlake.ct.backoff import RetryPolicy
+from certlake.ct.client.fetch import FetchItem, GaveUp, fetch_range
+from certlake.ct.client.http import CTHttp
+from certlake.ct.client.reader import FetchedEntry, LogReader, Unparseable
+from certlake.ct.client.rfc6962 import Rfc6962Log
+from certlake.ct.client.static import StaticLog
 from certlake.ct.entry import LogKind, LogSource
-from certlake.ct.fetch import FetchItem, GaveUp, fetch_range
-from certlake.ct.http import CTHttp
 from certlake.ct.merkle import leaf_hash
-from certlake.ct.reader import FetchedEntry, LogReader, Unparseable
-from certlake.ct.rfc6962 import Rfc6962Log
-from certlake.ct.static import StaticLog
 from certlake.testlog.background import BackgroundTestLog
 from certlake.testlog.faults import Fault
 from certlake.testlog.server import TestLogServer

@@ -25,20 +25,16 @@ from cryptography.hazmat.primitives.serialization import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from certlake.ct.keys import DigitallySigned, verify_digitally_signed
-from certlake.ct.signing import (
+from certlake.ct.checkpoint import (
     Checkpoint,
     CheckpointError,
-    LogSigner,
-    SignatureError,
-    SignedTreeHead,
-    SignedTreeHeadError,
-    log_id,
     note_key_id,
     parse_checkpoint,
     verify_checkpoint,
-    verify_sth,
 )
+from certlake.ct.keys import DigitallySigned, SignatureError, log_id, verify_digitally_signed
+from certlake.ct.sth import SignedTreeHead, SignedTreeHeadError, verify_sth
+from certlake.testlog.signer import LogSigner
 
 EM_DASH = "\u2014"
 

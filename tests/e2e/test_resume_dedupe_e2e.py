@@ -24,11 +24,11 @@ from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
 from certlake.config import parse_config
-from certlake.ct.http import CTHttp
+from certlake.ct.client.http import CTHttp
+from certlake.ingest.fleet import Fleet
+from certlake.ingest.pipeline import Pipeline
 from certlake.server.app import build_app
-from certlake.server.fleet import Fleet
 from certlake.server.metrics import ServerMetrics
-from certlake.server.pipeline import Pipeline
 from certlake.stream.fanout import Fanout
 from certlake.stream.hub import HubConfig
 from certlake.testlog.certs import CertFactory

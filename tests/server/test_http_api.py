@@ -24,8 +24,10 @@ from prometheus_client import CollectorRegistry
 
 from certlake.certs.message import CertMessage
 from certlake.config import Config, parse_config
+from certlake.ct.client.http import CTHttp
 from certlake.ct.health import Health
-from certlake.ct.http import CTHttp
+from certlake.ingest.fleet import Fleet
+from certlake.ingest.pipeline import LATEST, Pipeline
 from certlake.server.app import (
     GUARD,
     RateMeter,
@@ -34,10 +36,8 @@ from certlake.server.app import (
     latest_document,
     overall_health,
 )
-from certlake.server.fleet import Fleet
 from certlake.server.guard import ConnectionLimiter
 from certlake.server.metrics import ServerMetrics
-from certlake.server.pipeline import LATEST, Pipeline
 from certlake.stream.fanout import Fanout
 from certlake.stream.hub import HubConfig, StreamKind
 from certlake.testlog.server import TestLogServer

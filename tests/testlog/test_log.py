@@ -10,10 +10,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from certlake.ct.checkpoint import verify_checkpoint
 from certlake.ct.entry import EntryType, LogKind
 from certlake.ct.leaf import decode_rfc6962_entry
 from certlake.ct.merkle import leaf_hash, verify_consistency, verify_inclusion
-from certlake.ct.signing import verify_checkpoint, verify_sth
+from certlake.ct.sth import verify_sth
 from certlake.ct.tile import decode_data_tile
 from certlake.ct.tls import DecodeError
 from certlake.testlog.faults import CorruptMode

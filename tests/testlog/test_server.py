@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 from cryptography import x509
 
+from certlake.ct.checkpoint import verify_checkpoint
 from certlake.ct.leaf import decode_rfc6962_entry
 from certlake.ct.merkle import (
     leaf_hash,
@@ -24,7 +25,7 @@ from certlake.ct.merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from certlake.ct.signing import SignedTreeHead, verify_checkpoint, verify_sth
+from certlake.ct.sth import SignedTreeHead, verify_sth
 from certlake.ct.tile import data_tile_path, decode_data_tile, hash_tile_path
 from certlake.ct.tls import DecodeError
 from certlake.ct.urls import checkpoint_origin

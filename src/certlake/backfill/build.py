@@ -20,8 +20,8 @@ import pyarrow as pa
 
 from certlake.certs.errors import CertificateParseError
 from certlake.certs.message import CertMessage, build_record
+from certlake.ct.client.reader import FetchedEntry, Unparseable
 from certlake.ct.entry import EntryType, LogEntry, LogSource
-from certlake.ct.reader import FetchedEntry, Unparseable
 from certlake.lake.rows import split_malformed
 from certlake.lake.txn import SkipKind, SkippedRange
 

@@ -32,9 +32,9 @@ from certlake.backfill.build import BuiltRows, build_rows, pack
 from certlake.backfill.gaps import Range
 from certlake.backfill.summary import LogOutcome
 from certlake.ct.backoff import RetryPolicy
+from certlake.ct.client.fetch import GaveUp, fetch_range
+from certlake.ct.client.reader import FetchedEntry, LogReader, Unparseable
 from certlake.ct.errors import FetchError
-from certlake.ct.fetch import GaveUp, fetch_range
-from certlake.ct.reader import FetchedEntry, LogReader, Unparseable
 from certlake.lake.txn import SkipKind
 
 log = logging.getLogger(__name__)

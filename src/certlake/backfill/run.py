@@ -59,15 +59,15 @@ from certlake.backfill.summary import (
 from certlake.backfill.writer import RowWriter
 from certlake.config import Config, s3_storage_options
 from certlake.ct.backoff import RetryPolicy
-from certlake.ct.http import USER_AGENT, CTHttp
+from certlake.ct.client.http import USER_AGENT, CTHttp
+from certlake.ct.client.static import IssuerCache
 from certlake.ct.loglist import LogInfo
-from certlake.ct.static import IssuerCache
 from certlake.ct.urls import URLError, normalize_url
-from certlake.discovery import Discovery, discover_logs
+from certlake.ingest.discovery import Discovery, discover_logs
+from certlake.ingest.readers import make_reader
+from certlake.ingest.state import StateDecodeError, parse_state, write_atomic
 from certlake.lake.schema import ArchiveSchemaError
 from certlake.lake.table import table_uri
-from certlake.readers import make_reader
-from certlake.state import StateDecodeError, parse_state, write_atomic
 
 log = logging.getLogger(__name__)
 

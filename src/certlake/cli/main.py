@@ -31,13 +31,13 @@ MERGE_NEEDS_STAGING: Final = "Error: --merge requires --staging-path <PATH>"
 
 # command -> (module, function). The module is imported when the command runs.
 TARGETS: Final = {
-    "serve": ("certlake.server.serve", "run_serve"),
+    "serve": ("certlake.cli.serve", "run_serve"),
     "backfill": ("certlake.backfill.run", "run_backfill"),
     "gaps": ("certlake.backfill.run", "run_gaps"),
-    "merge": ("certlake.backfill.merge", "run_merge"),
-    "fetch": ("certlake.cli.fetch_cmd", "run_fetch"),
-    "testlog": ("certlake.testlog.cli", "run_testlog"),
-    "validate-config": ("certlake.cli.validate_cmd", "run_validate_config"),
+    "merge": ("certlake.merge.run", "run_merge"),
+    "fetch": ("certlake.cli.fetch", "run_fetch"),
+    "testlog": ("certlake.cli.testlog", "run_testlog"),
+    "validate-config": ("certlake.cli.validate", "run_validate_config"),
 }
 
 F = TypeVar("F", bound=Callable[..., Any])

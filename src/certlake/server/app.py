@@ -32,11 +32,11 @@ from prometheus_client.registry import Collector
 
 from certlake.config import Config
 from certlake.ct.health import Health
-from certlake.server.fleet import Fleet, Watched
+from certlake.ingest.fleet import Fleet, Watched
+from certlake.ingest.pipeline import Pipeline
 from certlake.server.guard import Guard, guard_middleware
 from certlake.server.metrics import ServerMetrics
 from certlake.server.page import is_page_request, with_page
-from certlake.server.pipeline import Pipeline
 from certlake.stream.fanout import Fanout
 from certlake.stream.hub import StreamKind
 from certlake.stream.web import SocketOptions, add_stream_routes

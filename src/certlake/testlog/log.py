@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from certlake.ct.entry import EntryType, LogKind
 from certlake.ct.leaf import encode_extra_data_precert, encode_extra_data_x509, encode_leaf_input
 from certlake.ct.merkle import TILE_HEIGHT, MerkleTree, leaf_hash
-from certlake.ct.signing import LogSigner, SignedTreeHead
+from certlake.ct.sth import SignedTreeHead
 from certlake.ct.tile import TILE_WIDTH, encode_tile_leaf, leaf_index_extension
 from certlake.testlog.faults import CorruptMode
+from certlake.testlog.signer import LogSigner
 
 # Enough for the data tiles a client reads while tailing the log or backfilling a window,
 # small enough not to matter on a laptop (a full tile is ~0.3-0.6 MB compressed).

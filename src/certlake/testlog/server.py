@@ -37,7 +37,6 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from certlake.ct.entry import LogKind
-from certlake.ct.signing import LogSigner
 from certlake.ct.tile import TILE_WIDTH, parse_tile_path
 from certlake.testlog.faults import (
     Action,
@@ -52,6 +51,7 @@ from certlake.testlog.faults import (
 from certlake.testlog.log import LoggedCert, RequestError, TestLog, TileNotFound, get_entries_range
 from certlake.testlog.loglist import ListedLog, log_list
 from certlake.testlog.pool import DEFAULT_POOL_SIZE, CertPool
+from certlake.testlog.signer import LogSigner
 
 MONITORING = "mon"
 # Trillian's default cap (reference/ct-protocols.md §1.2).

@@ -1,7 +1,7 @@
-"""Tree head signatures: verification of real logs' STHs and checkpoints, and a signer for ours.
+"""The signing key of a log we run (the test log): signed tree heads and checkpoints.
 
-The verification pieces live in `keys`, `sth` and `checkpoint` (one concept each) and are
-re-exported here so that callers have one import for "is this tree head genuine?".
+Verification of real logs' tree heads is in `ct/sth.py`, `ct/checkpoint.py` and `ct/keys.py`; this
+module only signs, so it lives with the test log that is its one user.
 """
 
 from __future__ import annotations
@@ -13,40 +13,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from certlake.ct.checkpoint import (
-    Checkpoint,
-    CheckpointError,
-    NoteSignature,
-    checkpoint_text,
-    note_key_id,
-    parse_checkpoint,
-    signature_line,
-    verify_checkpoint,
-)
-from certlake.ct.keys import (
-    HASH_SHA256,
-    SIG_ECDSA,
-    DigitallySigned,
-    SignatureError,
-    log_id,
-)
-from certlake.ct.sth import SignedTreeHead, SignedTreeHeadError, tree_head_message, verify_sth
+from certlake.ct.checkpoint import checkpoint_text, note_key_id, signature_line
+from certlake.ct.keys import HASH_SHA256, SIG_ECDSA, DigitallySigned, SignatureError, log_id
+from certlake.ct.sth import SignedTreeHead, tree_head_message
 from certlake.ct.tls import u
-
-__all__ = [
-    "Checkpoint",
-    "CheckpointError",
-    "LogSigner",
-    "NoteSignature",
-    "SignatureError",
-    "SignedTreeHead",
-    "SignedTreeHeadError",
-    "log_id",
-    "note_key_id",
-    "parse_checkpoint",
-    "verify_checkpoint",
-    "verify_sth",
-]
 
 GREASE_NAME = "grease.invalid"
 

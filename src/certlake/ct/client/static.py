@@ -5,18 +5,13 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 
+from certlake.ct.checkpoint import Checkpoint, CheckpointError, parse_checkpoint, verify_checkpoint
+from certlake.ct.client.http import CTHttp, OperatorBudget
+from certlake.ct.client.reader import Batch, FetchedEntry, Unparseable
 from certlake.ct.entry import LogSource
 from certlake.ct.errors import FetchError, NotFound
-from certlake.ct.http import CTHttp, OperatorBudget
+from certlake.ct.keys import SignatureError
 from certlake.ct.merkle import TILE_WIDTH
-from certlake.ct.reader import Batch, FetchedEntry, Unparseable
-from certlake.ct.signing import (
-    Checkpoint,
-    CheckpointError,
-    SignatureError,
-    parse_checkpoint,
-    verify_checkpoint,
-)
 from certlake.ct.tile import TileLeaf, data_tile_path, decode_data_tile_prefix
 
 # A tile that still fails to decode after this many reads is taken as the log's real content:

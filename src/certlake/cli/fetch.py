@@ -14,13 +14,13 @@ from itertools import groupby
 from certlake.certs.errors import CertificateParseError
 from certlake.certs.message import build_message
 from certlake.config import Config
+from certlake.ct.client.fetch import GaveUp, fetch_range
+from certlake.ct.client.http import CTHttp
+from certlake.ct.client.reader import Unparseable
 from certlake.ct.errors import FetchError
-from certlake.ct.fetch import GaveUp, fetch_range
-from certlake.ct.http import CTHttp
 from certlake.ct.loglist import ConfiguredLog, LogInfo, merge_config_logs
-from certlake.ct.reader import Unparseable
 from certlake.ct.urls import URLError, normalize_url
-from certlake.readers import config_logs, make_reader, retry_policy
+from certlake.ingest.readers import config_logs, make_reader, retry_policy
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2

@@ -11,17 +11,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from certlake.config import Config
+from certlake.ct.client.http import CTHttp
+from certlake.ct.client.static import IssuerCache
 from certlake.ct.entry import LogSource
 from certlake.ct.errors import FetchError
 from certlake.ct.health import Health, LogHealth
-from certlake.ct.http import CTHttp
 from certlake.ct.loglist import LogInfo
-from certlake.ct.static import IssuerCache
-from certlake.ct.watcher import Consumer, LogWatcher
-from certlake.discovery import discover_logs
-from certlake.readers import make_reader, retry_policy
+from certlake.ingest.discovery import discover_logs
+from certlake.ingest.readers import make_reader, retry_policy
+from certlake.ingest.state import StateStore
+from certlake.ingest.watcher import Consumer, LogWatcher
 from certlake.server.metrics import ServerMetrics
-from certlake.state import StateStore
 
 log = logging.getLogger(__name__)
 

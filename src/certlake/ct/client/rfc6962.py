@@ -7,12 +7,13 @@ import binascii
 
 import orjson
 
+from certlake.ct.client.http import CTHttp, OperatorBudget
+from certlake.ct.client.reader import Batch, FetchedEntry, Unparseable
 from certlake.ct.entry import LogSource
 from certlake.ct.errors import FetchError
-from certlake.ct.http import CTHttp, OperatorBudget
+from certlake.ct.keys import SignatureError
 from certlake.ct.leaf import decode_rfc6962_entry
-from certlake.ct.reader import Batch, FetchedEntry, Unparseable
-from certlake.ct.signing import SignatureError, SignedTreeHead, verify_sth
+from certlake.ct.sth import SignedTreeHead, verify_sth
 from certlake.ct.tls import DecodeError
 
 

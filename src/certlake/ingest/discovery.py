@@ -12,8 +12,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from certlake.config import Config
+from certlake.ct.client.http import CTHttp
 from certlake.ct.errors import FetchError
-from certlake.ct.http import CTHttp
 from certlake.ct.loglist import (
     LogInfo,
     LogListError,
@@ -21,7 +21,7 @@ from certlake.ct.loglist import (
     parse_log_list,
     select_watchable,
 )
-from certlake.readers import config_logs
+from certlake.ingest.readers import config_logs
 
 log = logging.getLogger(__name__)
 

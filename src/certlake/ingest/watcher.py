@@ -11,10 +11,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from certlake.ct.backoff import RetryPolicy
+from certlake.ct.client.fetch import GaveUp, fetch_range
+from certlake.ct.client.reader import FetchedEntry, LogReader, Unparseable
 from certlake.ct.errors import FetchError
-from certlake.ct.fetch import GaveUp, fetch_range
 from certlake.ct.health import LogHealth
-from certlake.ct.reader import FetchedEntry, LogReader, Unparseable
 
 log = logging.getLogger(__name__)
 

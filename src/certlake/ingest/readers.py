@@ -7,12 +7,12 @@ import base64
 
 from certlake.config import Config, CtLogConfig, LogSpec
 from certlake.ct.backoff import RetryPolicy
+from certlake.ct.client.http import CTHttp
+from certlake.ct.client.reader import LogReader
+from certlake.ct.client.rfc6962 import Rfc6962Log
+from certlake.ct.client.static import IssuerCache, StaticLog
 from certlake.ct.entry import LogKind
-from certlake.ct.http import CTHttp
 from certlake.ct.loglist import ConfiguredLog, LogInfo
-from certlake.ct.reader import LogReader
-from certlake.ct.rfc6962 import Rfc6962Log
-from certlake.ct.static import IssuerCache, StaticLog
 
 # Several workers of one job may read the same operator's logs at once; the operator's limit
 # on concurrent requests is shared by all of them.

@@ -54,10 +54,9 @@ from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError
 from deltalake.fs import DeltaStorageHandler
 
-from certlake.backfill.location import Location, TableLocationError, local_path, object_location
-from certlake.backfill.mergekeys import MergeKeyError, Segment, WindowKeys
 from certlake.backfill.presence import TableUnreadableError, may_hold, normalize_stats, open_table
 from certlake.config import Config, s3_storage_options
+from certlake.lake.location import Location, TableLocationError, local_path, object_location
 from certlake.lake.schema import (
     ARCHIVE_SCHEMA,
     CERT_INDEX,
@@ -67,6 +66,7 @@ from certlake.lake.schema import (
     schema_problems,
 )
 from certlake.lake.table import ArchiveTable, read_skipped, record_skipped, table_uri
+from certlake.merge.keys import MergeKeyError, Segment, WindowKeys
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ from typing import Protocol
 
 from certlake.certs.errors import CertificateParseError
 from certlake.certs.message import CertMessage, build_message
+from certlake.ct.client.reader import FetchedEntry, Unparseable
 from certlake.ct.entry import LogSource
-from certlake.ct.reader import FetchedEntry, Unparseable
-from certlake.ct.watcher import Consumer
+from certlake.ingest.watcher import Consumer
 from certlake.server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from certlake.ct.backoff import RetryPolicy
+from certlake.ct.client.reader import FetchedEntry, LogReader, Unparseable
 from certlake.ct.errors import FetchError
-from certlake.ct.reader import FetchedEntry, LogReader, Unparseable
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,13 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from certlake.config import Config
-from certlake.ct.http import USER_AGENT, CTHttp
+from certlake.ct.client.http import USER_AGENT, CTHttp
+from certlake.ingest.fleet import Fleet
+from certlake.ingest.pipeline import Pipeline
+from certlake.ingest.state import StateStore
 from certlake.lake.sink import DeltaSink
 from certlake.server.app import build_app
-from certlake.server.fleet import Fleet
 from certlake.server.metrics import ServerMetrics
-from certlake.server.pipeline import Pipeline
-from certlake.state import StateStore
 from certlake.stream.fanout import Fanout
 from certlake.stream.hub import HubConfig
 
