@@ -27,10 +27,10 @@ from certlake.ct.client.fetch import GaveUp, fetch_range
 from certlake.ct.client.http import CTHttp
 from certlake.ct.client.reader import FetchedEntry, Unparseable
 from certlake.ct.loglist import LogInfo, parse_log_list
+from certlake.ingest.metrics import IngestMetrics
 from certlake.ingest.pipeline import Pipeline
 from certlake.ingest.readers import make_reader
 from certlake.lake.sink import DeltaSink
-from certlake.server.metrics import ServerMetrics
 from certlake.testlog.background import BackgroundTestLog
 from certlake.testlog.faults import Endpoint, Fault, FaultKind
 from certlake.testlog.server import Stats
@@ -68,7 +68,7 @@ async def _archive_live(table: str, logs: Sequence[LogInfo]) -> None:
     """Every entry of `logs` below SIZE, through the live server's path into `table`."""
     sink = DeltaSink(table, registry=CollectorRegistry(), batch_size=5000, compaction_interval=0)
     await sink.start([info.url for info in logs])
-    pipeline = Pipeline(ServerMetrics(CollectorRegistry()), lambda _: None, sink)
+    pipeline = Pipeline(IngestMetrics(CollectorRegistry()), lambda _: None, sink)
     async with CTHttp(timeout=10) as http:
         for info in logs:
             reader = make_reader(http, info, CtLogConfig(default_operator_rate_limit_ms=0))

@@ -26,9 +26,9 @@ from prometheus_client import CollectorRegistry
 from certlake.config import parse_config
 from certlake.ct.client.http import CTHttp
 from certlake.ingest.fleet import Fleet
+from certlake.ingest.metrics import IngestMetrics
 from certlake.ingest.pipeline import Pipeline
 from certlake.server.app import build_app
-from certlake.server.metrics import ServerMetrics
 from certlake.stream.fanout import Fanout
 from certlake.stream.hub import HubConfig
 from certlake.testlog.certs import CertFactory
@@ -193,7 +193,7 @@ async def test_a_cursor_older_than_the_ring_is_told_what_was_lost() -> None:
     # The server application in process, so that the ring can be small.
     async with TestLogServer(seed=33, sequence_interval=0) as ctlog:
         config = parse_config({"ct_logs_url": ctlog.log_list_url, "ct_log": FAST_CT}, {})
-        metrics = ServerMetrics(CollectorRegistry())
+        metrics = IngestMetrics(CollectorRegistry())
         fanout = Fanout(HubConfig(resume_ring=30))
         pipeline = Pipeline(metrics, fanout.publish, None)
         async with CTHttp(timeout=2) as http:

@@ -27,6 +27,7 @@ from certlake.config import Config, parse_config
 from certlake.ct.client.http import CTHttp
 from certlake.ct.health import Health
 from certlake.ingest.fleet import Fleet
+from certlake.ingest.metrics import IngestMetrics
 from certlake.ingest.pipeline import LATEST, Pipeline
 from certlake.server.app import (
     GUARD,
@@ -37,7 +38,6 @@ from certlake.server.app import (
     overall_health,
 )
 from certlake.server.guard import ConnectionLimiter
-from certlake.server.metrics import ServerMetrics
 from certlake.stream.fanout import Fanout
 from certlake.stream.hub import HubConfig, StreamKind
 from certlake.testlog.server import TestLogServer
@@ -88,7 +88,7 @@ class Live:
 
 @contextlib.asynccontextmanager
 async def live(config: Config) -> AsyncIterator[Live]:
-    metrics = ServerMetrics(CollectorRegistry())
+    metrics = IngestMetrics(CollectorRegistry())
     # Short heartbeats so an SSE client's departure is noticed (and its slot freed) quickly.
     fanout = Fanout(HubConfig(heartbeat_interval=0.1, tick=0.02))
 

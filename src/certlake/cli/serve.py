@@ -18,11 +18,11 @@ from prometheus_client import CollectorRegistry
 from certlake.config import Config
 from certlake.ct.client.http import USER_AGENT, CTHttp
 from certlake.ingest.fleet import Fleet
+from certlake.ingest.metrics import IngestMetrics
 from certlake.ingest.pipeline import Pipeline
 from certlake.ingest.state import StateStore
 from certlake.lake.sink import DeltaSink
 from certlake.server.app import build_app
-from certlake.server.metrics import ServerMetrics
 from certlake.stream.fanout import Fanout
 from certlake.stream.hub import HubConfig
 
@@ -77,7 +77,7 @@ async def run_serve(config: Config, demo: bool = False) -> int:
 
 async def serve(config: Config) -> int:
     registry = CollectorRegistry()
-    metrics = ServerMetrics(registry)
+    metrics = IngestMetrics(registry)
     fanout = Fanout(hub_config(config))
     sink = DeltaSink.from_config(config, registry)
     pipeline = Pipeline(metrics, fanout.publish, sink, config.api.cache_capacity)

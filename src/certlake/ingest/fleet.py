@@ -18,10 +18,10 @@ from certlake.ct.errors import FetchError
 from certlake.ct.health import Health, LogHealth
 from certlake.ct.loglist import LogInfo
 from certlake.ingest.discovery import discover_logs
+from certlake.ingest.metrics import IngestMetrics
 from certlake.ingest.readers import make_reader, retry_policy
 from certlake.ingest.state import StateStore
 from certlake.ingest.watcher import Consumer, LogWatcher
-from certlake.server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class Fleet:
         config: Config,
         http: CTHttp,
         consumer_for: Callable[[LogSource], Consumer],
-        metrics: ServerMetrics,
+        metrics: IngestMetrics,
         state: StateStore | None,
         archive_cursor: Callable[[str], int | None] | None = None,
         prepare: Callable[[list[str]], Awaitable[object]] | None = None,

@@ -13,8 +13,8 @@ from certlake.certs.errors import CertificateParseError
 from certlake.certs.message import CertMessage, build_message
 from certlake.ct.client.reader import FetchedEntry, Unparseable
 from certlake.ct.entry import LogSource
+from certlake.ingest.metrics import IngestMetrics
 from certlake.ingest.watcher import Consumer
-from certlake.server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class Pipeline:
 
     def __init__(
         self,
-        metrics: ServerMetrics,
+        metrics: IngestMetrics,
         publish: Callable[[CertMessage], object],
         archive: Archive | None = None,
         cert_index_capacity: int = 10_000,

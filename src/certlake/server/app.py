@@ -33,9 +33,9 @@ from prometheus_client.registry import Collector
 from certlake.config import Config
 from certlake.ct.health import Health
 from certlake.ingest.fleet import Fleet, Watched
+from certlake.ingest.metrics import IngestMetrics
 from certlake.ingest.pipeline import Pipeline
 from certlake.server.guard import Guard, guard_middleware
-from certlake.server.metrics import ServerMetrics
 from certlake.server.page import is_page_request, with_page
 from certlake.stream.fanout import Fanout
 from certlake.stream.hub import StreamKind
@@ -139,7 +139,7 @@ class HttpApi:
         pipeline: Pipeline,
         fleet: Fleet,
         fanout: Fanout,
-        metrics: ServerMetrics,
+        metrics: IngestMetrics,
         guard: Guard,
         meter: RateMeter,
     ) -> None:
@@ -268,7 +268,7 @@ def build_app(
     pipeline: Pipeline,
     fleet: Fleet,
     fanout: Fanout,
-    metrics: ServerMetrics,
+    metrics: IngestMetrics,
     *,
     socket_options: SocketOptions | None = None,
     rate_sample_interval: float = 1.0,

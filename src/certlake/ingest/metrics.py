@@ -1,4 +1,4 @@
-"""Prometheus metrics of the live server (SPEC §10). Collectors live on a registry passed in, so
+"""Prometheus metrics of the live ingest path: per-log reads, tree sizes, lag, health, messages. Collectors live on a registry passed in, so
 tests and several servers in one process never share counters."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 
-class ServerMetrics:
+class IngestMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self.entries = Counter(
