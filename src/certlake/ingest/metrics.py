@@ -1,5 +1,6 @@
-"""Prometheus metrics of the live ingest path: per-log reads, tree sizes, lag, health, messages. Collectors live on a registry passed in, so
-tests and several servers in one process never share counters."""
+"""Prometheus metrics of the live ingest path: per-log reads, tree sizes, lag, health and
+messages published. Collectors live on a registry passed in, so tests and several servers in one
+process never share counters."""
 
 from __future__ import annotations
 
