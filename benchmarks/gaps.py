@@ -41,8 +41,7 @@ from deltalake import DeltaTable, write_deltalake
 from certlake.backfill.presence import plan_gaps
 from certlake.lake.schema import ARCHIVE_SCHEMA, PARTITION_BY
 from certlake.lake.table import writer_properties
-
-Range = tuple[int, int]
+from certlake.ranges import Range, union_ranges
 
 # url, name, share of the rows, first index
 LOGS = (
@@ -78,16 +77,6 @@ class LogSpec:
 # --- building the table ---------------------------------------------------------------------------
 
 
-def merge(ranges: list[Range]) -> list[Range]:
-    out: list[Range] = []
-    for s, e in sorted(ranges):
-        if out and s <= out[-1][1] + 1:
-            out[-1] = (out[-1][0], max(out[-1][1], e))
-        else:
-            out.append((s, e))
-    return out
-
-
 def make_specs(rows: int, holes: int, rng: random.Random) -> list[LogSpec]:
     specs = []
     for n, (url, name, share, base) in enumerate(LOGS):
@@ -96,7 +85,7 @@ def make_specs(rows: int, holes: int, rng: random.Random) -> list[LogSpec]:
         for _ in range(int(holes * share) + 1):
             start = rng.randrange(base + 1, base + count - 50)  # never the first or last index
             cut.append((start, start + rng.randrange(40)))
-        merged = merge(cut)
+        merged = union_ranges(cut)
         top = base + count - 1
         # ceilings as a state file would give them: at the head, behind it (rows past the
         # ceiling), and ahead of the table (its last entries never archived)
@@ -253,7 +242,7 @@ def expected_historical(spec: LogSpec, start: int) -> list[Range]:
     out = [(max(s, start), min(e, hi)) for s, e in spec.holes if s <= hi and e >= start]
     if top < hi:
         out.append((max(top + 1, start), hi))
-    return merge(out)
+    return union_ranges(out)
 
 
 # --- measurements (each in a child process) -------------------------------------------------------

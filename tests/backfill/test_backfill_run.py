@@ -14,13 +14,15 @@ from pathlib import Path
 import orjson
 import pytest
 
-from certlake.backfill.progress import RateMeter
-from certlake.backfill.run import JobError, candidate_logs, read_ceilings, run_backfill
-from certlake.backfill.summary import LogOutcome, Summary, ranges_text, reasons_text
+from certlake.backfill.progress import LogRates
+from certlake.backfill.run import JobError, candidate_logs, read_ceilings
+from certlake.backfill.summary import LogOutcome, Summary, reasons_text
+from certlake.cli.backfill import run_backfill
 from certlake.config import load_config
 from certlake.ct.entry import LogKind
 from certlake.ct.loglist import LogInfo
 from certlake.ingest.discovery import Discovery
+from certlake.ranges import ranges_text
 
 from .conftest import SIZE, Lake
 
@@ -141,7 +143,7 @@ def test_unfetched_ranges_are_listed_coalesced_with_their_reasons() -> None:
 
 def test_rate_meter_reports_rate_eta_and_ranges_left() -> None:
     o = LogOutcome("https://a", "A", missing=1000, ranges=4)
-    meter = RateMeter([o], now=100.0)
+    meter = LogRates([o], now=100.0, window=1.0)
     o.fetched, o.ranges_done = 300, 1
     (p,) = meter.read(now=102.0)
     assert (p.fetched, p.total, p.ranges_remaining, p.rate) == (300, 1000, 3, 150.0)

@@ -18,12 +18,13 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
+from certlake.cli.merge import run_merge
 from certlake.config import Config, DeltaSinkConfig
 from certlake.lake.rows import messages_to_batch
 from certlake.lake.schema import ARCHIVE_SCHEMA, PARTITION_BY
 from certlake.lake.table import read_skipped, record_skipped
 from certlake.lake.txn import SkipKind, SkippedRange
-from certlake.merge.run import merge_command, run_merge
+from certlake.merge.run import merge_command
 from lake.conftest import LOG_A, LOG_B, make_message
 from lake.helpers import broken_log, table_keys
 from support.s3 import S3Server

@@ -13,6 +13,7 @@ import pytest
 
 from certlake.ct.entry import EntryType
 from certlake.testlog.background import BackgroundTestLog
+from certlake.testlog.server import TestLogServer
 
 CERTLAKE = str(Path(sys.executable).with_name("certlake"))
 
@@ -23,10 +24,12 @@ def bg() -> Iterator[BackgroundTestLog]:
         yield bg
 
 
-def _fetch(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
-    # An empty config file keeps the developer's own config.yaml out of the test.
+def _fetch(
+    tmp_path: Path, *args: str, config: dict[str, object] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    # A config file of our own (empty by default) keeps the developer's config.yaml out of it.
     cfg = tmp_path / "config.yaml"
-    cfg.write_text("{}\n")
+    cfg.write_bytes(orjson.dumps(config or {}))  # JSON is YAML
     return subprocess.run(
         [CERTLAKE, "fetch", "--config", str(cfg), *args],
         capture_output=True,
@@ -77,6 +80,23 @@ def test_fetch_domains_stream(bg: BackgroundTestLog, tmp_path: Path) -> None:
     msg = orjson.loads(proc.stdout)
     assert msg["message_type"] == "dns_entries"
     assert isinstance(msg["data"], list) and msg["data"]
+
+
+def test_fetch_sends_the_configured_user_agent(bg: BackgroundTestLog, tmp_path: Path) -> None:
+    contact = "certlake-test/1 (+mailto:ct-ops@example.org)"
+
+    def counts(s: TestLogServer) -> tuple[int, int]:
+        return s.stats.requests.total(), s.stats.user_agents[contact]
+
+    before = bg.call(counts)
+    proc = _fetch(
+        tmp_path, bg.server.rfc6962_url, "4", "5", config={"ct_log": {"user_agent": contact}}
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    after = bg.call(counts)
+    requests, ours = after[0] - before[0], after[1] - before[1]
+    assert requests > 0
+    assert ours == requests  # every request of the run, tree head and entries alike
 
 
 def test_fetch_beyond_the_tree_fails_loudly(bg: BackgroundTestLog, tmp_path: Path) -> None:

@@ -45,7 +45,7 @@ def test_rate_limits_get_at_least_ten_retries_even_with_a_small_budget() -> None
 
 @given(
     attempt=st.integers(1, 40),
-    retry_after=st.none() | st.floats(0, 10_000),
+    retry_after=st.none() | st.floats(0, 3_600),
     seed=st.integers(0, 2**32),
 )
 def test_delay_is_capped_grows_and_honours_retry_after(
@@ -53,8 +53,10 @@ def test_delay_is_capped_grows_and_honours_retry_after(
 ) -> None:
     p = RetryPolicy(initial_delay=0.5, max_delay=60.0)
     d = p.delay(attempt, retry_after, random.Random(seed))
-    assert 0 < d <= 60.0
+    assert d > 0
     ceiling = min(60.0, 0.5 * 2 ** (attempt - 1))
     assert d >= ceiling / 2
     if retry_after is not None:
-        assert d >= min(retry_after, 60.0)
+        assert d >= retry_after  # above the cap too
+    else:
+        assert d <= 60.0

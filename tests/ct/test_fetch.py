@@ -27,7 +27,8 @@ from certlake.testlog.faults import Fault
 from certlake.testlog.server import TestLogServer
 
 SIZE = 1500
-# Fast retries keep the suite quick; Retry-After (1 s from the test log) is capped by max_delay.
+# Fast retries keep the suite quick. A Retry-After is honoured whatever the policy's cap, so the
+# injected 429s and 503s say `Retry-After: 0`.
 FAST = RetryPolicy(max_attempts=30, initial_delay=0.001, max_delay=0.005, rate_limit_attempts=60)
 
 
@@ -89,7 +90,12 @@ def test_every_index_exactly_once_under_faults(
     seed: int,
 ) -> None:
     end = min(SIZE - 1, start + length - 1)
-    specs = [f"short:{p_short}", f"429:{p_429}", f"503:{p_503}", f"drop:{p_drop}"]
+    specs = [
+        f"short:{p_short}",
+        f"429:{p_429},retry_after=0",
+        f"503:{p_503},retry_after=0",
+        f"drop:{p_drop}",
+    ]
     _set_faults(bg, specs, seed)
     try:
         items = asyncio.run(_collect(bg.server, kind, start, end))
@@ -105,7 +111,7 @@ def test_every_index_exactly_once_under_faults(
 
 
 def test_faults_really_happened(bg: BackgroundTestLog) -> None:
-    _set_faults(bg, ["short:1", "429:n=3", "503:n=3", "drop:n=4"])
+    _set_faults(bg, ["short:1", "429:n=3,retry_after=0", "503:n=3", "drop:n=4"])
     try:
         before = bg.call(lambda s: dict(s.stats.faults))
         items = asyncio.run(_collect(bg.server, LogKind.RFC6962, 0, 499))

@@ -35,21 +35,11 @@ from certlake.testlog.certs import CertFactory
 from certlake.testlog.pool import logged
 from certlake.testlog.server import TestLogServer
 from support.procs import Procs, server_config
+from support.waiting import until
 
 pytestmark = pytest.mark.timeout(90)
 
 Doc = dict[str, Any]
-
-
-async def until(probe: Callable[[], Awaitable[bool] | bool], limit: float, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + limit
-    while True:
-        done = probe()
-        if done if isinstance(done, bool) else await done:
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def log_cursors(server: str) -> dict[str, int | None]:

@@ -17,6 +17,7 @@ import aiohttp
 import orjson
 
 from support.procs import Procs, read_state, server_config
+from support.waiting import until
 
 Seen = list[tuple[str, int]]
 
@@ -72,14 +73,6 @@ async def _logs_at(server: str) -> dict[str, int | None]:
     return {log["url"]: log["cursor"] for log in doc["logs"]}
 
 
-async def _until(pred, limit: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + limit
-    while not await pred():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
 async def test_every_index_reaches_a_full_stream_client_exactly_once_despite_faults(
     procs: Procs, tmp_path: Path
 ) -> None:
@@ -89,7 +82,7 @@ async def test_every_index_reaches_a_full_stream_client_exactly_once_despite_fau
         "--fault", "drop:0.05",
     )
     server = procs.serve(server_config(tmp_path, f"{testlog.url}/log_list.json"))
-    await _until(lambda: _heads_known(server.url, 2), 30, "both watchers at the tree head")
+    await until(lambda: _heads_known(server.url, 2), 30, "both watchers at the tree head")
     start = await _logs_at(server.url)
     assert set(start.values()) == {40}  # a fresh start begins at the tree head
 
@@ -102,7 +95,7 @@ async def test_every_index_reaches_a_full_stream_client_exactly_once_despite_fau
         async def all_there() -> bool:
             return len(seen) >= 2 * (final - 40)
 
-        await _until(all_there, 90, "every entry on the stream")
+        await until(all_there, 90, "every entry on the stream")
         await asyncio.sleep(0.5)  # anything extra (a duplicate) would arrive now
 
     counts = Counter(seen)
@@ -129,7 +122,7 @@ async def test_kill_9_and_restart_resumes_from_the_state_file_without_a_gap(
     testlog = procs.testlog("--initial-size", "10", "--rate", "150", "--seed", "12")
     config = server_config(tmp_path, f"{testlog.url}/log_list.json")
     server = procs.serve(config)
-    await _until(lambda: _heads_known(server.url, 2), 30, "watchers started")
+    await until(lambda: _heads_known(server.url, 2), 30, "watchers started")
     first_cursor = await _logs_at(server.url)
 
     async with full_stream(server.url) as before:
@@ -143,7 +136,7 @@ async def test_kill_9_and_restart_resumes_from_the_state_file_without_a_gap(
     await _set_faults(testlog.url, ["503:1"])
     server = procs.serve(config)
     async with full_stream(server.url) as after:
-        await _until(lambda: _heads_known(server.url, 2), 30, "watchers restarted")
+        await until(lambda: _heads_known(server.url, 2), 30, "watchers restarted")
         resumed = await _logs_at(server.url)
         assert resumed == {u: s["current_index"] for u, s in saved.items()}
         await _set_faults(testlog.url, [])
@@ -153,7 +146,7 @@ async def test_kill_9_and_restart_resumes_from_the_state_file_without_a_gap(
             got = {u: max((i for v, i in after if v == u), default=-1) for u in target}
             return all(got[u] >= target[u] for u in target)
 
-        await _until(caught_up, 60, "the restarted server to catch up")
+        await until(caught_up, 60, "the restarted server to catch up")
 
     for url, start in first_cursor.items():
         assert start is not None

@@ -1,11 +1,10 @@
-"""Small helpers shared by the sink tests."""
+"""Small helpers shared by the sink and writer tests."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -13,7 +12,9 @@ from deltalake import DeltaTable
 from prometheus_client import CollectorRegistry
 
 from certlake.ct.backoff import RetryPolicy
+from certlake.lake.committer import WriterSettings
 from certlake.lake.sink import DeltaSink
+from certlake.lake.writer import RowWriter
 
 FAST_RETRY = RetryPolicy(initial_delay=0.05, max_delay=0.2)
 
@@ -30,6 +31,12 @@ def make_sink(path: str, registry: CollectorRegistry | None = None, **kw: object
     return DeltaSink(path, registry=registry or CollectorRegistry(), **options)  # type: ignore[arg-type]
 
 
+def make_writer(path: str, batch_size: int = 1000, close_timeout: float = 10.0) -> RowWriter:
+    """The backfill writer with the sink tests' defaults: no timer flush, fast retries."""
+    settings = WriterSettings(batch_size, 3600.0, 3, FAST_RETRY, close_timeout)
+    return RowWriter(path, storage_options=None, settings=settings, high_water=2 * batch_size)
+
+
 def table_keys(uri: str, storage_options: dict[str, str] | None = None) -> list[tuple[str, int]]:
     """Every (source_url, cert_index) in the table, sorted, duplicates kept."""
     table = DeltaTable(uri, storage_options=storage_options).to_pyarrow_table(
@@ -38,15 +45,6 @@ def table_keys(uri: str, storage_options: dict[str, str] | None = None) -> list[
     return sorted(
         zip(table["source_url"].to_pylist(), table["cert_index"].to_pylist(), strict=True)
     )
-
-
-async def wait_for(condition: Callable[[], bool], within: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
 
 
 @contextmanager

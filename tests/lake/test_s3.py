@@ -9,9 +9,10 @@ from deltalake import DeltaTable
 from certlake.lake.table import read_skipped
 from certlake.lake.txn import SkipKind, app_id
 from support.s3 import S3Server
+from support.waiting import until
 
 from .conftest import LOG_A, LOG_B, MakeMessages
-from .helpers import make_sink, table_keys, wait_for
+from .helpers import make_sink, table_keys
 
 
 async def test_s3_create_append_read_back_and_transaction_versions(
@@ -58,7 +59,7 @@ async def test_s3_outage_keeps_the_buffer_and_writes_once_after_it(
         for msg in messages(5, 12):
             sink.offer(msg)
         flushing = asyncio.create_task(sink.flush())
-        await wait_for(lambda: sink.stats.errors >= 2)
+        await until(lambda: sink.stats.errors >= 2, within=20)
         assert sink.buffered == 7 and not flushing.done()
     finally:
         s3_server.resume()

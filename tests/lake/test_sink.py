@@ -11,15 +11,18 @@ import pyarrow as pa
 from deltalake import DeltaTable
 from prometheus_client import CollectorRegistry
 
+from certlake.backfill.build import BuiltRows
 from certlake.config import Config, DeltaSinkConfig
 from certlake.ct.backoff import RetryPolicy
+from certlake.lake.rows import split_malformed
 from certlake.lake.schema import ARCHIVE_SCHEMA, PARTITION_BY
 from certlake.lake.sink import DeltaSink
 from certlake.lake.table import ArchiveTable, read_skipped
 from certlake.lake.txn import SkipKind, SkippedRange, app_id
+from support.waiting import until
 
 from .conftest import LOG_A, LOG_B, MakeMessages, make_message
-from .helpers import broken_log, make_sink, table_keys, wait_for
+from .helpers import broken_log, make_sink, make_writer, table_keys
 
 
 def _metric(registry: CollectorRegistry, name: str, labels: dict[str, str] | None = None) -> float:
@@ -40,14 +43,14 @@ def _assert_archive_table(path: str) -> None:
 async def test_delta_backfill_ac4_3_writer_creates_missing_table_with_schema_and_partitioning(
     tmp_path: Path, messages: MakeMessages
 ) -> None:
-    # The backfill writer shares this write path (exactly_once=False: out-of-order ranges).
+    # The backfill writer commits through the sink's committer, out of index order.
     path = str(tmp_path / "missing" / "archive")
-    sink = make_sink(path, exactly_once=False)
-    await sink.start()
+    writer = make_writer(path)
+    await writer.start()
     rows = messages(40, 45) + messages(10, 12)
-    for msg in rows:
-        sink.offer(msg)
-    await sink.close()
+    for part in (rows[:5], rows[5:]):
+        await writer.put(BuiltRows(split_malformed(part)[0], ()))
+    await writer.close()
     _assert_archive_table(path)
     assert table_keys(path) == sorted((m.source_url, m.cert_index) for m in rows)
     days = DeltaTable(path).to_pyarrow_table(columns=["seen_date"])["seen_date"].to_pylist()
@@ -92,7 +95,7 @@ async def test_size_triggered_flush_then_shutdown_flush(
     await sink.start()
     for msg in messages(0, 12):
         sink.offer(msg)
-    await wait_for(lambda: sink.stats.rows_written == 10)
+    await until(lambda: sink.stats.rows_written == 10, within=20)
     # Full chunks only: the 2 left over wait for the timer (an hour away) or shutdown.
     await asyncio.sleep(0.3)
     assert sink.stats.commits == 2 and sink.stats.rows_written == 10 and sink.buffered == 2
@@ -107,7 +110,7 @@ async def test_time_triggered_flush(tmp_path: Path, messages: MakeMessages) -> N
     await sink.start()
     for msg in messages(0, 3):
         sink.offer(msg)
-    await wait_for(lambda: sink.stats.rows_written == 3)
+    await until(lambda: sink.stats.rows_written == 3, within=20)
     assert table_keys(path) == [(LOG_A, i) for i in range(3)]
     await sink.close()
 
@@ -125,7 +128,7 @@ async def test_write_failure_keeps_the_buffer_and_succeeds_later(
         for msg in messages(5, 10):
             sink.offer(msg)
         flushing = asyncio.create_task(sink.flush())
-        await wait_for(lambda: sink.stats.errors >= 2)
+        await until(lambda: sink.stats.errors >= 2, within=20)
         assert sink.buffered == 5 and not flushing.done()
         assert _metric(registry, "certlake_sink_flush_errors_total") >= 2
         assert _metric(registry, "certlake_sink_buffer_records") == 5

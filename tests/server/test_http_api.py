@@ -10,7 +10,7 @@ import hashlib
 import json
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,9 +29,9 @@ from certlake.ct.health import Health
 from certlake.ingest.fleet import Fleet
 from certlake.ingest.metrics import IngestMetrics
 from certlake.ingest.pipeline import LATEST, Pipeline
+from certlake.rates import RateMeter
 from certlake.server.app import (
     GUARD,
-    RateMeter,
     build_app,
     is_cert_key,
     latest_document,
@@ -41,6 +41,7 @@ from certlake.server.guard import ConnectionLimiter
 from certlake.stream.fanout import Fanout
 from certlake.stream.hub import HubConfig, StreamKind
 from certlake.testlog.server import TestLogServer
+from support.waiting import until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -108,22 +109,14 @@ async def live(config: Config) -> AsyncIterator[Live]:
                 await fleet.stop()
 
 
-async def eventually(cond: Callable[[], bool], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
-
-
 async def watching(lv: Live, ctlog: TestLogServer, grow: int) -> None:
     """Start the fleet on the test log's list, then log `grow` new certificates in each log and
     wait until the pipeline has them all."""
     await lv.fleet.refresh()
     assert len(lv.fleet.watched) == 2
-    await eventually(lambda: all(w.watcher.status.cursor is not None for w in _watched(lv)))
+    await until(lambda: all(w.watcher.status.cursor is not None for w in _watched(lv)))
     ctlog.grow(grow)
-    await eventually(lambda: lv.pipeline.processed == 2 * grow)
+    await until(lambda: lv.pipeline.processed == 2 * grow)
 
 
 def _watched(lv: Live) -> list[Any]:
@@ -280,7 +273,7 @@ async def _deep_health_with_dead_logs(
     async with live(make_config(ctlog.log_list_url, custom_logs=custom)) as lv:
         await lv.fleet.refresh()
         assert len(lv.fleet.watched) == 2 + dead
-        await eventually(
+        await until(
             lambda: all(
                 w.watcher.health.state.value == ("unhealthy" if "dead" in w.info.url else "healthy")
                 and (w.watcher.status.last_success or w.watcher.health.total_failures)
@@ -314,7 +307,7 @@ async def test_metrics(ctlog: TestLogServer) -> None:
     async with live(make_config(ctlog.log_list_url)) as lv:
         await watching(lv, ctlog, 5)
         ws = await lv.client.ws_connect("/full-stream")
-        await eventually(lambda: lv.fanout.hub.stats.clients[StreamKind.FULL] == 1)
+        await until(lambda: lv.fanout.hub.stats.clients[StreamKind.FULL] == 1)
         async with lv.client.get("/metrics") as resp:
             assert resp.status == 200
             assert resp.headers["Content-Type"].startswith("text/plain; version=")
@@ -327,13 +320,21 @@ async def test_metrics(ctlog: TestLogServer) -> None:
         assert 'certlake_stream_clients{stream="full"} 1.0' in lines
         assert 'certlake_stream_clients{stream="lite"} 0.0' in lines
         assert 'certlake_requests_refused_total{reason="unauthorized"} 0.0' in lines
+        assert f'certlake_log_lag_seconds{{log="{ctlog.static_url}"}} 0.0' in lines
+        assert f'certlake_log_answer_cap{{log="{ctlog.static_url}"}} 256.0' in lines
+        operator = next(iter(lv.fleet.budgets))
+        assert f'certlake_operator_refused_total{{operator="{operator}"}} 0.0' in lines
+        assert any(
+            line.startswith(f'certlake_operator_requests_per_second{{operator="{operator}"}}')
+            for line in lines
+        )
 
 
 async def test_stats(ctlog: TestLogServer) -> None:
     async with live(make_config(ctlog.log_list_url)) as lv:
         ws = await lv.client.ws_connect("/")
         await watching(lv, ctlog, 20)
-        await eventually(lambda: lv.fanout.hub.stats.published == 40)
+        await until(lambda: lv.fanout.hub.stats.published == 40)
         stats = await lv.get_json("/api/stats")
         while stats["messages_per_second"] == 0:  # until the meter's next sample
             await asyncio.sleep(0.02)
@@ -345,7 +346,9 @@ async def test_stats(ctlog: TestLogServer) -> None:
         assert 0 < stats["uptime_seconds"] < 60
         assert stats["messages_per_second"] > 0
         assert stats["clients"] == {"full": 0, "lite": 1, "domains": 0, "total": 1}
-        assert stats["logs"] == {"watched": 2, "healthy": 2, "degraded": 0, "unhealthy": 0}
+        assert stats["logs"] == {
+            "watched": 2, "healthy": 2, "degraded": 0, "unhealthy": 0, "behind": 0
+        }
         assert stats["limited_connections"] is None  # connection limits are off
         assert stats["refused"] == {
             "unauthorized": 0,
@@ -376,6 +379,16 @@ async def test_logs(ctlog: TestLogServer) -> None:
             assert row["health"] == "healthy"
             assert row["operator"]
             assert (row["last_error"], row["total_failures"]) == (None, 0)
+            assert (row["lag_entries"], row["lag_seconds"], row["behind"]) == (0, 0.0, False)
+            assert row["cannot_keep_up"] is False
+            # Tiles hold 256; the RFC 6962 log serves more than the 256 asked (batch_size).
+            assert row["answer_cap"] == 256
+            pacing = row["pacing"]
+            assert pacing["requests"] > 0 and pacing["refused"] == 0
+            assert 1 <= pacing["max_in_flight"] <= 8
+        operators = body["operators"]
+        assert set(operators) == {row["operator"] for row in body["logs"]}
+        assert all(o["requests_per_second"] > 0 for o in operators.values())
 
 
 # --- auth -----------------------------------------------------------------------------------
@@ -412,7 +425,7 @@ async def test_auth(ctlog: TestLogServer) -> None:
             await c.ws_connect("/")
         assert err.value.status == 401
         ws = await c.ws_connect("/?token=gold")
-        await eventually(lambda: lv.fanout.hub.stats.clients[StreamKind.LITE] == 1)
+        await until(lambda: lv.fanout.hub.stats.clients[StreamKind.LITE] == 1)
         await ws.close()
         assert (await lv.get_json("/api/stats?token=gold"))["refused"]["unauthorized"] == 8
 
@@ -462,11 +475,11 @@ async def test_connection_limits(ctlog: TestLogServer) -> None:
         assert stats["refused"]["client_full"] == 1 and stats["refused"]["server_full"] == 1
 
         await first.close()
-        await eventually(lambda: limiter.total == 1)
+        await until(lambda: limiter.total == 1)
         again = await c.ws_connect("/", headers=_from("198.51.100.1"))
         await again.close()
         await second.close()
-        await eventually(lambda: limiter.total == 0 and sum(hub.clients.values()) == 0)
+        await until(lambda: limiter.total == 0 and sum(hub.clients.values()) == 0)
 
 
 async def test_sse_counts_against_connection_limits(ctlog: TestLogServer) -> None:
@@ -486,7 +499,7 @@ async def test_sse_counts_against_connection_limits(ctlog: TestLogServer) -> Non
         async with lv.client.get("/sse", headers=_from("198.51.100.9")) as resp:
             assert resp.status == 429
         sse.close()
-        await eventually(lambda: limiter.total == 0)
+        await until(lambda: limiter.total == 0)
         ws = await lv.client.ws_connect("/", headers=_from("198.51.100.9"))
         await ws.close()
 

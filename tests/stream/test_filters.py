@@ -7,20 +7,16 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from certlake.certs.message import build_message
 from certlake.ct.entry import EntryType, LogEntry, LogKind, LogSource
-from certlake.stream.fanout import Fanout
 from certlake.stream.filters import (
     MAX_NAME,
     REGEX_BUDGET,
@@ -32,8 +28,10 @@ from certlake.stream.filters import (
     regex_cost,
 )
 from certlake.stream.hub import Hub, HubConfig, StreamKind, Wire
-from certlake.stream.web import QueryError, add_stream_routes, parse_subscription
+from certlake.stream.web import QueryError, parse_subscription
 from certlake.testlog.certs import CertFactory
+from support.stream import live_server
+from support.waiting import until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -375,31 +373,6 @@ def test_any_accepted_pattern_searches_a_hostile_name_quickly(pattern: str) -> N
 # --- live endpoints -----------------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def live_server(config: HubConfig | None = None) -> AsyncIterator[tuple[Fanout, str]]:
-    fanout = Fanout(config or HubConfig())
-    fanout.start()
-    app = web.Application()
-    add_stream_routes(app, fanout)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield fanout, f"127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        fanout.stop()
-        await runner.cleanup()
-
-
-async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.005)
-
-
 BATCH = [
     cert("a.com", n=0),
     cert("shop.b.org", n=1, update_type="PrecertLogEntry"),
@@ -410,13 +383,13 @@ BATCH = [
 
 
 async def test_websocket_and_sse_clients_get_only_what_their_filters_accept() -> None:
-    async with live_server() as (fanout, host), aiohttp.ClientSession() as session:
-        ws = await session.ws_connect(f"ws://{host}/?domain=a.com&domain=*.b.org")
+    async with live_server() as (fanout, port), aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(f"ws://127.0.0.1:{port}/?domain=a.com&domain=*.b.org")
         both = await session.ws_connect(
-            f"ws://{host}/full-stream?domain=*.b.org&update_type=X509LogEntry"
+            f"ws://127.0.0.1:{port}/full-stream?domain=*.b.org&update_type=X509LogEntry"
         )
-        sse = await session.get(f"http://{host}/sse?stream=domains&issuer=digicert")
-        plain = await session.ws_connect(f"ws://{host}/domains-only")
+        sse = await session.get(f"http://127.0.0.1:{port}/sse?stream=domains&issuer=digicert")
+        plain = await session.ws_connect(f"ws://127.0.0.1:{port}/domains-only")
         await until(lambda: len(fanout.hub.clients()) == 4)
         for m in BATCH:
             fanout.publish(m)  # type: ignore[arg-type]
@@ -446,11 +419,10 @@ async def test_websocket_and_sse_clients_get_only_what_their_filters_accept() ->
     ],
 )
 async def test_bad_filters_get_400_before_any_upgrade(target: str, error: str) -> None:
-    async with live_server() as (fanout, host):
-        address, port = host.split(":")
-        reader, writer = await asyncio.open_connection(address, int(port))
+    async with live_server() as (fanout, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(
-            f"GET {target} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+            f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
             "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
             "Sec-WebSocket-Version: 13\r\n\r\n".encode()
         )
@@ -468,9 +440,9 @@ async def test_an_expensive_accepted_regex_does_not_stall_the_other_clients() ->
     worst = "^" + "a?" * 15 + "a" * 15 + "x"
     assert regex_cost(worst) <= REGEX_BUDGET
     hostile = [cert(*(["a" * MAX_NAME] * 20), n=i) for i in range(40)]
-    async with live_server() as (fanout, host), aiohttp.ClientSession() as session:
-        filtered = await session.ws_connect(f"ws://{host}/?domain=re:{worst}")
-        victim = await session.ws_connect(f"ws://{host}/")
+    async with live_server() as (fanout, port), aiohttp.ClientSession() as session:
+        filtered = await session.ws_connect(f"ws://127.0.0.1:{port}/?domain=re:{worst}")
+        victim = await session.ws_connect(f"ws://127.0.0.1:{port}/")
         await until(lambda: len(fanout.hub.clients()) == 2)
         durations = []
         sent_at = {}

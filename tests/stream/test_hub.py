@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 
 import pytest
 from hypothesis import given, settings
@@ -18,51 +17,11 @@ from certlake.stream.hub import (
     StreamKind,
     Wire,
 )
-
-
-@dataclass(frozen=True)
-class Msg:
-    full: bytes
-    lite: bytes
-    domains: bytes
+from support.stream import MemorySink, Msg, split_frames
 
 
 def msg(i: int) -> Msg:
     return Msg(b'{"full":%d}\n' % i, b'{"lite":%d}\n' % i, b'{"domains":%d}' % i)
-
-
-@dataclass
-class MemorySink:
-    """A connection whose kernel side is simulated by `held`: bytes not yet taken."""
-
-    writes: list[bytes] = field(default_factory=list)
-    held: int = 0
-    aborted: bool = False
-
-    def write(self, data: bytes) -> None:
-        self.writes.append(data)
-
-    def buffered(self) -> int:
-        return self.held
-
-    def abort(self) -> None:
-        self.aborted = True
-
-
-def split_frames(data: bytes) -> list[tuple[int, bytes]]:
-    """Decode unmasked server frames (RFC 6455 §5.2) into (opcode, payload)."""
-    frames = []
-    pos = 0
-    while pos < len(data):
-        opcode, size = data[pos] & 0x0F, data[pos + 1] & 0x7F
-        pos += 2
-        if size == 126:
-            size, pos = int.from_bytes(data[pos : pos + 2], "big"), pos + 2
-        elif size == 127:
-            size, pos = int.from_bytes(data[pos : pos + 8], "big"), pos + 8
-        frames.append((opcode, data[pos : pos + size]))
-        pos += size
-    return frames
 
 
 class Rig:

@@ -14,26 +14,17 @@ import re
 import socket
 import struct
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from certlake.stream.fanout import Fanout
 from certlake.stream.hub import HubConfig, StreamKind
-from certlake.stream.web import SocketOptions, add_stream_routes
+from certlake.stream.web import SocketOptions
+from support.stream import Msg, live_server
+from support.waiting import until
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@dataclass(frozen=True)
-class Msg:
-    full: bytes
-    lite: bytes
-    domains: bytes
 
 
 def msg(i: int, size: int = 1500) -> Msg:
@@ -43,34 +34,6 @@ def msg(i: int, size: int = 1500) -> Msg:
     full = json.dumps({"data": {"seq": i, "pad": pad, "chain": []}, "message_type": "x"})
     domains = json.dumps({"data": [f"d{i}.example"], "message_type": "dns_entries"})
     return Msg(full.encode() + b"\n", lite.encode() + b"\n", domains.encode())
-
-
-@asynccontextmanager
-async def live_server(
-    config: HubConfig, options: SocketOptions | None = None
-) -> AsyncIterator[tuple[Fanout, int]]:
-    fanout = Fanout(config)
-    fanout.start()
-    app = web.Application()
-    add_stream_routes(app, fanout, options)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield fanout, port
-    finally:
-        fanout.stop()
-        await runner.cleanup()
-
-
-async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.002)
 
 
 def clients(fanout: Fanout) -> int:

@@ -21,6 +21,7 @@ from certlake.stream.resume import (
     stamp_cursor,
 )
 from certlake.testlog.certs import CertFactory
+from support.stream import MemorySink, text_payloads
 
 BASE = 1_700_000_000_000_000  # a run that started at 2023-11-14T22:13:20Z
 
@@ -50,38 +51,6 @@ def msg(n: int) -> Msg:
         b'{"data":["d%d.example"],"message_type":"dns_entries"}' % n,
         all_domains=[f"d{n}.example"],
     )
-
-
-@dataclass
-class MemorySink:
-    writes: list[bytes] = field(default_factory=list)
-    held: int = 0
-
-    def write(self, data: bytes) -> None:
-        self.writes.append(data)
-
-    def buffered(self) -> int:
-        return self.held
-
-    def abort(self) -> None:
-        pass
-
-
-def split_frames(data: bytes) -> list[bytes]:
-    """Payloads of unmasked WebSocket server frames (text only)."""
-    out = []
-    pos = 0
-    while pos < len(data):
-        opcode, size = data[pos] & 0x0F, data[pos + 1] & 0x7F
-        pos += 2
-        if size == 126:
-            size, pos = int.from_bytes(data[pos : pos + 2], "big"), pos + 2
-        elif size == 127:
-            size, pos = int.from_bytes(data[pos : pos + 8], "big"), pos + 8
-        if opcode == 0x1:
-            out.append(data[pos : pos + size])
-        pos += size
-    return out
 
 
 class Rig:
@@ -121,7 +90,7 @@ class Rig:
 
 
 def documents(sink: MemorySink) -> list[dict[str, object]]:
-    return [json.loads(p) for w in sink.writes for p in split_frames(w)]
+    return [json.loads(p) for w in sink.writes for p in text_payloads(w)]
 
 
 def cursors(docs: list[dict[str, object]]) -> list[int]:
@@ -272,7 +241,7 @@ def test_every_message_carries_its_cursor_on_every_stream_and_wire() -> None:
     for (kind, wire), sink in sinks.items():
         raw = b"".join(sink.writes)
         if wire is Wire.WEBSOCKET:
-            payloads = split_frames(raw)
+            payloads = text_payloads(raw)
         else:
             payloads = [e.removeprefix(b"data: ") for e in raw.split(b"\n\n") if e]
         docs = [json.loads(p) for p in payloads]

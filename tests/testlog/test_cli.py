@@ -12,6 +12,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from certlake.ct.entry import LogKind
+from certlake.ct.loglist import parse_log_list
+
 pytestmark = pytest.mark.timeout(60)
 
 CERTLAKE = str(Path(sys.executable).with_name("certlake"))
@@ -63,3 +66,73 @@ async def test_bad_fault_flag_is_a_usage_error(tmp_path: Path) -> None:
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 2
     assert b"unknown fault kind 'teapot'" in err
+
+
+def test_help_lists_the_ecosystem_flags() -> None:
+    out = subprocess.run(
+        [CERTLAKE, "testlog", "--help"], capture_output=True, check=True, timeout=30
+    ).stdout.decode()
+    for flag in [
+        "--logs",
+        "--operators",
+        "--static-share",
+        "--max-entries",
+        "--rate-limit",
+        "--total-rate",
+        "--sequence-interval",
+    ]:
+        assert flag in out
+
+
+async def test_an_ecosystem_from_flags(tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    args = ["--ready-file", str(ready), "--initial-size", "100", "--logs", "6"]
+    args += ["--operators", "3", "--max-entries", "32", "--rate-limit", "1000"]
+    args += ["--total-rate", "600", "--sequence-interval", "0.5"]
+    proc = await asyncio.create_subprocess_exec(
+        CERTLAKE, "testlog", *args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        base = await _wait_for_ready(ready, proc)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/log_list.json") as resp:
+                logs = parse_log_list(await resp.read()).logs
+            assert len(logs) == 6
+            assert len({info.operator for info in logs}) == 3
+            async with http.get(f"{base}/log_list.json") as resp:
+                emails = {op["email"][0] for op in (await resp.json())["operators"]}
+            assert len(emails) == 3
+            assert {info.kind for info in logs} == {LogKind.RFC6962, LogKind.STATIC}
+            rfc = next(info.url for info in logs if info.kind is LogKind.RFC6962)
+            async with http.get(f"{rfc}/ct/v1/get-entries?start=30&end=99") as resp:
+                assert len((await resp.json())["entries"]) == 2  # aligned to 32
+            await asyncio.sleep(1.2)
+            async with http.get(f"{base}/admin/stats") as resp:
+                stats = await resp.json()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 0, err
+    assert set(stats["rate_limits"].values()) == {1000}
+    grown = sum(log["published_size"] for log in stats["logs"].values()) - 6 * 100
+    assert 0 < grown <= 600 * 3  # at most 600/s in total since the start
+    assert sum(op["requests"] for op in stats["operators"].values()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--operators", "3"], b"--operators and --static-share need --logs"),
+        (["--logs", "2", "--operators", "3"], b"need 1 <= operators <= logs"),
+        (["--batch-cap", "5", "--max-entries", "32"], b"exclude each other"),
+    ],
+)
+async def test_flags_that_make_no_ecosystem_are_usage_errors(
+    tmp_path: Path, args: list[str], message: bytes
+) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        CERTLAKE, "testlog", *args, cwd=tmp_path, stderr=subprocess.PIPE
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2
+    assert message in err

@@ -47,10 +47,32 @@ def test_entries_range_examples() -> None:
     assert get_entries_range(0, 9, 100, 1000, False) == range(0, 10)
     assert get_entries_range(95, 200, 100, 1000, False) == range(95, 100)  # clamped
     assert get_entries_range(10, 5000, 10_000, 1000, False) == range(10, 1010)
-    assert get_entries_range(10, 5000, 10_000, 1000, True) == range(10, 1000)  # Trillian-aligned
+    assert get_entries_range(10, 5000, 10_000, 1000, True) == range(10, 1000)  # aligned
     for bad in [(100, 100), (5, 4), (-1, 3)]:
         with pytest.raises(RequestError):
             get_entries_range(bad[0], bad[1], 100, 1000, False)
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "served"),
+    [
+        (0, 255, range(0, 32)),
+        (30, 255, range(30, 32)),
+        (32, 255, range(32, 64)),
+        (30, 61, range(30, 32)),  # exactly a cap's worth, but across a block boundary
+        (30, 40, range(30, 32)),
+        (40, 50, range(40, 51)),  # inside one block: as asked
+        (64, 64, range(64, 65)),
+        (290, 999, range(290, 300)),  # the end of the tree
+    ],
+)
+def test_google_alignment(start: int, end: int, served: range) -> None:
+    assert get_entries_range(start, end, 300, 32, True) == served
+
+
+def test_without_alignment_only_the_cap_cuts() -> None:
+    assert get_entries_range(30, 255, 300, 32, False) == range(30, 62)
+    assert get_entries_range(30, 40, 300, 32, False) == range(30, 41)
 
 
 @given(
@@ -74,6 +96,8 @@ def test_entries_range_is_contiguous_from_start_capped_and_inside_the_tree(
     assert r.stop <= min(end + 1, size)
     if len(r) < min(end + 1, size) - start:  # the response was cut by the cap
         assert len(r) == cap or (align and r.stop % cap == 0)
+    if align:  # never across a block boundary
+        assert r.start // cap == (r.stop - 1) // cap
 
 
 def test_tile_widths_from_the_spec_example() -> None:
@@ -136,7 +160,9 @@ def test_proof_endpoints_verify(pool: CertPool) -> None:
     log = _filled(LogKind.RFC6962, pool, 100)
     log.publish(1_700_000_001_000)
     old_root = log.tree.root(37)
-    proof = [base64.b64decode(h) for h in log.consistency(37, 100)["consistency"]]  # type: ignore[union-attr]
+    hashes = log.consistency(37, 100)["consistency"]
+    assert isinstance(hashes, list)
+    proof = [base64.b64decode(h) for h in hashes]
     assert verify_consistency(37, 100, old_root, log.tree.root(), proof)
     answer = log.proof_by_hash(log.tree.leaf_hash_at(55), 80)
     assert answer["leaf_index"] == 55

@@ -174,6 +174,17 @@ async def test_get_entries_clamps_and_aligns(http: aiohttp.ClientSession) -> Non
         assert len((await _json(http, f"{base}?start=290&end=999"))["entries"]) == 10
 
 
+async def test_get_entries_aligned_like_google(http: aiohttp.ClientSession) -> None:
+    async with TestLogServer(initial_size=300, batch_cap=32, align=True, pool_size=50) as s:
+        base = s.rfc6962_url + "/ct/v1/get-entries"
+        block = (await _json(http, f"{base}?start=0&end=255"))["entries"]
+        assert len(block) == 32
+        tail = (await _json(http, f"{base}?start=30&end=255"))["entries"]
+        assert tail == block[30:]  # entries 30 and 31: the answer ends with the block
+        assert len((await _json(http, f"{base}?start=32&end=63"))["entries"]) == 32
+        assert len((await _json(http, f"{base}?start=40&end=50"))["entries"]) == 11
+
+
 async def test_consistency_between_two_published_sizes(
     http: aiohttp.ClientSession, srv: TestLogServer
 ) -> None:

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -29,13 +30,13 @@ from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from certlake.backfill.build import BuiltRows, build_rows, pack
-from certlake.backfill.gaps import Range
 from certlake.backfill.summary import LogOutcome
 from certlake.ct.backoff import RetryPolicy
 from certlake.ct.client.fetch import GaveUp, fetch_range
 from certlake.ct.client.reader import FetchedEntry, LogReader, Unparseable
 from certlake.ct.errors import FetchError
 from certlake.lake.txn import SkipKind
+from certlake.ranges import Range
 
 log = logging.getLogger(__name__)
 
@@ -163,32 +164,37 @@ class _Item:
             outcome.count_retry(error.status)
 
         try:
-            async for item in fetch_range(
+            items = fetch_range(
                 job.reader, self.done, self._end, tree_size=job.ceiling,
                 policy=self._f.policy, on_error=on_error,
-            ):  # fmt: skip
-                if isinstance(item, GaveUp):
-                    await self._hand_over_all()
-                    outcome.add_unfetched(item.start, item.end, f"gave up: {item.error}")
-                    self._f.fail(job, f"the log gave up at {item.start}: {item.error}")
-                    return
-                # The raw bytes of an undecodable entry are not needed past this point.
-                self._chunk.append(
-                    Unparseable(item.index, item.error, b"")
-                    if isinstance(item, Unparseable)
-                    else item
-                )
-                outcome.fetched += 1
-                if len(self._chunk) >= CHUNK or item.index == self._end:
-                    self._submit()
-                    if len(self._pending) > MAX_PENDING:
-                        await self._hand_over_oldest()
+            )  # fmt: skip
+            async with contextlib.aclosing(items):
+                async for item in items:
+                    if isinstance(item, GaveUp):
+                        await self._hand_over_all()
+                        outcome.add_unfetched(item.start, item.end, f"gave up: {item.error}")
+                        self._f.fail(job, f"the log gave up at {item.start}: {item.error}")
+                        return
+                    # The raw bytes of an undecodable entry are not needed past this point.
+                    self._chunk.append(
+                        Unparseable(item.index, item.error, b"")
+                        if isinstance(item, Unparseable)
+                        else item
+                    )
+                    outcome.fetched += 1
+                    if len(self._chunk) >= CHUNK or item.index == self._end:
+                        self._submit()
+                        if len(self._pending) > MAX_PENDING:
+                            await self._hand_over_oldest()
             await self._hand_over_all()
         except asyncio.CancelledError:
             await self._stop()
             raise
         except Exception as exc:  # a misbehaving log must not take the other logs down
-            log.exception("backfill of %s [%d, %d] failed", outcome.url, self.done, self._end)
+            log.exception(
+                "backfill of a range failed",
+                extra={"log": outcome.url, "start": self.done, "end": self._end},
+            )
             await self._stop(f"error: {exc}")
             self._f.fail(job, f"error at {self.done}: {exc}")
 
@@ -240,6 +246,8 @@ class _Item:
                 self._f.writer.put_nowait(built)
                 self._delivered(built, upto)
         except Exception:  # a broken build pool: what it held is fetched again next time
-            log.exception("could not hand over what was fetched of %s", self._job.outcome.url)
+            log.exception(
+                "could not hand over what was fetched", extra={"log": self._job.outcome.url}
+            )
         finally:
             self._job.outcome.add_unfetched(self.done, self._end, reason or self._f.stopped)

@@ -29,7 +29,7 @@ from typing import Final
 import pyarrow as pa
 import pyarrow.compute as pc
 
-Range = tuple[int, int]  # inclusive [start, end]
+from certlake.ranges import Range, range_text, ranges_text, union_ranges
 
 INT64_MAX: Final = 2**63 - 1
 DEFAULT_SPLIT_SIZE: Final = 100_000
@@ -205,17 +205,6 @@ def split_ranges(ranges: Iterable[Range], size: int) -> list[Range]:
         if start > end:
             raise GapInputError(f"empty range [{start}, {end}]")
         out.extend((s, min(s + size - 1, end)) for s in range(start, end + 1, size))
-    return out
-
-
-def union_ranges(ranges: Iterable[Range]) -> list[Range]:
-    """`ranges` sorted, overlapping and adjacent ones merged."""
-    out: list[Range] = []
-    for start, end in sorted(ranges):
-        if out and start <= out[-1][1] + 1:
-            out[-1] = (out[-1][0], max(out[-1][1], end))
-        else:
-            out.append((start, end))
     return out
 
 
@@ -404,16 +393,6 @@ def build_plan(
 _SHOWN_RANGES: Final = 3
 
 
-def _range_text(r: Range) -> str:
-    return str(r[0]) if r[0] == r[1] else f"{r[0]}-{r[1]}"
-
-
-def _ranges_text(ranges: Sequence[Range]) -> str:
-    shown = ", ".join(_range_text(r) for r in ranges[:_SHOWN_RANGES])
-    more = len(ranges) - _SHOWN_RANGES
-    return f"{shown}, … (+{more})" if more > 0 else shown or "-"
-
-
 def format_plan_table(plan: GapPlan) -> str:
     """`certlake gaps`' output: one row per log, then skipped logs, sources and totals."""
     header = ("LOG", "CEILING", "WINDOW", "MISSING", "RANGES", "WORK", "FIRST RANGES")
@@ -421,11 +400,11 @@ def format_plan_table(plan: GapPlan) -> str:
         (
             g.url if g.name is None else f"{g.name} ({g.url})",
             str(g.ceiling),
-            _range_text(g.window) if g.window is not None else "-",
+            range_text(g.window) if g.window is not None else "-",
             str(g.missing_count),
             str(len(g.missing)),
             str(len(g.work)),
-            _ranges_text(g.missing),
+            ranges_text(g.missing, _SHOWN_RANGES) or "-",
         )
         for g in plan.logs
     ]

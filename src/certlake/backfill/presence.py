@@ -1,13 +1,11 @@
-"""Which indices the archive holds, per log: the Delta-reading shell of gap detection (SPEC §8).
+"""Which indices the archive holds, per log: gap detection's reading of the tables.
 
 Cost follows the number of files and holes, not the table's bytes:
 
-- The Delta log's per-file statistics (`get_add_actions`) decide which data files can hold a
-  wanted `(source_url, cert_index)` at all; the others are never opened. String statistics may be
-  truncated, but they stay bounds, so `min <= url <= max` never rules out a file wrongly.
-- Files that are opened are read through a pyarrow dataset with two columns projected
-  (`source_url` dictionary-decoded, `cert_index`) and a predicate that pyarrow pushes down to
-  row-group statistics; no other column is ever decoded.
+- The Delta log's per-file statistics decide which data files can hold a wanted
+  `(source_url, cert_index)` at all (`lake/files.may_hold`); the others are never opened.
+- Files that are opened are read for their two key columns only, with a predicate pushed down to
+  row-group statistics (`lake/files.TableFiles.scan_keys`).
 - Each batch is reduced at once to runs of consecutive indices (`gaps.keyed_runs`), so memory
   holds runs, not rows.
 
@@ -26,20 +24,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
-from deltalake import DeltaTable
-from deltalake.exceptions import DeltaError, TableNotFoundError
 
 from certlake.backfill.gaps import (
     DEFAULT_SPLIT_SIZE,
-    INT64_MAX,
     GapPlan,
     LogTarget,
-    Range,
     Runs,
     RunSet,
     SourceReport,
@@ -48,76 +41,19 @@ from certlake.backfill.gaps import (
     runs_from_ranges,
     select_logs,
 )
-from certlake.lake.schema import CERT_INDEX, SOURCE_URL, ArchiveSchemaError
-from certlake.lake.table import read_skipped
+from certlake.lake.files import TableFiles, may_hold
+from certlake.lake.schema import CERT_INDEX, INT64_MAX, SOURCE_URL, ArchiveSchemaError
+from certlake.lake.table import (
+    STORAGE_ERRORS,
+    TableUnreadableError,
+    read_skipped,
+    table_storage_options,
+)
+from certlake.ranges import Range
 
 log = logging.getLogger(__name__)
 
-URL: Final = SOURCE_URL
-INDEX: Final = CERT_INDEX
 _BATCH_ROWS: Final = 1 << 17
-
-
-class TableUnreadableError(ValueError):
-    """A Delta table exists at the location but cannot be read (damaged log, missing file...)."""
-
-
-def open_table(
-    uri: str, storage_options: Mapping[str, str] | None = None, role: str = "table"
-) -> DeltaTable | None:
-    """The table at `uri`, or None when there is none (no location, or no commit in its log).
-
-    Anything else that stops it from loading raises `TableUnreadableError`: treating a damaged
-    table as absent would plan to refetch everything it holds."""
-    try:
-        return DeltaTable(uri, storage_options=dict(storage_options or {}))
-    except TableNotFoundError:
-        return None
-    except (DeltaError, OSError) as exc:
-        raise TableUnreadableError(f"{role} table {uri} cannot be read: {exc}") from exc
-
-
-# --- file statistics (pure) -----------------------------------------------------------------------
-
-_STAT_COLUMNS: Final = {
-    "rows": ("num_records", pa.int64()),
-    "min_idx": (f"min.{INDEX}", pa.int64()),
-    "max_idx": (f"max.{INDEX}", pa.int64()),
-    "min_url": (f"min.{URL}", pa.string()),
-    "max_url": (f"max.{URL}", pa.string()),
-}
-
-
-def normalize_stats(add_actions: pa.Table) -> pa.Table:
-    """`get_add_actions(flatten=True)` reduced to `path` and the statistics that matter, with
-    nulls where a writer recorded none (statistics are optional in Delta)."""
-    columns: dict[str, pa.Array] = {"path": add_actions.column("path")}
-    for name, (source, type_) in _STAT_COLUMNS.items():
-        if source in add_actions.column_names:
-            columns[name] = add_actions.column(source).cast(type_)
-        else:
-            columns[name] = pa.nulls(add_actions.num_rows, type_)
-    return pa.table(columns)
-
-
-def may_hold(stats: pa.Table, url: str, lo: int, hi: int) -> pa.Array:
-    """Per file: can it hold a row of log `url` with an index in `[lo, hi]`? Unknown → yes."""
-
-    def unless_known(condition: Any) -> Any:
-        return pc.fill_null(condition, True)
-
-    lo, hi = min(lo, INT64_MAX), min(hi, INT64_MAX)
-    conditions = [
-        unless_known(pc.less_equal(stats.column("min_url"), url)),
-        unless_known(pc.greater_equal(stats.column("max_url"), url)),
-        unless_known(pc.less_equal(stats.column("min_idx"), hi)),
-        unless_known(pc.greater_equal(stats.column("max_idx"), lo)),
-        unless_known(pc.greater(stats.column("rows"), 0)),
-    ]
-    mask = conditions[0]
-    for condition in conditions[1:]:
-        mask = pc.and_(mask, condition)
-    return mask.combine_chunks() if isinstance(mask, pa.ChunkedArray) else mask
 
 
 # --- reading --------------------------------------------------------------------------------------
@@ -125,35 +61,23 @@ def may_hold(stats: pa.Table, url: str, lo: int, hi: int) -> pa.Array:
 
 @dataclass
 class _Source:
-    """One opened table: its statistics, its fragments by path, and which paths were read."""
+    """One opened table, and which of its files were read."""
 
-    role: str
-    uri: str
-    stats: pa.Table
-    dataset: ds.FileSystemDataset
-    fragments: dict[str, ds.Fragment]
+    files: TableFiles
     read: set[str] = field(default_factory=set)
 
     @classmethod
-    def open(cls, role: str, uri: str, table: DeltaTable) -> _Source:
-        try:
-            names = {f.name: f for f in pa.schema(table.schema().to_arrow())}
-            for column, check in ((URL, pa.types.is_string), (INDEX, pa.types.is_integer)):
-                if column not in names or not check(names[column].type):
-                    raise ArchiveSchemaError(
-                        f"{role} table {uri} has no {column} column of the archive's type"
-                    )
-            stats = normalize_stats(pa.table(table.get_add_actions(flatten=True)))
-            dataset = table.to_pyarrow_dataset(
-                parquet_read_options=ds.ParquetReadOptions(dictionary_columns={URL})
-            )
-            fragments = {f.path: f for f in dataset.get_fragments()}
-        except (DeltaError, OSError, pa.ArrowException) as exc:
-            raise TableUnreadableError(f"{role} table {uri} cannot be read: {exc}") from exc
-        return cls(role, uri, stats, dataset, fragments)
+    def open(cls, files: TableFiles) -> _Source:
+        names = {f.name: f for f in files.schema}
+        for column, check in ((SOURCE_URL, pa.types.is_string), (CERT_INDEX, pa.types.is_integer)):
+            if column not in names or not check(names[column].type):
+                raise ArchiveSchemaError(
+                    f"{files.role} table {files.uri} has no {column} column of the archive's type"
+                )
+        return cls(files)
 
     def paths(self, mask: pa.Array) -> list[str]:
-        wanted: list[str] = pc.filter(self.stats.column("path"), mask).to_pylist()
+        wanted: list[str] = pc.filter(self.files.stats.column("path"), mask).to_pylist()
         return [p for p in wanted if p not in self.read]
 
     def scan(
@@ -168,34 +92,20 @@ class _Source:
         `[lo, hi]` into `present` as runs."""
         if not paths or not urls:
             return
-        try:
-            fragments = [self.fragments[p] for p in paths]
-        except KeyError as exc:
-            raise TableUnreadableError(
-                f"{self.role} table {self.uri}: data file {exc} is in the log but not readable"
-            ) from exc
         value_set = pa.array(urls, pa.string())
         predicate = (
-            pc.field(URL).isin(value_set)
-            & (pc.field(INDEX) >= max(lo, 0))
-            & (pc.field(INDEX) <= min(hi, INT64_MAX))
+            pc.field(SOURCE_URL).isin(value_set)
+            & (pc.field(CERT_INDEX) >= max(lo, 0))
+            & (pc.field(CERT_INDEX) <= min(hi, INT64_MAX))
         )
-        subset = ds.FileSystemDataset(
-            fragments, self.dataset.schema, self.dataset.format, self.dataset.filesystem
-        )
-        scanner = subset.scanner(
-            columns=[URL, INDEX], filter=predicate, batch_size=_BATCH_ROWS, use_threads=True
-        )
-        try:
-            for batch in scanner.to_batches():
-                if batch.num_rows:
-                    _fold(batch, value_set, urls, present)
-        except (OSError, pa.ArrowException) as exc:
-            raise TableUnreadableError(f"{self.role} table {self.uri}: {exc}") from exc
+        for batch in self.files.scan_keys(paths, predicate, _BATCH_ROWS):
+            if batch.num_rows:
+                _fold(batch, value_set, urls, present)
         self.read.update(paths)
 
     def report(self) -> SourceReport:
-        return SourceReport(self.role, self.uri, True, self.stats.num_rows, len(self.read))
+        files = self.files
+        return SourceReport(files.role, files.uri, True, files.stats.num_rows, len(self.read))
 
 
 def _fold(
@@ -204,8 +114,8 @@ def _fold(
     urls: Sequence[str],
     present: Mapping[str, RunSet],
 ) -> None:
-    codes = pc.index_in(batch.column(URL), value_set=value_set)
-    keys, starts, ends = keyed_runs(codes, batch.column(INDEX))
+    codes = pc.index_in(batch.column(SOURCE_URL), value_set=value_set)
+    keys, starts, ends = keyed_runs(codes, batch.column(CERT_INDEX))
     for code in pc.unique(keys).to_pylist():
         mine = pc.equal(keys, code)
         present[urls[code]].add(Runs(pc.filter(starts, mine), pc.filter(ends, mine)))
@@ -220,14 +130,14 @@ def _open_sources(
     for role, uri in (("main", main_uri), ("staging", staging_uri)):
         if uri is None:
             continue
-        table = open_table(uri, storage_options, role)
-        if table is None:
+        files = TableFiles.open(uri, table_storage_options(uri, storage_options), role)
+        if files is None:
             log.info(
                 "no table at this location; nothing present there", extra={"role": role, "uri": uri}
             )
             reports.append(SourceReport(role, uri, False, 0, 0))
         else:
-            opened.append(_Source.open(role, uri, table))
+            opened.append(_Source.open(files))
             reports.append(opened[-1])
     return opened, reports
 
@@ -245,13 +155,10 @@ def _read_windows(
         return
     lo = min(w[0] for w in windows.values())
     hi = INT64_MAX if keep_past else max(w[1] for w in windows.values())
+    segments = [(url, w_lo, w_hi) for url, (w_lo, w_hi) in windows.items()]
     for source in sources:
-        mask: pa.Array | None = None
-        for url, (w_lo, w_hi) in windows.items():
-            hit = may_hold(source.stats, url, w_lo, w_hi)
-            mask = hit if mask is None else pc.or_(mask, hit)
-        if mask is not None:
-            source.scan(source.paths(mask), list(windows), lo, hi, present)
+        mask = may_hold(source.files.stats, segments)
+        source.scan(source.paths(mask), list(windows), lo, hi, present)
 
 
 def _settle_beyond_ceiling(
@@ -270,7 +177,8 @@ def _settle_beyond_ceiling(
 def _look_past_ceiling(sources: Sequence[_Source], target: LogTarget, runs: RunSet) -> None:
     """Open candidate files one at a time until one shows an index at or past the ceiling."""
     for source in sources:
-        for path in source.paths(may_hold(source.stats, target.url, target.ceiling, INT64_MAX)):
+        segment = (target.url, target.ceiling, INT64_MAX)
+        for path in source.paths(may_hold(source.files.stats, [segment])):
             source.scan([path], [target.url], target.ceiling, INT64_MAX, {target.url: runs})
             last = runs.runs().last
             if last is not None and last >= target.ceiling:
@@ -278,7 +186,7 @@ def _look_past_ceiling(sources: Sequence[_Source], target: LogTarget, runs: RunS
 
 
 def _recorded_skips(
-    sources: Sequence[_Source], urls: Iterable[str], storage_options: Mapping[str, str] | None
+    sources: Sequence[_Source], urls: Iterable[str]
 ) -> tuple[dict[str, list[Range]], dict[str, list[Range]]]:
     """Ranges each table's side table records as passed without rows, per log: those that count
     as done (undecodable: refetching gives the same bytes) and those to fetch again."""
@@ -286,11 +194,12 @@ def _recorded_skips(
     done: dict[str, list[Range]] = {}
     refill: dict[str, list[Range]] = {}
     for source in sources:
+        files = source.files
         try:
-            recorded = read_skipped(source.uri, dict(storage_options or {}))
-        except (DeltaError, OSError, pa.ArrowException, ValueError) as exc:
+            recorded = read_skipped(files.uri, files.storage_options)
+        except (*STORAGE_ERRORS, ValueError) as exc:
             raise TableUnreadableError(
-                f"{source.role} table {source.uri}: its record of skipped ranges cannot be read: "
+                f"{files.role} table {files.uri}: its record of skipped ranges cannot be read: "
                 f"{exc}"
             ) from exc
         for r in recorded:
@@ -312,12 +221,14 @@ def plan_gaps(
     storage_options: Mapping[str, str] | None = None,
     split_size: int = DEFAULT_SPLIT_SIZE,
 ) -> GapPlan:
-    """What backfill must fetch: SPEC §8's missing indices of each log, over main ∪ staging.
+    """What backfill must fetch: each log's indices below its ceiling that neither main nor
+    staging holds (`gaps.py`: catch-up and historical windows, recorded skips).
 
     `ceilings`: the state file's `current_index` per normalized log URL (empty when there is no
     state file: nothing to do). `logs`: the discovered logs (URL → name), None for the state
     file's own logs; discovered logs without a ceiling are skipped with a warning. `log_filter`:
-    `--logs`. A missing table counts as empty; a table that exists but cannot be read raises
+    `--logs`. `storage_options`: the configured object-store options (given to s3:// tables
+    only). A missing table counts as empty; a table that exists but cannot be read raises
     `TableUnreadableError` (or `ArchiveSchemaError` when it lacks the two columns).
     """
     targets, skipped = select_logs(ceilings, logs, log_filter)
@@ -327,7 +238,7 @@ def plan_gaps(
         )
     sources, opened_or_absent = _open_sources(main_uri, staging_uri, storage_options)
     present = {t.url: RunSet() for t in targets}
-    done, refill = _recorded_skips(sources, present, storage_options)
+    done, refill = _recorded_skips(sources, present)
     for url, ranges in done.items():
         present[url].add(runs_from_ranges(ranges))
     windows: dict[str, Range] = {}

@@ -29,6 +29,7 @@ from rich.progress import (
 from rich.text import Text
 
 from certlake.backfill.summary import LogOutcome
+from certlake.rates import RateMeter
 
 log = logging.getLogger(__name__)
 
@@ -56,19 +57,21 @@ class LogProgress:
         }
 
 
-class RateMeter:
-    """Per-log rates between successive readings of the counters."""
+class LogRates:
+    """Each log's progress, its rate taken over the last `window` seconds of readings."""
 
-    def __init__(self, outcomes: Sequence[LogOutcome], now: float) -> None:
+    def __init__(self, outcomes: Sequence[LogOutcome], now: float, window: float) -> None:
         self._outcomes = outcomes
-        self._last = {o.url: (now, o.fetched) for o in outcomes}
+        self._meters = {o.url: RateMeter(window) for o in outcomes}
+        for o in outcomes:
+            self._meters[o.url].observe(now, o.fetched)
 
     def read(self, now: float) -> list[LogProgress]:
         out = []
         for o in self._outcomes:
-            then, before = self._last[o.url]
-            self._last[o.url] = (now, o.fetched)
-            rate = (o.fetched - before) / (now - then) if now > then else 0.0
+            meter = self._meters[o.url]
+            meter.observe(now, o.fetched)
+            rate = meter.rate()
             left = o.missing - o.fetched - o.unfetched_count
             eta = left / rate if rate > 0 else None
             out.append(
@@ -79,7 +82,8 @@ class RateMeter:
 
 async def log_lines(outcomes: Sequence[LogOutcome], interval: float) -> None:
     """Until cancelled: every `interval` seconds, one line per log still in progress."""
-    meter = RateMeter(outcomes, time.monotonic())
+    # A window of one interval: each line's rate is that of the interval it reports on.
+    meter = LogRates(outcomes, time.monotonic(), window=interval)
     while True:
         await asyncio.sleep(interval)
         for p in meter.read(time.monotonic()):

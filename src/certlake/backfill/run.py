@@ -1,5 +1,5 @@
-"""`certlake backfill` and `certlake gaps` (SPEC §8): find exactly what the archive is missing,
-then fetch it and write it (backfill) or print it (gaps).
+"""The backfill job: find exactly what the archive is missing, then fetch it and write it.
+`certlake backfill` and `certlake gaps` (`cli/backfill.py`) run it or print its plan.
 
 Pipeline: log discovery (the log list and the configuration, as `serve` does) → ceilings from the
 state file → gap detection over main (∪ staging) → concurrent fetchers → one writer → summary →
@@ -30,50 +30,41 @@ import contextlib
 import logging
 import multiprocessing
 import os
-import signal
-import sys
-import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Final
 
-import orjson
-
 from certlake.backfill.build import worker_init
 from certlake.backfill.fetcher import Fetchers, LogJob
-from certlake.backfill.gaps import GapPlan, format_plan_table
-from certlake.backfill.presence import TableUnreadableError, plan_gaps
+from certlake.backfill.gaps import GapPlan
+from certlake.backfill.presence import plan_gaps
 from certlake.backfill.progress import LOG_INTERVAL, is_terminal, live_display, log_lines
-from certlake.backfill.summary import (
-    EXIT_FAILED,
-    EXIT_OK,
-    EXIT_USAGE,
-    LogOutcome,
-    SkippedLog,
-    Summary,
-    ranges_text,
-    reasons_text,
-)
-from certlake.backfill.writer import RowWriter
+from certlake.backfill.summary import LogOutcome, SkippedLog, Summary, reasons_text
+from certlake.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from certlake.config import Config, s3_storage_options
 from certlake.ct.backoff import RetryPolicy
-from certlake.ct.client.http import USER_AGENT, CTHttp
+from certlake.ct.client.http import CTHttp
 from certlake.ct.client.static import IssuerCache
 from certlake.ct.loglist import LogInfo
 from certlake.ct.urls import URLError, normalize_url
 from certlake.ingest.discovery import Discovery, discover_logs
-from certlake.ingest.readers import make_reader
-from certlake.ingest.state import StateDecodeError, parse_state, write_atomic
+from certlake.ingest.readers import http_client, make_reader
+from certlake.ingest.state import StateDecodeError, parse_state
+from certlake.lake.committer import WriterSettings
 from certlake.lake.schema import ArchiveSchemaError
-from certlake.lake.table import table_uri
+from certlake.lake.table import TableUnreadableError, table_uri
+from certlake.lake.writer import RowWriter
+from certlake.ranges import ranges_text
 
 log = logging.getLogger(__name__)
 
 WATCH_INTERVAL: Final = 0.25  # seconds between looks at the writer's health
 POOL_MIN: Final = 20_000  # missing entries from which rows are built in worker processes
 MAX_PROCESSES: Final = 4
+# Ranges shown per log in the human-readable lines (the JSON summary lists all of them).
+SHOWN_RANGES: Final = 20
 
 
 class JobError(Exception):
@@ -140,12 +131,6 @@ def unreadable_reason(discovery: Discovery) -> str:
     )
 
 
-def _storage_options(config: Config, *uris: str | None) -> dict[str, str] | None:
-    if any(u is not None and u.startswith("s3://") for u in uris):
-        return s3_storage_options(config.storage.s3)
-    return None
-
-
 async def make_plan(
     config: Config,
     http: CTHttp,
@@ -166,7 +151,7 @@ async def make_plan(
             from_index,
             logs=names,
             log_filter=log_filter,
-            storage_options=_storage_options(config, main_uri, staging_uri),
+            storage_options=s3_storage_options(config.storage.s3),
             split_size=config.backfill.range_split_size,
         )
     except TableUnreadableError as exc:
@@ -176,36 +161,12 @@ async def make_plan(
     return plan, discovery, readable
 
 
-# --- signals --------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
-    """SIGINT/SIGTERM set `stop`: fetching stops, what was fetched is written."""
-    loop = asyncio.get_running_loop()
-
-    def handle(sig: signal.Signals) -> None:
-        if stop.is_set():
-            log.warning("%s again: still writing what was fetched", sig.name)
-            return
-        log.warning("%s: stopping the fetchers, writing what was fetched", sig.name)
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, handle, sig)
-    try:
-        yield
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-
-
 # --- backfill -------------------------------------------------------------------------------------
 
 
-def retry_policy(config: Config) -> RetryPolicy:
-    """Backfill's own budget (SPEC §8: at least 10 retries for 429/503, capped back-off): a batch
-    job can afford to wait far longer for a log than the live stream."""
+def backfill_retry_policy(config: Config) -> RetryPolicy:
+    """Backfill's own budget (`backfill.retry_max_attempts`, `backfill.retry_max_delay_ms`): a
+    batch job can afford to wait far longer for a log than the live stream."""
     return RetryPolicy(
         max_attempts=config.backfill.retry_max_attempts,
         initial_delay=config.ct_log.retry_initial_delay_ms / 1000,
@@ -217,16 +178,19 @@ def make_writer(config: Config, target: str) -> RowWriter:
     """The one writer. It never compacts (only the live sink does). Memory: at most two
     batches wait. When closing, a failing write is retried for a few back-off periods."""
     ds = config.delta_sink
-    policy = retry_policy(config)
-    return RowWriter(
-        target,
-        storage_options=_storage_options(config, target),
+    policy = backfill_retry_policy(config)
+    settings = WriterSettings(
         batch_size=ds.batch_size,
         flush_interval=float(ds.flush_interval_secs),
         compression_level=ds.compression_level,
-        high_water=min(2 * ds.batch_size, ds.max_buffer_records),
         retry=policy,
         close_timeout=3 * policy.max_delay,
+    )
+    return RowWriter(
+        target,
+        storage_options=s3_storage_options(config.storage.s3),
+        settings=settings,
+        high_water=min(2 * ds.batch_size, ds.max_buffer_records),
     )
 
 
@@ -287,7 +251,7 @@ async def _fetch_and_write(
         writer,
         workers=bf.workers,
         per_log_workers=bf.per_log_workers,
-        policy=retry_policy(config),
+        policy=backfill_retry_policy(config),
         pool=pool,
     )
     outcomes = [job.outcome for job in jobs]
@@ -320,7 +284,7 @@ async def _fetch_and_write(
         summary.write_error = writer.stats.last_error
 
 
-async def _backfill(
+async def backfill(
     config: Config,
     summary: Summary,
     stop: asyncio.Event,
@@ -329,6 +293,8 @@ async def _backfill(
     progress_interval: float | None,
     parse_processes: int | None,
 ) -> None:
+    """Plan, fetch and write into `summary` until done or `stop` is set; raises `JobError` when
+    the job cannot run at all."""
     ceilings = read_ceilings(config.ct_log.state_file)
     if ceilings is None:
         log.info(
@@ -336,8 +302,7 @@ async def _backfill(
             extra={"state_file": config.ct_log.state_file},
         )
         return
-    user_agent = config.ct_log.user_agent or USER_AGENT
-    async with CTHttp(timeout=config.ct_log.request_timeout_secs, user_agent=user_agent) as http:
+    async with http_client(config.ct_log) as http:
         plan, discovery, readable = await make_plan(
             config, http, ceilings, summary.from_index, log_filter, staging_uri
         )
@@ -396,7 +361,7 @@ def report(summary: Summary) -> None:
             extra={
                 "log": o.url,
                 "entries": o.unfetched_count,
-                "ranges": ranges_text(o.left()),
+                "ranges": ranges_text(o.left(), SHOWN_RANGES),
                 "reasons": reasons_text(o),
             },
         )
@@ -405,93 +370,3 @@ def report(summary: Summary) -> None:
             "fetched entries not written; the next run fetches them again",
             extra={"entries": summary.unwritten, "error": summary.write_error},
         )
-
-
-async def run_backfill(
-    config: Config,
-    *,
-    from_index: int | None = None,
-    logs: str | None = None,
-    staging_path: str | None = None,
-    summary_json: Path | None = None,
-    progress_interval: float | None = None,
-    parse_processes: int | None = None,
-) -> int:
-    """Fill what the archive is missing; returns the exit code (module docstring).
-    `progress_interval`: seconds between progress lines when stderr is not a terminal;
-    `parse_processes`: processes building rows (None: decided by `build_pool`)."""
-    started = time.monotonic()
-    staging_uri = None if staging_path is None else table_uri(staging_path)
-    summary = Summary(
-        mode="catch-up" if from_index is None else "historical",
-        from_index=from_index,
-        target=staging_uri or table_uri(config.delta_sink.table_path),
-        staging=staging_uri is not None,
-    )
-    if staging_uri is not None:
-        log.info("writing to a staging table", extra={"staging_path": staging_uri})
-    stop = asyncio.Event()
-    with _stop_on_signals(stop):
-        try:
-            await _backfill(
-                config, summary, stop, logs, staging_uri, progress_interval, parse_processes
-            )
-        except JobError as exc:
-            summary.error, summary.error_code = str(exc), exc.code
-            log.error("backfill cannot run: %s", exc)
-    summary.elapsed = time.monotonic() - started
-    report(summary)
-    if summary_json is not None:
-        try:
-            await asyncio.to_thread(
-                write_atomic,
-                summary_json,
-                orjson.dumps(summary.to_json(), option=orjson.OPT_INDENT_2),
-            )
-        except OSError as exc:
-            log.error(
-                "cannot write the summary", extra={"path": str(summary_json), "error": str(exc)}
-            )
-            return EXIT_FAILED
-    return summary.exit_code
-
-
-# --- gaps -----------------------------------------------------------------------------------------
-
-
-async def run_gaps(
-    config: Config,
-    *,
-    from_index: int | None = None,
-    logs: str | None = None,
-    staging_path: str | None = None,
-) -> int:
-    """Print what backfill would fetch, per log, as a table; fetch nothing."""
-    staging_uri = None if staging_path is None else table_uri(staging_path)
-    try:
-        ceilings = read_ceilings(config.ct_log.state_file)
-        if ceilings is None:
-            print(
-                f"no state file ({config.ct_log.state_file}): no log has a ceiling, "
-                "nothing to backfill"
-            )
-            return EXIT_OK
-        user_agent = config.ct_log.user_agent or USER_AGENT
-        async with CTHttp(
-            timeout=config.ct_log.request_timeout_secs, user_agent=user_agent
-        ) as http:
-            plan, discovery, readable = await make_plan(
-                config, http, ceilings, from_index, logs, staging_uri
-            )
-    except JobError as exc:
-        log.error("gap detection failed: %s", exc)
-        return exc.code
-    out = [format_plan_table(plan)]
-    unreadable = unreadable_reason(discovery)
-    out.extend(
-        f"not fetchable: {g.url}: {unreadable}\n"
-        for g in plan.logs
-        if g.missing and g.url not in readable
-    )
-    sys.stdout.write("".join(out))
-    return EXIT_OK

@@ -1,7 +1,7 @@
 """What a backfill run did, per log and in total, and the exit code that follows (SPEC §8, §10).
 
-Pure: plain values in, plain values out. `run.py` fills a `Summary` as the job goes, logs it
-and, with `--summary-json FILE`, writes `Summary.to_json()`.
+Pure: plain values in, plain values out. The job (`run.py`) fills a `Summary` as it goes and
+logs it; `certlake backfill --summary-json FILE` also writes `Summary.to_json()`.
 
 Exit code: 0 only when every missing range was fetched and every fetched entry written; any range
 left — given up, interrupted, not attempted, or belonging to a log that cannot be read — or any
@@ -10,17 +10,10 @@ entry fetched but not written makes it 1.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Final
 
-from certlake.backfill.gaps import Range, union_ranges
-
-EXIT_OK: Final = 0
-EXIT_FAILED: Final = 1
-EXIT_USAGE: Final = 2
-# Ranges shown per log in the human-readable lines (the JSON lists all of them).
-SHOWN_RANGES: Final = 20
+from certlake.cli.exits import EXIT_FAILED, EXIT_OK
+from certlake.ranges import Range, union_ranges
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,14 +150,6 @@ def _log_json(o: LogOutcome) -> dict[str, object]:
             for u in sorted(o.unfetched, key=lambda u: u.start)
         ],
     }
-
-
-def ranges_text(ranges: Iterable[Range], shown: int = SHOWN_RANGES) -> str:
-    """`10-19, 40, 52-60` with at most `shown` ranges, then how many more."""
-    items = list(ranges)
-    text = ", ".join(str(s) if s == e else f"{s}-{e}" for s, e in items[:shown])
-    more = len(items) - shown
-    return f"{text}, … (+{more} more)" if more > 0 else text
 
 
 def reasons_text(o: LogOutcome) -> str:

@@ -9,21 +9,18 @@ from __future__ import annotations
 
 import sys
 import time
-from itertools import groupby
 
 from certlake.certs.errors import CertificateParseError
 from certlake.certs.message import build_message
+from certlake.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from certlake.config import Config
 from certlake.ct.client.fetch import GaveUp, fetch_range
-from certlake.ct.client.http import CTHttp
 from certlake.ct.client.reader import Unparseable
 from certlake.ct.errors import FetchError
 from certlake.ct.loglist import ConfiguredLog, LogInfo, merge_config_logs
 from certlake.ct.urls import URLError, normalize_url
-from certlake.ingest.readers import config_logs, make_reader, retry_policy
-
-EXIT_FAILED = 1
-EXIT_USAGE = 2
+from certlake.ingest.readers import config_logs, ct_log_retry_policy, http_client, make_reader
+from certlake.ranges import union_ranges
 
 
 def _log_info(config: Config, url: str, tiled: bool) -> LogInfo:
@@ -33,15 +30,6 @@ def _log_info(config: Config, url: str, tiled: bool) -> LogInfo:
     log = listed[0] if listed else ConfiguredLog(url, url)
     (info,) = merge_config_logs([], [] if tiled else [log], [log] if tiled else [])
     return info
-
-
-def _runs(indices: list[int]) -> list[tuple[int, int]]:
-    """Consecutive indices as inclusive runs, so neighbouring indices share requests."""
-    return [
-        (g[0][1], g[-1][1])
-        for _, grp in groupby(enumerate(indices), key=lambda p: p[1] - p[0])
-        for g in [list(grp)]
-    ]
 
 
 async def run_fetch(
@@ -55,7 +43,7 @@ async def run_fetch(
     log = _log_info(config, url, tiled)
     failed = False
     out = sys.stdout.buffer
-    async with CTHttp(timeout=config.ct_log.request_timeout_secs) as http:
+    async with http_client(config.ct_log) as http:
         reader = make_reader(http, log, config.ct_log)
         try:
             size = await reader.latest_size()
@@ -67,8 +55,9 @@ async def run_fetch(
         for i in beyond:
             print(f"Error: index {i} is beyond the tree size {size} of {url}", file=sys.stderr)
         failed = bool(beyond)
-        for start, end in _runs([i for i in wanted if i < size]):
-            policy = retry_policy(config.ct_log)
+        policy = ct_log_retry_policy(config.ct_log)
+        # Neighbouring indices are fetched as one range: they share requests.
+        for start, end in union_ranges((i, i) for i in wanted if i < size):
             async for item in fetch_range(reader, start, end, tree_size=size, policy=policy):
                 if isinstance(item, GaveUp):
                     print(
@@ -91,6 +80,6 @@ async def run_fetch(
                 payload = {"full": msg.full, "lite": msg.lite, "domains": msg.domains}[stream]
                 out.write(payload if payload.endswith(b"\n") else payload + b"\n")
                 out.flush()
-    return EXIT_FAILED if failed else 0
+    return EXIT_FAILED if failed else EXIT_OK
 
 

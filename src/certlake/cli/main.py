@@ -1,44 +1,29 @@
 """The `certlake` command: parses arguments, loads and validates the configuration, dispatches.
 
-Each sub-command's work lives in another module, imported only when that command runs so that
-`certlake --help` stays fast. Exit codes: 0 success, 1 the job ran and failed, 2 usage or
-configuration error.
+Each sub-command's work lives in a module of its own under `cli/`, imported inside the command
+function so that `certlake --help` stays fast. Exit codes: `cli/exits.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import importlib
-import inspect
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
 
 import click
 
 from certlake import __version__
 from certlake.cli.compat import translate_rust_argv
+from certlake.cli.exits import EXIT_USAGE
 from certlake.logsetup import LEVELS
 
 if TYPE_CHECKING:
     from certlake.config import LoadedConfig
 
-EXIT_FAILED: Final = 1
-EXIT_USAGE: Final = 2
 MERGE_NEEDS_STAGING: Final = "Error: --merge requires --staging-path <PATH>"
-
-# command -> (module, function). The module is imported when the command runs.
-TARGETS: Final = {
-    "serve": ("certlake.cli.serve", "run_serve"),
-    "backfill": ("certlake.backfill.run", "run_backfill"),
-    "gaps": ("certlake.backfill.run", "run_gaps"),
-    "merge": ("certlake.merge.run", "run_merge"),
-    "fetch": ("certlake.cli.fetch", "run_fetch"),
-    "testlog": ("certlake.cli.testlog", "run_testlog"),
-    "validate-config": ("certlake.cli.validate", "run_validate_config"),
-}
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -106,25 +91,9 @@ def _load(config_file: Path | None, log_level: str | None) -> LoadedConfig:
     return LoadedConfig(config, loaded.path)
 
 
-def _dispatch(command: str, *args: Any, **kwargs: Any) -> None:
-    """Run the command's implementation and exit with its code."""
-    module_name, func_name = TARGETS[command]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        missing = exc.name or ""
-        if not (module_name == missing or module_name.startswith(missing + ".")):
-            raise  # a dependency of an existing module is missing: a real error, not this build
-        click.echo(
-            f"Error: `certlake {command}` is not yet available in this build "
-            f"({module_name} is missing)",
-            err=True,
-        )
-        sys.exit(EXIT_FAILED)
-    result = getattr(module, func_name)(*args, **kwargs)
-    if inspect.iscoroutine(result):
-        result = asyncio.run(result)
-    sys.exit(int(result))
+def _exit(result: int | Coroutine[Any, Any, int]) -> NoReturn:
+    """Exit with the command's code, running it first when it is a coroutine."""
+    sys.exit(result if isinstance(result, int) else asyncio.run(result))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -145,7 +114,10 @@ def cli() -> None:
 )
 def serve(config_file: Path | None, log_level: str | None, demo: bool) -> None:
     """Watch the logs, stream to clients, archive if delta_sink.enabled."""
-    _dispatch("serve", _load(config_file, log_level).config, demo=demo)
+    config = _load(config_file, log_level).config
+    from certlake.cli.serve import run_serve
+
+    _exit(run_serve(config, demo=demo))
 
 
 @cli.command()
@@ -164,13 +136,16 @@ def backfill(
 ) -> None:
     """Fetch what the archive is missing, write it, exit."""
     config = _load(config_file, log_level).config
-    _dispatch(
-        "backfill",
-        config,
-        from_index=from_index,
-        logs=logs,
-        staging_path=staging_path,
-        summary_json=summary_json,
+    from certlake.cli.backfill import run_backfill
+
+    _exit(
+        run_backfill(
+            config,
+            from_index=from_index,
+            logs=logs,
+            staging_path=staging_path,
+            summary_json=summary_json,
+        )
     )
 
 
@@ -189,7 +164,9 @@ def merge(
         click.echo(MERGE_NEEDS_STAGING, err=True)
         sys.exit(EXIT_USAGE)
     config = _load(config_file, log_level).config
-    _dispatch("merge", config, staging_path=staging_path, summary_json=summary_json)
+    from certlake.cli.merge import run_merge
+
+    _exit(run_merge(config, staging_path=staging_path, summary_json=summary_json))
 
 
 @cli.command()
@@ -206,7 +183,9 @@ def gaps(
 ) -> None:
     """Print, per log, what backfill would fetch; fetch nothing."""
     config = _load(config_file, log_level).config
-    _dispatch("gaps", config, from_index=from_index, logs=logs, staging_path=staging_path)
+    from certlake.cli.backfill import run_gaps
+
+    _exit(run_gaps(config, from_index=from_index, logs=logs, staging_path=staging_path))
 
 
 @cli.command()
@@ -231,7 +210,9 @@ def fetch(
 ) -> None:
     """Print the stream message of each INDEX of LOG_URL, one per line."""
     config = _load(config_file, log_level).config
-    _dispatch("fetch", config, tiled, log_url, indices, stream)
+    from certlake.cli.fetch import run_fetch
+
+    _exit(run_fetch(config, tiled, log_url, indices, stream))
 
 
 @cli.command()
@@ -240,8 +221,39 @@ def fetch(
 @click.option("--port", type=click.IntRange(0, 65535), help="Port (0 = any free port).")
 @click.option("--seed", type=int, help="Seed for keys and certificates (same seed, same log).")
 @click.option("--initial-size", type=click.IntRange(min=0), help="Entries at start.")
-@click.option("--rate", type=click.FloatRange(min=0), help="New entries per second.")
+@click.option("--rate", type=click.FloatRange(min=0), help="New entries per second, in every log.")
+@click.option(
+    "--total-rate",
+    type=click.FloatRange(min=0),
+    help="New entries per second over all logs together, round-robin.",
+)
+@click.option(
+    "--sequence-interval",
+    type=click.FloatRange(min=0),
+    help="Publish tree heads every S seconds (default 1; 0 = at once).",
+)
 @click.option("--batch-cap", type=click.IntRange(min=1), help="Most entries per get-entries.")
+@click.option(
+    "--max-entries",
+    type=click.IntRange(min=1),
+    help="Most entries per get-entries, answers ending on multiples of it (Google: 32).",
+)
+@click.option(
+    "--logs",
+    type=click.IntRange(min=1),
+    help="Host N logs (default: one RFC 6962 and one static-ct log).",
+)
+@click.option("--operators", type=click.IntRange(min=1), help="Spread the --logs over K operators.")
+@click.option(
+    "--static-share",
+    type=click.FloatRange(0, 1),
+    help="Share of the --logs that are static-ct (default 0.25).",
+)
+@click.option(
+    "--rate-limit",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Requests per second per operator and client, then 429 (burst: max(1, Q)).",
+)
 @click.option("--fault", "faults", multiple=True, help="Inject a fault, e.g. 429:0.1 (repeatable).")
 @click.option(
     "--ready-file",
@@ -252,7 +264,9 @@ def testlog(config_file: Path | None, log_level: str | None, **options: Any) -> 
     """Run the built-in test CT log server."""
     _load(config_file, log_level)
     given = {k: v for k, v in options.items() if v is not None and v != ()}
-    _dispatch("testlog", **given)
+    from certlake.cli.testlog import run_testlog
+
+    _exit(run_testlog(**given))
 
 
 @cli.command("validate-config")
@@ -260,7 +274,9 @@ def testlog(config_file: Path | None, log_level: str | None, **options: Any) -> 
 def validate_config(config_file: Path | None, log_level: str | None) -> None:
     """Check the configuration (file, environment, defaults) and summarize it."""
     loaded = _load(config_file, log_level)
-    _dispatch("validate-config", loaded.config, loaded.path)
+    from certlake.cli.validate import run_validate_config
+
+    _exit(run_validate_config(loaded.config, loaded.path))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -15,11 +15,12 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from certlake.cli.exits import EXIT_OK
 from certlake.config import Config
-from certlake.ct.client.http import USER_AGENT, CTHttp
 from certlake.ingest.fleet import Fleet
 from certlake.ingest.metrics import IngestMetrics
 from certlake.ingest.pipeline import Pipeline
+from certlake.ingest.readers import http_client
 from certlake.ingest.state import StateStore
 from certlake.lake.sink import DeltaSink
 from certlake.server.app import build_app
@@ -88,8 +89,7 @@ async def serve(config: Config) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
-    user_agent = config.ct_log.user_agent or USER_AGENT
-    async with CTHttp(timeout=config.ct_log.request_timeout_secs, user_agent=user_agent) as http:
+    async with http_client(config.ct_log) as http:
         if sink is not None:
             await sink.start()
         fleet = Fleet(
@@ -130,7 +130,7 @@ async def serve(config: Config) -> int:
                 await fleet.save_state()
             fanout.stop()
             await runner.cleanup()
-    return 0
+    return EXIT_OK
 
 
 def _tls_context(config: Config) -> ssl.SSLContext | None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from certlake.cli.exits import EXIT_OK
 from certlake.config import Config
 
 
@@ -33,4 +34,4 @@ def describe(config: Config, path: Path | None) -> list[str]:
 def run_validate_config(config: Config, path: Path | None) -> int:
     for line in describe(config, path):
         click.echo(line)
-    return 0
+    return EXIT_OK

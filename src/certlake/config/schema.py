@@ -185,6 +185,16 @@ class ProtocolsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class OperatorConfig:
+    """Limits for one log operator's logs together (`ct_log.operators.<operator name>`)."""
+
+    # A ceiling the adaptive rate never passes; null: learn it from the operator's answers.
+    max_requests_per_second: float | None = field(default=None, metadata=_m(gt=0))
+    # null: `ct_log.default_operator_max_in_flight`
+    max_in_flight: int | None = field(default=None, metadata=_m(min=1, max=64))
+
+
+@dataclass(frozen=True, slots=True)
 class CtLogConfig:
     retry_max_attempts: int = field(default=3, metadata=_m(min=1))
     retry_initial_delay_ms: int = field(default=1000, metadata=_m(min=1))
@@ -200,7 +210,13 @@ class CtLogConfig:
     # certlake additions (names as in later certstream-server-rust releases where they exist).
     user_agent: str | None = field(default=None, metadata=_m(check=_nonempty_problem))
     log_refresh_interval_secs: int = field(default=3600, metadata=_m(min=1))
+    # Spacing an operator's requests start at (0: 50 requests/s); the rate then adapts to what
+    # the operator allows, learned from its answers.
     default_operator_rate_limit_ms: int = field(default=500, metadata=_m(min=0))
+    # A handful: more connections per client address is what operators throttle first.
+    default_operator_max_in_flight: int = field(default=4, metadata=_m(min=1, max=64))
+    # Per-operator overrides, keyed by the operator's name in the log list (any case).
+    operators: dict[str, OperatorConfig] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +225,7 @@ class StreamConfig:
 
     heartbeat_interval_secs: int = field(default=15, metadata=_m(min=1))
     # messages queued per client before dropping
-    client_queue_size: int = field(default=1000, metadata=_m(min=1))
+    client_queue_size: int = field(default=10000, metadata=_m(min=1))
     # messages kept for `?since=`; 0 disables resume
     resume_ring_size: int = field(default=10000, metadata=_m(min=0))
     ping_interval_secs: int = field(default=30, metadata=_m(min=1))
@@ -436,6 +452,13 @@ def _tuple_item(tp: Any) -> Any | None:
     return None
 
 
+def _mapping_item(tp: Any) -> Any | None:
+    """The value type of a `dict[str, X]` field (a mapping keyed by names, like operators)."""
+    if typing.get_origin(tp) is dict:
+        return typing.get_args(tp)[1]
+    return None
+
+
 def _env_name(path: tuple[str, ...]) -> str:
     return ENV_PREFIX + "_".join(path).upper()
 
@@ -447,7 +470,7 @@ def _env_paths(cls: type, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, .
         tp = hints[f.name]
         if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             yield from _env_paths(tp, (*prefix, f.name))
-        elif not dataclasses.is_dataclass(_tuple_item(tp)):
+        elif not dataclasses.is_dataclass(_tuple_item(tp)) and _mapping_item(tp) is None:
             yield (*prefix, f.name)
 
 
@@ -553,6 +576,9 @@ def _convert(tp: Any, value: object, path: KeyPath, meta: Mapping[str, Any], ctx
     secret = bool(meta.get("secret"))
     if value is None and optional:
         return None
+    entry = _mapping_item(base)
+    if entry is not None:
+        return _convert_mapping(entry, value, path, ctx)
     item = _tuple_item(base)
     if item is not None:
         if value is None:
@@ -601,6 +627,25 @@ def _convert(tp: Any, value: object, path: KeyPath, meta: Mapping[str, Any], ctx
         return _INVALID
     ctx.bad_value(path, value, _type_words(tp, meta), secret)
     return _INVALID
+
+
+def _convert_mapping(entry: Any, value: object, path: KeyPath, ctx: _Ctx) -> object:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        ctx.bad_value(path, value, f"a mapping of names to {entry.__name__} keys")
+        return _INVALID
+    out: dict[str, object] = {}
+    bad = False
+    for key, raw in value.items():
+        if not isinstance(key, str) or not key.strip():
+            ctx.error((*path, str(key)), "names here must be non-empty strings")
+            bad = True
+            continue
+        built = _build(entry, raw, (*path, key), ctx)
+        bad = bad or built is _INVALID
+        out[key] = built
+    return _INVALID if bad else out
 
 
 def _unknown_key(ctx: _Ctx, path: KeyPath, key: object, known: list[str]) -> None:

@@ -9,11 +9,13 @@ import random
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
-# Statuses that mean "later", not "never" (ct-protocols.md §1.3).
+# Statuses that mean "later", not "never": rate limiting, overload, a gateway between.
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
-# Rate limiting must never exhaust a job quickly: SPEC §8 asks for at least 10 retries.
+# Rate limiting must never exhaust a job quickly: at least 10 retries, whatever the budget.
 RATE_LIMIT_STATUSES = frozenset({429, 503})
 MIN_RATE_LIMIT_RETRIES = 10
+# A Retry-After beyond this is taken as a broken header rather than an order to stop for days.
+MAX_RETRY_AFTER = 3600.0
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
@@ -35,7 +37,9 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """Exponential back-off with full jitter, capped; Retry-After is honoured as a floor."""
+    """Exponential back-off with jitter, capped at `max_delay`; a Retry-After is honoured as a
+    floor even above that cap (up to `MAX_RETRY_AFTER`): retrying earlier than the operator
+    asked is what gets a client's address blocked."""
 
     max_attempts: int = 10  # attempts for an ordinary failure (timeout, 5xx, bad response)
     initial_delay: float = 0.5
@@ -54,5 +58,5 @@ class RetryPolicy:
         # Half fixed, half jitter: spreads a fleet of workers without ever retrying instantly.
         wait = ceiling / 2 + rng.uniform(0, ceiling / 2)
         if retry_after is not None:
-            wait = max(wait, min(retry_after, self.max_delay))
+            wait = max(wait, min(retry_after, MAX_RETRY_AFTER))
         return wait

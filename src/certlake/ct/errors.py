@@ -6,10 +6,18 @@ from __future__ import annotations
 class FetchError(Exception):
     """A request that did not yield usable data. `status` is the HTTP status, if any."""
 
-    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None):
+    def __init__(
+        self,
+        message: str,
+        status: int | None = None,
+        retry_after: float | None = None,
+        *,
+        timed_out: bool = False,
+    ):
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
+        self.timed_out = timed_out  # no answer within the timeout (a sign of overload)
 
 
 class NotFound(FetchError):

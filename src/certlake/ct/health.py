@@ -13,6 +13,9 @@ class Health(enum.Enum):
     HEALTHY = "healthy"
     DEGRADED = "degraded"
     UNHEALTHY = "unhealthy"
+    # Answering, but the reader falls further behind (see `ct/lag.py`); not a state of the
+    # circuit breaker below, which counts failures only.
+    BEHIND = "behind"
 
 
 @dataclass(slots=True)

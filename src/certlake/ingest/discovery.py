@@ -58,7 +58,7 @@ async def discover_logs(config: Config, http: CTHttp) -> Discovery:
     try:
         parsed = parse_log_list(await read_log_list(config.ct_logs_url, http))
     except (FetchError, LogListError, OSError) as e:
-        log.warning("log list %s unavailable: %s", config.ct_logs_url, e)
+        log.warning("log list unavailable", extra={"url": config.ct_logs_url, "error": str(e)})
         return Discovery(tuple(merge_config_logs([], custom, static)), (), str(e))
     selected = select_watchable(parsed.logs, now=datetime.now(UTC))
     watchable = merge_config_logs(selected, custom, static, known=parsed.logs)

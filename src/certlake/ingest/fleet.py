@@ -7,11 +7,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from certlake.config import Config
-from certlake.ct.client.http import CTHttp
+from certlake.ct.client.http import CTHttp, OperatorBudget
 from certlake.ct.client.static import IssuerCache
 from certlake.ct.entry import LogSource
 from certlake.ct.errors import FetchError
@@ -19,7 +19,7 @@ from certlake.ct.health import Health, LogHealth
 from certlake.ct.loglist import LogInfo
 from certlake.ingest.discovery import discover_logs
 from certlake.ingest.metrics import IngestMetrics
-from certlake.ingest.readers import make_reader, retry_policy
+from certlake.ingest.readers import ct_log_retry_policy, make_reader
 from certlake.ingest.state import StateStore
 from certlake.ingest.watcher import Consumer, LogWatcher
 
@@ -62,6 +62,11 @@ class Fleet:
         self.list_error: str | None = None
         self.list_fetched_at: float | None = None
 
+    @property
+    def budgets(self) -> Mapping[str, OperatorBudget]:
+        """Each operator's request pacing, shared by its logs (and every job of the process)."""
+        return self._http.budgets
+
     # --- which logs -----------------------------------------------------------------------------
 
     async def desired_logs(self) -> list[LogInfo]:
@@ -84,7 +89,7 @@ class Fleet:
         if self.list_error is None:
             # Only a list that was read can retire a log; an outage must not stop watchers.
             for url in [u for u in self.watched if u not in wanted]:
-                log.info("%s left the watch list; stopping its watcher", url)
+                log.info("log left the watch list; stopping its watcher", extra={"log": url})
                 self.watched.pop(url).task.cancel()
 
     def _start(self, info: LogInfo) -> None:
@@ -97,7 +102,7 @@ class Fleet:
             self._consumer_for(info.source),
             start_index=start,
             poll_interval=ct.poll_interval_ms / 1000,
-            policy=retry_policy(ct),
+            policy=ct_log_retry_policy(ct),
             health=LogHealth(
                 healthy_threshold=ct.healthy_threshold,
                 unhealthy_threshold=ct.unhealthy_threshold,
@@ -108,10 +113,12 @@ class Fleet:
         task = asyncio.create_task(watcher.run(), name=f"watch {info.url}")
         self.watched[info.url] = Watched(info, watcher, task)
         log.info(
-            "watching %s (%s) from %s",
-            info.url,
-            info.description,
-            "the tree head" if start is None else start,
+            "watching a log",
+            extra={
+                "log": info.url,
+                "description": info.description,
+                "from": "the tree head" if start is None else start,
+            },
         )
 
     def _capped(self, url: str, cursor: int | None) -> int | None:
@@ -150,8 +157,10 @@ class Fleet:
                 m.tree_size.labels(url).set(st.tree_size)
             if st.lag is not None:
                 m.lag.labels(url).set(st.lag)
+            m.lag_seconds.labels(url).set(st.lag_report().seconds)
+            state = w.watcher.health_state
             for h in Health:
-                m.healthy.labels(url, h.value).set(1 if w.watcher.health.state is h else 0)
+                m.healthy.labels(url, h.value).set(1 if state is h else 0)
 
     async def save_state(self) -> None:
         if self.state is None:

@@ -35,6 +35,12 @@ class IngestMetrics:
             ["log"],
             registry=registry,
         )
+        self.lag_seconds = Gauge(
+            "certlake_log_lag_seconds",
+            "Seconds since the oldest unread entry was first seen in a tree head",
+            ["log"],
+            registry=registry,
+        )
         self.healthy = Gauge(
             "certlake_log_health",
             "1 for the log's current health state, 0 for the others",

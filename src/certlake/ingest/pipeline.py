@@ -89,7 +89,10 @@ class Pipeline:
             msg = build_message(item.entry, source, time.time(), item.cert_link)
         except CertificateParseError as e:
             m.parse_failures.labels(source.url, "certificate").inc()
-            log.error("%s: entry %d: certificate does not parse: %s", source.url, item.index, e)
+            log.error(
+                "certificate does not parse",
+                extra={"log": source.url, "index": item.index, "error": str(e)},
+            )
             self._passed_without_message(source, item.index, f"certificate: {e}")
             return
         self.processed += 1

@@ -5,16 +5,18 @@ jumps on errors (the defects of SPEC §12.1)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from certlake.ct.backoff import RetryPolicy
 from certlake.ct.client.fetch import GaveUp, fetch_range
 from certlake.ct.client.reader import FetchedEntry, LogReader, Unparseable
 from certlake.ct.errors import FetchError
-from certlake.ct.health import LogHealth
+from certlake.ct.health import Health, LogHealth
+from certlake.ct.lag import LagReport, LagTracker
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,10 @@ class WatcherStatus:
     last_success: float | None = None  # Unix seconds of the last successful read
     entries: int = 0
     unparseable: int = 0
+    lag_tracker: LagTracker = field(default_factory=LagTracker, repr=False)
+
+    def lag_report(self) -> LagReport:
+        return self.lag_tracker.report(time.monotonic())
 
     @property
     def lag(self) -> int | None:
@@ -69,6 +75,14 @@ class LogWatcher:
         self._max_batch = max_batch
         self._on_error = on_error
 
+    @property
+    def health_state(self) -> Health:
+        """The breaker's state, or `behind` for a log that answers but is not kept up with."""
+        state = self.health.state
+        if state is not Health.UNHEALTHY and self.status.lag_report().behind:
+            return Health.BEHIND
+        return state
+
     async def run(self) -> None:
         """Watch until cancelled. Never returns on log errors."""
         while True:
@@ -77,7 +91,7 @@ class LogWatcher:
             except FetchError as e:
                 self._report(e)
                 self.health.failure(str(e))
-                log.warning("%s: %s", self.status.url, e)
+                log.warning("log read failed", extra={"log": self.status.url, "error": str(e)})
             await asyncio.sleep(self.health.retry_delay(self._poll))
 
     def _report(self, error: FetchError) -> None:
@@ -90,41 +104,56 @@ class LogWatcher:
         st = self.status
         if st.tree_size is not None and size < st.tree_size:
             # A smaller tree than seen before is a stale cache or a misbehaving log: ignore it.
-            log.warning("%s: tree head went back from %d to %d", st.url, st.tree_size, size)
+            log.warning(
+                "tree head went back; ignored",
+                extra={"log": st.url, "tree_size": st.tree_size, "new_size": size},
+            )
             return
         st.tree_size = size
         if st.cursor is None:
             st.cursor = size
-            log.info("%s: fresh start at tree size %d", st.url, size)
+            log.info("fresh start at the tree head", extra={"log": st.url, "tree_size": size})
+        st.lag_tracker.head(time.monotonic(), size)
+        st.lag_tracker.read(time.monotonic(), st.cursor)
         if st.cursor > size:
-            log.warning("%s: saved cursor %d is beyond the tree (%d)", st.url, st.cursor, size)
+            log.warning(
+                "saved cursor is beyond the tree",
+                extra={"log": st.url, "cursor": st.cursor, "tree_size": size},
+            )
             return
         if st.cursor == size:
             self.health.success()
             st.last_success = time.time()
             return
         end = min(size, st.cursor + self._max_batch) - 1
-        async for item in fetch_range(
+        items = fetch_range(
             self.reader,
             st.cursor,
             end,
             tree_size=size,
             policy=self._policy,
             on_error=lambda e, _attempt: self._report(e),
-        ):
-            if isinstance(item, GaveUp):
-                self.health.failure(item.error)
-                return
-            await self._consumer(item)
-            st.cursor = item.index + 1
-            if isinstance(item, Unparseable):
-                st.unparseable += 1
-                log.error("%s: entry %d does not decode: %s", st.url, item.index, item.error)
-            else:
-                st.entries += 1
-            if (st.cursor & _YIELD_EVERY_MASK) == 0:
-                # A batch is hundreds of entries; letting the loop run between slices lets the
-                # stream flush what is already built and other logs' watchers take their turn.
-                await asyncio.sleep(0)
+        )
+        async with contextlib.aclosing(items):
+            async for item in items:
+                if isinstance(item, GaveUp):
+                    self.health.failure(item.error)
+                    return
+                await self._consumer(item)
+                st.cursor = item.index + 1
+                if isinstance(item, Unparseable):
+                    st.unparseable += 1
+                    log.error(
+                        "entry does not decode",
+                        extra={"log": st.url, "index": item.index, "error": item.error},
+                    )
+                else:
+                    st.entries += 1
+                if (st.cursor & _YIELD_EVERY_MASK) == 0:
+                    st.lag_tracker.read(time.monotonic(), st.cursor)
+                    # A batch is hundreds of entries; letting the loop run between slices lets the
+                    # stream flush what is already built and other logs' watchers take their turn.
+                    await asyncio.sleep(0)
+        st.lag_tracker.read(time.monotonic(), st.cursor)
         self.health.success()
         st.last_success = time.time()

@@ -1,11 +1,10 @@
 """Where a Delta table lives, spelled one way only, and whether two spellings overlap (pure).
 
 `certlake merge` deletes the staging table once its rows are in main, so it must know when
-"staging" is main under another name (SPEC §12 item 6: the Rust tool, pointed at main, deleted
-it). Local paths arrive as given (relative, `..`, trailing slash, `file://` URI); the shell
-resolves them against the file system (`os.path.realpath`: symlinks too) and hands the result to
-`Location.local`. `s3://` keys are normalized as object stores see them: empty, `.` and `..`
-segments removed.
+"staging" is main under another name (the Rust tool, pointed at main, deleted it). Local paths
+arrive as given (relative, `..`, trailing slash, `file://` URI); the shell resolves them against
+the file system (`os.path.realpath`: symlinks too) and hands the result to `Location.local`.
+`s3://` keys are normalized as object stores see them: empty, `.` and `..` segments removed.
 """
 
 from __future__ import annotations

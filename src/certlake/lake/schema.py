@@ -1,4 +1,4 @@
-"""The archive's table layout (SPEC §6) and the side table of passed-over index ranges.
+"""The archive's table layout and the side table of passed-over index ranges.
 
 The 20 columns, their order, types and nullability are those of certstream-server-rust's
 `delta_schema()`, so its tables open and append without a schema change: every column NOT NULL,
@@ -15,6 +15,8 @@ import pyarrow as pa
 # The key of an archive row: a log and an index in it.
 SOURCE_URL: Final = "source_url"
 CERT_INDEX: Final = "cert_index"
+INT64_MAX: Final = 2**63 - 1  # the largest `cert_index` a Delta `long` holds
+Segment = tuple[str, int, int]  # keys of one log: source_url, first index, last (inclusive)
 
 STRING_LIST: Final = pa.list_(pa.field("item", pa.string(), nullable=True))
 SEEN_TYPE: Final = pa.timestamp("us", tz="UTC")

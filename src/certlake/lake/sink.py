@@ -1,50 +1,42 @@
-"""The live archive sink: a parallel consumer of the parsed entries (SPEC §6).
+"""The live archive sink: a parallel consumer of the parsed entries.
 
 The producer (the event loop that feeds the stream) calls `offer` / `offer_unparseable`; both
-return at once and never raise. A background task writes the buffer to Delta when it holds
-`batch_size` rows, every `flush_interval` seconds, and on `close()`. Writes run in one worker
-thread (delta-rs releases the GIL), so the loop keeps streaming while Parquet is encoded.
+return at once and never raise. The buffer goes to Delta through the committer (`committer.py`:
+flushes on `batch_size` rows, every `flush_interval` seconds and on `close()`, in a writer
+thread; failed writes retried, never written twice), so the loop keeps streaming while Parquet
+is encoded.
 
 Nothing offered is lost silently:
-- a failed write keeps its rows and is retried with back-off; a commit whose reply was lost is
-  looked up before it is retried (`ArchiveTable.landed`), so it is never written twice;
 - memory is bounded by `max_buffer_records`; past it, entries are dropped and recorded as index
   ranges in the side table (`_certlake_skipped`, kind `dropped`) for backfill to refill;
 - undecodable entries and messages that do not fit the schema are recorded there too
   (kinds `unparseable`, `malformed`): passed, never mistaken for holes.
 
-With `exactly_once` (the live server), each commit carries the per-log cursor as a Delta
-transaction identifier (see `txn.py`), rows below a log's committed cursor are not written again,
-and `committed_cursor` tells the state writer how far the state file may claim.
+Exactly once: each commit carries the per-log cursor as a Delta transaction identifier (see
+`txn.py`), rows below a log's committed cursor are not written again, and `committed_cursor`
+tells the state writer how far the state file may claim.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import random
-import time
-import uuid
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Final, TypeVar
+from typing import Final
 
-import pyarrow as pa
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from certlake.certs.message import CertMessage
 from certlake.config import Config, DeltaSinkConfig, s3_storage_options
 from certlake.ct.backoff import RetryPolicy
-from certlake.lake.flushing import flush_loop
+from certlake.lake.committer import Chunk, Commit, CommitStats, Committer, WriterSettings
 from certlake.lake.rows import split_malformed
-from certlake.lake.table import ArchiveTable, compact, record_skipped, table_uri, unsafe_rename
+from certlake.lake.table import ArchiveTable, compact, unsafe_rename
 from certlake.lake.txn import CommitPlan, OpenRange, SkipKind, SkippedRange, plan_commit
 
 log = logging.getLogger(__name__)
 
-_R = TypeVar("_R")
 _FLUSH_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -90,84 +82,62 @@ class SinkMetrics:
         )
 
 
-@dataclass(slots=True)
-class _Chunk:
-    """One prefix of the buffer on its way to the table; retried as is until it lands."""
-
+@dataclass(slots=True, kw_only=True)
+class _Chunk(Chunk):
     items: list[CertMessage | SkippedRange]
-    taken: int  # buffer items it covers
-    rows: int  # messages among them
     known: dict[str, int | None]  # committed cursors known when it was taken
-    commit_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    failures: int = 0
     # Filled in the writer thread on the first attempt:
     plan: CommitPlan | None = None
-    batch: pa.Table | None = None
     read: dict[str, int | None] = field(default_factory=dict)  # cursors read from the table
-    skipped_recorded: bool = False
-    base_version: int | None = None  # table version before the first commit attempt
 
 
 @dataclass(slots=True)
-class SinkStats:
-    rows_written: int = 0
-    commits: int = 0
-    errors: int = 0
+class SinkStats(CommitStats):
     duplicates: int = 0
     skipped: dict[SkipKind, int] = field(default_factory=lambda: dict.fromkeys(SkipKind, 0))
-    last_error: str | None = None
 
 
-class DeltaSink:
+class DeltaSink(Committer[_Chunk]):
+    stats: SinkStats
+
     def __init__(
         self,
         table_path: str,
         *,
         registry: CollectorRegistry,
-        storage_options: dict[str, str] | None = None,
+        storage_options: Mapping[str, str] | None = None,
         batch_size: int = _DEFAULTS.batch_size,
         flush_interval: float = _DEFAULTS.flush_interval_secs,
         compression_level: int = _DEFAULTS.compression_level,
         max_buffer_records: int = _DEFAULTS.max_buffer_records,
         compaction_interval: float = _DEFAULTS.compaction_interval_secs,
-        exactly_once: bool = True,
         retry: RetryPolicy | None = None,
         close_timeout: float = 30.0,
     ) -> None:
-        """`exactly_once` is for the live server: entries per log arrive in index order and the
-        table's transaction identifiers keep the cursor. Batch writers whose entries arrive out of
-        order (backfill) pass False. `compaction_interval` 0 disables compaction."""
-        self.uri = table_uri(table_path)
-        self.storage_options = storage_options
+        """Entries of each log must be offered in index order. `storage_options`: the
+        configured object-store options (used for s3:// tables only). `compaction_interval` 0
+        disables compaction."""
+        settings = WriterSettings(
+            batch_size,
+            flush_interval,
+            compression_level,
+            retry or RetryPolicy(initial_delay=1.0, max_delay=60.0),
+            close_timeout,
+        )
+        super().__init__(
+            table_path, storage_options=storage_options, settings=settings, thread_name="delta-sink"
+        )
         self.metrics = SinkMetrics(registry)
         self.stats = SinkStats()
-        self._batch_size = batch_size
-        self._flush_interval = flush_interval
-        self._level = compression_level
         self._max_rows = max_buffer_records
         self._compaction_interval = compaction_interval
-        self._exactly_once = exactly_once
-        self._retry = retry or RetryPolicy(initial_delay=1.0, max_delay=60.0)
-        self._close_timeout = close_timeout
-        self._rng = random.Random()
 
         self._buf: list[CertMessage | OpenRange] = []
-        self._rows = 0
         self._open: dict[str, OpenRange] = {}  # per log: the skipped range at its tail, if any
         self._next: dict[str, int] = {}  # per log: lowest index still accepted
         self._first: dict[str, int] = {}  # per log: first index offered in this process
         self._committed: dict[str, int | None] = {}  # per log: cursor in the table, when known
-        self._inflight: _Chunk | None = None
-
-        self._table: ArchiveTable | None = None  # used only in the writer thread
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="delta-sink")
-        self._wake = asyncio.Event()  # the buffer reached batch_size, or closing
-        self._stop = asyncio.Event()
-        self._closing = False
-        self._close_deadline = 0.0
-        self._drain_lock = asyncio.Lock()
         self._compact_lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
         self._compactor: asyncio.Task[None] | None = None
 
     @classmethod
@@ -176,13 +146,10 @@ class DeltaSink:
         sink = config.delta_sink
         if not sink.enabled:
             return None
-        options = (
-            s3_storage_options(config.storage.s3) if sink.table_path.startswith("s3://") else None
-        )
         return cls(
             sink.table_path,
             registry=registry,
-            storage_options=options,
+            storage_options=s3_storage_options(config.storage.s3),
             batch_size=sink.batch_size,
             flush_interval=float(sink.flush_interval_secs),
             compression_level=sink.compression_level,
@@ -198,7 +165,7 @@ class DeltaSink:
         Raises `ArchiveSchemaError` if the table there is not an archive table."""
         await self._in_writer(self._open_existing)
         await self.load_committed(source_urls)
-        self._task = asyncio.create_task(self._run(), name="delta-sink")
+        self._start_writing()
         if self._compaction_interval > 0:
             self._compactor = asyncio.create_task(self._compact_loop(), name="delta-compact")
 
@@ -206,35 +173,11 @@ class DeltaSink:
         """Read the committed cursors of `source_urls` from the table (I/O, in the writer
         thread) so that `committed_cursor` knows them; returns them."""
         wanted = [u for u in dict.fromkeys(source_urls) if u not in self._committed]
-        if self._exactly_once and wanted:
+        if wanted:
             read = await self._in_writer(self._read_cursors, wanted)
             for url, value in read.items():
                 self._committed.setdefault(url, value)
         return {u: self._committed.get(u) for u in source_urls}
-
-    async def close(self) -> None:
-        """Flush everything buffered and stop. A write that keeps failing is retried for up to
-        `close_timeout` seconds; what is still unwritten then is reported (nothing claims it:
-        the committed cursors, and so the state file, stay below it)."""
-        if self._closing:
-            return
-        self._closing = True
-        self._close_deadline = time.monotonic() + self._close_timeout
-        self._stop.set()
-        self._wake.set()
-        if self._compactor is not None:
-            self._compactor.cancel()
-            await asyncio.gather(self._compactor, return_exceptions=True)
-        if self._task is not None:
-            await self._task
-        else:  # never started: still write what was offered
-            await self._drain(full_only=False, until_empty=True)
-        if self._buf:
-            log.error(
-                "archive sink closed with entries unwritten; they will be fetched again",
-                extra={"table": self.uri, "rows": self._rows, "error": self.stats.last_error},
-            )
-        self._executor.shutdown(wait=True)
 
     # --- producer side (event loop; never blocks, never raises) ---------------------------------
 
@@ -278,17 +221,11 @@ class DeltaSink:
         committed = self._committed.get(source_url)
         return committed if committed is not None else self._first.get(source_url)
 
-    @property
-    def buffered(self) -> int:
-        return self._rows
-
     async def flush(self) -> None:
         """Write what is buffered now (returns once written, retrying failures)."""
         await self._drain(full_only=False)
 
     def _accept(self, url: str, index: int) -> bool:
-        if not self._exactly_once:
-            return True
         floor = self._next.get(url)
         if floor is None:
             self._first[url] = index
@@ -322,72 +259,14 @@ class DeltaSink:
     def _reject(self, what: object) -> None:
         self.stats.skipped[SkipKind.MALFORMED] += 1
         self.metrics.skipped.labels(SkipKind.MALFORMED.value).inc()
-        log.error("archive sink: not an archivable message: %.200r", what)
+        log.error("archive sink: not an archivable message", extra={"value": repr(what)[:200]})
 
-    # --- writer side ---------------------------------------------------------------------------
+    # --- the committer's hooks (event loop) -----------------------------------------------------
 
-    async def _run(self) -> None:
-        await flush_loop(
-            wake=self._wake,
-            closing=lambda: self._closing,
-            interval=self._flush_interval,
-            full=lambda: self._rows >= self._batch_size,
-            drain=lambda full_only: self._drain(full_only=full_only),
-        )
-        await self._drain(full_only=False, until_empty=True)
+    def _pending(self) -> int:
+        return len(self._buf)
 
-    async def _drain(self, *, full_only: bool, until_empty: bool = False) -> None:
-        """Write the buffer in chunks of at most `batch_size` rows: only full chunks (size
-        trigger: a busy stream must not turn into a stream of tiny commits), or what is buffered
-        now (timer), or until it is empty (close). A failed chunk is retried with back-off until
-        it lands; when closing, until the close timeout."""
-        async with self._drain_lock:
-            budget = len(self._buf)
-            while self._inflight is not None or self._buf:
-                if self._inflight is None and not until_empty:
-                    if full_only and self._rows < self._batch_size:
-                        return
-                    if not full_only and budget <= 0:
-                        return
-                chunk = self._inflight or self._take_chunk()
-                self._inflight = chunk
-                if not await self._write(chunk):
-                    return
-                budget -= chunk.taken
-
-    async def _write(self, chunk: _Chunk) -> bool:
-        """Write `chunk` until it lands (True), or the close timeout passes (False)."""
-        while True:
-            started = time.perf_counter()
-            try:
-                await self._in_writer(self._write_chunk, chunk)
-            except Exception as exc:  # any storage or delta-rs failure: keep the rows, retry
-                chunk.failures += 1
-                self.stats.errors += 1
-                self.stats.last_error = f"{type(exc).__name__}: {exc}"
-                self.metrics.errors.inc()
-                log.warning(
-                    "archive write failed; keeping %d rows and retrying",
-                    self._rows,
-                    extra={"table": self.uri, "attempt": chunk.failures, "error": str(exc)[:500]},
-                )
-                if self._closing and time.monotonic() >= self._close_deadline:
-                    return False
-                # The exponent is capped: an outage can last for thousands of attempts.
-                delay = self._retry.delay(min(chunk.failures, 32), None, self._rng)
-                if self._closing:
-                    await asyncio.sleep(min(delay, self._close_deadline - time.monotonic()))
-                    continue
-                # Only closing cuts the back-off short; offers filling the buffer do not.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay)
-                continue
-            self.metrics.flush_seconds.observe(time.perf_counter() - started)
-            self._inflight = None
-            self._land(chunk)
-            return True
-
-    def _take_chunk(self) -> _Chunk:
+    def _take(self) -> _Chunk:
         items: list[CertMessage | SkippedRange] = []
         rows = 0
         taken = 0
@@ -406,17 +285,16 @@ class DeltaSink:
         known = {u: self._committed[u] for u in urls if u in self._committed}
         return _Chunk(items=items, taken=taken, rows=rows, known=known)
 
-    def _land(self, chunk: _Chunk) -> None:
-        """Apply a chunk that is now in the table (event loop)."""
-        plan = chunk.plan
-        assert plan is not None and chunk.batch is not None
+    async def _land(self, chunk: _Chunk, seconds: float) -> None:
+        plan, commit = chunk.plan, chunk.commit
+        assert plan is not None and commit is not None
+        self.metrics.flush_seconds.observe(seconds)
         del self._buf[: chunk.taken]
-        self._rows -= chunk.rows
         self.metrics.buffer.set(self._rows)
         for url, value in chunk.read.items():
             self._committed.setdefault(url, value)
         self._committed.update(plan.versions)
-        written = chunk.batch.num_rows
+        written = commit.batch.num_rows
         self.stats.rows_written += written
         self.metrics.records.inc(written)
         if plan.versions or written:
@@ -439,15 +317,24 @@ class DeltaSink:
                     extra={"log": r.source_url, "start": r.start, "end": r.end},
                 )
 
-    async def _in_writer(self, fn: Callable[..., _R], *args: object) -> _R:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+    def _failed(self) -> None:
+        self.metrics.errors.inc()
+
+    async def _stopping(self) -> None:
+        if self._compactor is not None:
+            self._compactor.cancel()
+            await asyncio.gather(self._compactor, return_exceptions=True)
+
+    def _closed(self) -> None:
+        # Nothing claims what is left: the committed cursors, and so the state file, stay
+        # below it.
+        if self._buf:
+            log.error(
+                "archive sink closed with entries unwritten; they will be fetched again",
+                extra={"table": self.uri, "rows": self._rows, "error": self.stats.last_error},
+            )
 
     # --- writer thread -------------------------------------------------------------------------
-
-    def _open_existing(self) -> None:
-        self._table = ArchiveTable.open(
-            self.uri, storage_options=self.storage_options, compression_level=self._level
-        )
 
     def _read_cursors(self, urls: list[str]) -> dict[str, int | None]:
         if self._table is None:
@@ -457,39 +344,14 @@ class DeltaSink:
             return dict.fromkeys(urls)
         return {url: table.committed_cursor(url) for url in urls}
 
-    def _write_chunk(self, chunk: _Chunk) -> None:
-        if self._table is None:
-            self._table = ArchiveTable.open_or_create(
-                self.uri, storage_options=self.storage_options, compression_level=self._level
-            )
-        table = self._table
-        if chunk.plan is None:
-            if self._exactly_once:
-                missing = [u for u in {i.source_url for i in chunk.items} if u not in chunk.known]
-                chunk.read = {url: table.committed_cursor(url) for url in missing}
-                plan = plan_commit(chunk.items, {**chunk.known, **chunk.read})
-            else:
-                plan = CommitPlan(
-                    rows=[i for i in chunk.items if isinstance(i, CertMessage)],
-                    skipped=[i for i in chunk.items if isinstance(i, SkippedRange)],
-                )
-            batch, malformed = split_malformed(plan.rows)
-            plan.add_malformed(malformed)
-            chunk.plan, chunk.batch = plan, batch
-        plan, batch = chunk.plan, chunk.batch
-        assert batch is not None
-        if chunk.base_version is not None and table.landed(chunk.commit_id, chunk.base_version):
-            return
-        if plan.skipped and not chunk.skipped_recorded:
-            # Before the commit that moves the cursors past them: a crash in between leaves
-            # them recorded twice at worst, never claimed and unrecorded.
-            record_skipped(self.uri, self.storage_options, plan.skipped)
-            chunk.skipped_recorded = True
-        if not plan.versions and batch.num_rows == 0:
-            return
-        if chunk.base_version is None:
-            chunk.base_version = table.version
-        table.append(batch, versions=plan.versions, commit_id=chunk.commit_id)
+    def _prepare(self, table: ArchiveTable, chunk: _Chunk) -> Commit:
+        missing = [u for u in {i.source_url for i in chunk.items} if u not in chunk.known]
+        chunk.read = {url: table.committed_cursor(url) for url in missing}
+        plan = plan_commit(chunk.items, {**chunk.known, **chunk.read})
+        batch, malformed = split_malformed(plan.rows)
+        plan.add_malformed(malformed)
+        chunk.plan = plan
+        return Commit(batch, plan.skipped, plan.versions)
 
     # --- maintenance ---------------------------------------------------------------------------
 

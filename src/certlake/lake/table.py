@@ -1,5 +1,5 @@
 """The Delta table shell: open or create, append with transaction identifiers, find out whether a
-commit whose outcome was lost landed, record skipped ranges, compact.
+commit whose outcome was lost landed, record skipped ranges, compact, delete.
 
 Every function here does blocking I/O (delta-rs releases the GIL while it works); callers on an
 event loop run them in a thread. An `ArchiveTable` is used by one thread at a time.
@@ -16,15 +16,19 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
-from deltalake.exceptions import TableNotFoundError
+from deltalake.exceptions import DeltaError, TableNotFoundError
+from deltalake.fs import DeltaStorageHandler
 
+from certlake.lake.location import local_path
 from certlake.lake.rows import skipped_to_batch
 from certlake.lake.schema import (
     ARCHIVE_SCHEMA,
@@ -37,6 +41,12 @@ from certlake.lake.txn import SkipKind, SkippedRange, app_id
 log = logging.getLogger(__name__)
 
 COMMIT_ID_KEY: Final = "certlake.commit"
+# What a failing read or write of a table raises: delta-rs, the store, or Arrow decoding a file.
+STORAGE_ERRORS: Final = (DeltaError, OSError, pa.ArrowException)
+
+
+class TableUnreadableError(ValueError):
+    """A Delta table exists at the location but cannot be read (damaged log, missing file...)."""
 
 
 def table_uri(path: str) -> str:
@@ -51,6 +61,17 @@ def child_uri(uri: str, name: str) -> str:
     return f"{uri}/{name}" if "://" in uri else os.path.join(uri, name)
 
 
+def table_storage_options(
+    uri: str, configured: Mapping[str, str] | None
+) -> dict[str, str] | None:
+    """The storage options a table at `uri` is opened with, given the configured object-store
+    options: those for s3:// tables, None for local ones. They mean nothing to a local table, and
+    a script that opened a local table with storage options and read it through pyarrow was seen
+    to abort at interpreter exit (deltalake 1.6.6: "terminate called without an active
+    exception")."""
+    return dict(configured or {}) if uri.startswith("s3://") else None
+
+
 def unsafe_rename(storage_options: Mapping[str, str] | None) -> bool:
     """Whether commits are unprotected against a concurrent writer (see the module doc)."""
     for key, value in (storage_options or {}).items():
@@ -63,11 +84,22 @@ def writer_properties(compression_level: int) -> WriterProperties:
     return WriterProperties(compression="ZSTD", compression_level=compression_level)
 
 
-def _open(uri: str, storage_options: dict[str, str] | None) -> DeltaTable | None:
+def open_table(
+    uri: str, storage_options: Mapping[str, str] | None = None, role: str | None = None
+) -> DeltaTable | None:
+    """The table at `uri`, or None when there is none (no location, or no commit in its log).
+
+    Anything else that stops it from loading raises `TableUnreadableError` (`role`, such as
+    "main", names the table in its message): treating a damaged table as absent would plan to
+    refetch everything it holds, or create a new table over it."""
+    options = None if storage_options is None else dict(storage_options)
     try:
-        return DeltaTable(uri, storage_options=storage_options)
+        return DeltaTable(uri, storage_options=options)
     except TableNotFoundError:
         return None
+    except (DeltaError, OSError) as exc:
+        name = "table" if role is None else f"{role} table"
+        raise TableUnreadableError(f"{name} {uri} cannot be read: {exc}") from exc
 
 
 class ArchiveTable:
@@ -92,7 +124,7 @@ class ArchiveTable:
     ) -> ArchiveTable | None:
         """The table at `uri`, or None when there is none; raises `ArchiveSchemaError` when the
         table there is not an archive table."""
-        table = _open(uri, storage_options)
+        table = open_table(uri, storage_options)
         if table is None:
             return None
         metadata = table.metadata()
@@ -184,7 +216,7 @@ def record_skipped(
 def read_skipped(uri: str, storage_options: dict[str, str] | None = None) -> list[SkippedRange]:
     """Every range the live sink recorded as passed without rows (empty if none ever was).
     Ranges may repeat (a record written again after a crash); readers take their union."""
-    table = _open(child_uri(uri, SKIPPED_DIR), storage_options)
+    table = open_table(child_uri(uri, SKIPPED_DIR), storage_options)
     if table is None:
         return []
     columns = ["source_url", "start_index", "end_index", "kind", "reason"]
@@ -209,7 +241,7 @@ def compact(
     7 days, so readers of older versions are not broken). Uses its own handle: appends committed
     meanwhile do not conflict with it (delta-rs checks and retries), so writers never wait.
     None when there is no table yet."""
-    table = _open(uri, storage_options)
+    table = open_table(uri, storage_options)
     if table is None:
         return None
     metrics: dict[str, Any] = table.optimize.compact(
@@ -217,3 +249,32 @@ def compact(
     )
     metrics["vacuumed"] = len(table.vacuum(dry_run=False))
     return metrics
+
+
+def delete_table(uri: str, storage_options: Mapping[str, str] | None) -> int:
+    """Delete every file of the table at `uri` (every object under an s3:// prefix); returns
+    how many. The log goes first, newest version first: at every instant the location holds an
+    older version of the table, or none."""
+    handler = DeltaStorageHandler(uri, dict(storage_options or {}))
+    fs = pafs.PyFileSystem(handler)
+    infos = fs.get_file_info(pafs.FileSelector("", recursive=True, allow_not_found=True))
+    files = [i.path for i in infos if i.type == pafs.FileType.File]
+
+    def order(path: str) -> tuple[int, str]:
+        if path == "_delta_log/_last_checkpoint":
+            return (0, "")
+        if path.startswith("_delta_log/"):
+            return (1, "".join(chr(0x10FFFF - ord(c)) for c in path))  # descending
+        return (2, path)
+
+    files.sort(key=order)
+    for path in files:
+        fs.delete_file(path)
+    local = local_path(uri)
+    if local is not None:  # the directories left behind, and a symlink that led here
+        real = os.path.realpath(local)
+        if os.path.isdir(real):
+            shutil.rmtree(real)
+        if os.path.islink(local):
+            os.unlink(local)
+    return len(files)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-Segment = tuple[str, int, int]  # source_url, first index, last index (inclusive)
+from certlake.lake.schema import Segment
 
 
 class MergeKeyError(ValueError):

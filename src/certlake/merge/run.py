@@ -1,4 +1,4 @@
-"""`certlake merge --staging-path P` (SPEC §9): move a staging table's rows into the main table.
+"""`certlake merge --staging-path P`: move a staging table's rows into the main table.
 
 Every staging row whose `(source_url, cert_index)` is not in main is appended to main; the rest
 is skipped, and duplicates inside staging collapse to one row (which one: `mergekeys`). Then the
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import threading
 import time
@@ -48,30 +47,34 @@ from typing import Any, Final
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
-import pyarrow.fs as pafs
-from deltalake import DeltaTable
-from deltalake.exceptions import DeltaError
-from deltalake.fs import DeltaStorageHandler
 
-from certlake.backfill.presence import TableUnreadableError, may_hold, normalize_stats, open_table
-from certlake.config import Config, s3_storage_options
+from certlake.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from certlake.ingest.state import write_atomic
+from certlake.lake.files import RowGroup, TableFiles, may_hold
 from certlake.lake.location import Location, TableLocationError, local_path, object_location
 from certlake.lake.schema import (
     ARCHIVE_SCHEMA,
     CERT_INDEX,
     SOURCE_URL,
     ArchiveSchemaError,
+    Segment,
     check_archive_schema,
     schema_problems,
 )
-from certlake.lake.table import ArchiveTable, read_skipped, record_skipped, table_uri
-from certlake.merge.keys import MergeKeyError, Segment, WindowKeys
+from certlake.lake.table import (
+    STORAGE_ERRORS,
+    ArchiveTable,
+    TableUnreadableError,
+    delete_table,
+    read_skipped,
+    record_skipped,
+    table_storage_options,
+    table_uri,
+)
+from certlake.merge.keys import MergeKeyError, WindowKeys
 
 log = logging.getLogger(__name__)
 
-URL: Final = SOURCE_URL
-INDEX: Final = CERT_INDEX
 DEFAULT_WINDOW_ROWS: Final = 1 << 20
 # A window's keys are matched against main's file statistics as at most this many index
 # intervals (each costs one vectorized pass over the statistics).
@@ -83,10 +86,6 @@ _SCAN_ROWS: Final = 1 << 19  # main's keys per probe of the window: ~6 MB, one h
 # (`delta_sink.batch_size`'s default) would be ~40 MB.
 _READ_ROWS: Final = 2048
 BATCH_BYTES: Final = 16 << 20
-
-EXIT_OK: Final = 0
-EXIT_FAILED: Final = 1
-EXIT_REFUSED: Final = 2
 
 
 class SameTableError(ValueError):
@@ -160,135 +159,74 @@ def check_distinct(staging: Location, main: Location) -> None:
 # --- staging --------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Unit:
-    """One Parquet row group of staging, readable on its own."""
-
-    dataset: ds.FileSystemDataset
-    rows: int
-
-
-def _staging_windows(table: DeltaTable, limit: int) -> Iterator[list[_Unit]]:
-    """Staging's row groups in staging order (data files by commit time, then path), grouped
-    into windows of at most `limit` rows (a larger row group is a window of its own). Footers
-    are read as the windows are reached."""
-    dataset = table.to_pyarrow_dataset()
-    fragments = {f.path: f for f in dataset.get_fragments()}
-    actions = pa.table(table.get_add_actions(flatten=True)).select(["path", "modification_time"])
-    order = actions.sort_by([("modification_time", "ascending"), ("path", "ascending")])
-    window: list[_Unit] = []
+def _staging_windows(staging: TableFiles, limit: int) -> Iterator[list[RowGroup]]:
+    """Staging's row groups in staging order (`TableFiles.row_groups`), grouped into windows of
+    at most `limit` rows (a larger row group is a window of its own). Footers are read as the
+    windows are reached."""
+    window: list[RowGroup] = []
     rows = 0
-    for path in order.column("path").to_pylist():
-        if path not in fragments:
-            raise MergeError(f"staging data file {path} is in the log but not readable")
-        for group in fragments[path].split_by_row_group():
-            n = group.row_groups[0].num_rows
-            if window and rows + n > limit:
-                yield window
-                window, rows = [], 0
-            sub = ds.FileSystemDataset([group], dataset.schema, dataset.format, dataset.filesystem)
-            window.append(_Unit(sub, n))
-            rows += n
+    for group in staging.row_groups():
+        if window and rows + group.rows > limit:
+            yield window
+            window, rows = [], 0
+        window.append(group)
+        rows += group.rows
     if window:
         yield window
 
 
-def _window_keys(units: list[_Unit]) -> WindowKeys:
+def _window_keys(units: list[RowGroup]) -> WindowKeys:
     def parts() -> Iterator[tuple[pa.ChunkedArray, pa.ChunkedArray]]:
         for unit in units:
-            keys = unit.dataset.to_table(columns=[URL, INDEX])
+            keys = unit.keys()
             if keys.num_rows != unit.rows:
                 raise MergeError(f"a staging row group read {keys.num_rows} rows, not {unit.rows}")
-            yield keys.column(URL), keys.column(INDEX)
+            yield keys.column(SOURCE_URL), keys.column(CERT_INDEX)
 
     return WindowKeys.build(parts())
 
 
-def _staging_rows(table: DeltaTable) -> int | None:
+def _staging_rows(stats: pa.Table) -> int | None:
     """Rows in staging by the log's statistics; None when some file has none recorded."""
-    actions = pa.table(table.get_add_actions(flatten=True))
-    if actions.num_rows == 0:
-        return 0
-    if "num_records" not in actions.column_names or actions.column("num_records").null_count:
+    rows = stats.column("rows")
+    if rows.null_count:
         return None
-    return int(pc.sum(actions.column("num_records")).as_py() or 0)
-
-
-def delete_table(uri: str, storage_options: Mapping[str, str] | None) -> int:
-    """Delete every file of the table at `uri` (every object under an s3:// prefix); returns
-    how many. The log goes first, newest version first: at every instant the location holds an
-    older version of the table, or none."""
-    handler = DeltaStorageHandler(uri, dict(storage_options or {}))
-    fs = pafs.PyFileSystem(handler)
-    infos = fs.get_file_info(pafs.FileSelector("", recursive=True, allow_not_found=True))
-    files = [i.path for i in infos if i.type == pafs.FileType.File]
-
-    def order(path: str) -> tuple[int, str]:
-        if path == "_delta_log/_last_checkpoint":
-            return (0, "")
-        if path.startswith("_delta_log/"):
-            return (1, "".join(chr(0x10FFFF - ord(c)) for c in path))  # descending
-        return (2, path)
-
-    files.sort(key=order)
-    for path in files:
-        fs.delete_file(path)
-    local = local_path(uri)
-    if local is not None:  # the directories left behind, and a symlink that led here
-        real = os.path.realpath(local)
-        if os.path.isdir(real):
-            shutil.rmtree(real)
-        if os.path.islink(local):
-            os.unlink(local)
-    return len(files)
+    return int(pc.sum(rows).as_py() or 0)
 
 
 # --- main -----------------------------------------------------------------------------------------
 
 
-def _main_files(table: DeltaTable, segments: list[Segment]) -> tuple[list[str], int]:
+def _main_files(main: TableFiles, segments: list[Segment]) -> tuple[list[str], int]:
     """The data files of main whose statistics can hold a key of `segments`, and how many
     files main has."""
-    stats = normalize_stats(pa.table(table.get_add_actions(flatten=True)))
+    stats = main.stats
     if not stats.num_rows or not segments:
         return [], stats.num_rows
-    mask: Any = None
-    for url, lo, hi in segments:
-        hit = may_hold(stats, url, lo, hi)
-        mask = hit if mask is None else pc.or_(mask, hit)
-    paths: list[str] = pc.filter(stats.column("path"), mask).to_pylist()
+    paths: list[str] = pc.filter(stats.column("path"), may_hold(stats, segments)).to_pylist()
     return paths, stats.num_rows
 
 
-def _mark_main_keys(table: DeltaTable, paths: list[str], keys: WindowKeys) -> None:
+def _mark_main_keys(main: TableFiles, paths: list[str], keys: WindowKeys) -> None:
     """Feed `keys` the keys of `paths` that fall within the window's per-log bounds."""
     if not paths:
         return
-    dataset = table.to_pyarrow_dataset(
-        parquet_read_options=ds.ParquetReadOptions(dictionary_columns={URL})
-    )
-    fragments = {f.path: f for f in dataset.get_fragments()}
-    missing = [p for p in paths if p not in fragments]
-    if missing:
-        raise MergeError(f"main data file {missing[0]} is in the log but not readable")
     predicate: Any = None
     for url, lo, hi in keys.url_bounds():
-        term = (pc.field(URL) == url) & (pc.field(INDEX) >= lo) & (pc.field(INDEX) <= hi)
+        term = (
+            (pc.field(SOURCE_URL) == url)
+            & (pc.field(CERT_INDEX) >= lo)
+            & (pc.field(CERT_INDEX) <= hi)
+        )
         predicate = term if predicate is None else predicate | term
-    subset = ds.FileSystemDataset(
-        [fragments[p] for p in paths], dataset.schema, dataset.format, dataset.filesystem
-    )
-    scanner = subset.scanner(
-        columns=[URL, INDEX], filter=predicate, batch_size=_SCAN_ROWS, use_threads=True
-    )
     # Batches are a row group or less; each call probes every key of the window once, so
     # main's keys are handed over in chunks of about _SCAN_ROWS.
     urls: list[pa.Array] = []
     indices: list[pa.Array] = []
     held = 0
-    for batch in scanner.to_batches():
-        urls.append(batch.column(URL))
-        indices.append(batch.column(INDEX))
+    for batch in main.scan_keys(paths, predicate, _SCAN_ROWS):
+        urls.append(batch.column(SOURCE_URL))
+        indices.append(batch.column(CERT_INDEX))
         held += batch.num_rows
         if held >= _SCAN_ROWS:
             keys.mark_present(pa.chunked_array(urls), pa.chunked_array(indices))
@@ -315,13 +253,8 @@ class _Merge:
             raise ValueError("batch_rows and window_rows must be at least 1")
         self.main_uri = table_uri(main_path)
         self.staging_uri = table_uri(staging_path)
-        # Object-store options go to s3:// tables only. They mean nothing to a local table, and
-        # a script that opened a local table with storage options and read it through pyarrow
-        # was seen to abort at interpreter exit (deltalake 1.6.6: "terminate called without an
-        # active exception").
-        options = dict(storage_options or {})
-        self.main_options = options if local_path(self.main_uri) is None else None
-        self.staging_options = options if local_path(self.staging_uri) is None else None
+        self.main_options = table_storage_options(self.main_uri, storage_options)
+        self.staging_options = table_storage_options(self.staging_uri, storage_options)
         self.batch_rows = batch_rows
         self.level = compression_level
         self.window_rows = window_rows
@@ -331,23 +264,23 @@ class _Merge:
     def run(self) -> None:
         summary = self.summary
         check_distinct(resolve_location(self.staging_uri), resolve_location(self.main_uri))
-        staging = open_table(self.staging_uri, self.staging_options, "staging")
+        staging = TableFiles.open(self.staging_uri, self.staging_options, "staging")
         if staging is None:
             summary.outcome = "missing staging"
             return
-        problems = schema_problems(pa.schema(staging.schema().to_arrow()), ARCHIVE_SCHEMA)
+        problems = schema_problems(staging.schema, ARCHIVE_SCHEMA)
         if problems:
             raise ArchiveSchemaError(
                 f"staging {self.staging_uri} does not have the archive's schema: "
                 + "; ".join(problems)
             )
         main = self._open_main()
-        if main is not None and str(main.metadata().id) == str(staging.metadata().id):
+        if main is not None and main.table_id == staging.table_id:
             raise SameTableError(
                 f"staging {self.staging_uri} has the Delta table id of the main table "
                 f"{self.main_uri}: it is main under another name, or a copy of it"
             )
-        if _staging_rows(staging) == 0:
+        if _staging_rows(staging.stats) == 0:
             summary.outcome = "empty staging"
             return
         if main is None:
@@ -359,10 +292,9 @@ class _Merge:
             main = self._open_main()
             if main is None:
                 raise MergeError(f"main table {self.main_uri}: created, but cannot be opened")
-        writer = ArchiveTable(main, self.main_uri, self.main_options, self.level)
-        staging_id = str(staging.metadata().id)  # the stub says int; it is a UUID
+        writer = main.archive(self.level)
         for units in _staging_windows(staging, self.window_rows):
-            self._window(units, main, writer, staging_id)
+            self._window(units, main, writer, staging.table_id)
         skipped = read_skipped(self.staging_uri, self.staging_options)
         if skipped:
             record_skipped(self.main_uri, self.main_options, skipped)
@@ -375,24 +307,20 @@ class _Merge:
             extra={"staging": self.staging_uri, "files": deleted, "skip_records": len(skipped)},
         )
 
-    def _open_main(self) -> DeltaTable | None:
+    def _open_main(self) -> TableFiles | None:
         """Main, or None when it does not exist yet; raises `ArchiveSchemaError` when the table
         there is not an archive table."""
-        main = open_table(self.main_uri, self.main_options, "main")
+        main = TableFiles.open(self.main_uri, self.main_options, "main")
         if main is not None:
-            try:
-                schema = pa.schema(main.schema().to_arrow())
-                partitions = list(main.metadata().partition_columns)
-            except (DeltaError, OSError) as exc:
-                raise TableUnreadableError(f"main table {self.main_uri}: {exc}") from exc
-            check_archive_schema(schema, partitions, f"main table {self.main_uri}")
+            where = f"main table {self.main_uri}"
+            check_archive_schema(main.schema, main.partition_columns, where)
         return main
 
     def _window(
-        self, units: list[_Unit], main: DeltaTable, writer: ArchiveTable, staging_id: str
+        self, units: list[RowGroup], main: TableFiles, writer: ArchiveTable, staging_id: str
     ) -> None:
         keys = _window_keys(units)
-        main.update_incremental()  # commits of earlier windows, and of other writers
+        main.refresh()  # commits of earlier windows, and of other writers
         paths, main_files = _main_files(main, keys.segments(MAX_SEGMENTS))
         _mark_main_keys(main, paths, keys)
         self.summary.main_files_read += len(paths)
@@ -417,7 +345,7 @@ class _Merge:
 
     def _insert(
         self,
-        units: list[_Unit],
+        units: list[RowGroup],
         keys: WindowKeys,
         mask: pa.Array,
         writer: ArchiveTable,
@@ -433,12 +361,10 @@ class _Merge:
             if not pc.any(mask.slice(position, unit.rows)).as_py():
                 position = end  # every row of this row group is skipped: it is not read
                 continue
-            for batch in unit.dataset.to_batches(
-                batch_size=_READ_ROWS, batch_readahead=1, use_threads=True
-            ):
+            for batch in unit.batches(_READ_ROWS):
                 n = batch.num_rows
                 expected = keys.indices_in_order.slice(position, n)
-                if position + n > end or not pc.all(pc.equal(batch[INDEX], expected)).as_py():
+                if position + n > end or not pc.all(pc.equal(batch[CERT_INDEX], expected)).as_py():
                     raise MergeError("staging changed while it was being merged")
                 kept = batch.filter(mask.slice(position, n))
                 position += n
@@ -519,19 +445,12 @@ def merge_command(
         code = EXIT_OK
     except (SameTableError, ArchiveSchemaError, TableLocationError) as exc:
         summary.outcome = "refused"
-        code = EXIT_REFUSED
+        code = EXIT_USAGE
         log.error("merge refused; nothing was changed", extra={"reason": str(exc)})
     except KeyboardInterrupt as exc:
         summary.outcome = "interrupted"
         log.error("merge interrupted", extra={"signal": str(exc) or "SIGINT", **_left(merge)})
-    except (
-        MergeError,
-        MergeKeyError,
-        TableUnreadableError,
-        DeltaError,
-        OSError,
-        pa.ArrowException,
-    ) as exc:
+    except (MergeError, MergeKeyError, TableUnreadableError, *STORAGE_ERRORS) as exc:
         summary.outcome = "failed"
         log.error("merge failed", extra={"error": f"{type(exc).__name__}: {exc}", **_left(merge)})
     finally:
@@ -540,7 +459,8 @@ def merge_command(
     summary.seconds = round(time.monotonic() - started, 3)
     _report(summary)
     if summary_json is not None:
-        summary_json.write_bytes(orjson.dumps(asdict(summary), option=orjson.OPT_INDENT_2) + b"\n")
+        document = orjson.dumps(asdict(summary), option=orjson.OPT_INDENT_2) + b"\n"
+        write_atomic(summary_json, document)
     return code
 
 
@@ -578,15 +498,3 @@ def _report(summary: MergeSummary) -> None:
         print(f"nothing to merge: {summary.outcome} ({summary.staging})", flush=True)
     elif summary.outcome in ("failed", "interrupted"):
         log.info("merge stopped", extra={"outcome": summary.outcome, **figures})
-
-
-def run_merge(config: Config, staging_path: str, summary_json: Path | None = None) -> int:
-    """`certlake merge`: the configured main table, S3 options, commit size and compression."""
-    return merge_command(
-        config.delta_sink.table_path,
-        staging_path,
-        storage_options=s3_storage_options(config.storage.s3),
-        batch_rows=config.delta_sink.batch_size,
-        compression_level=config.delta_sink.compression_level,
-        summary_json=summary_json,
-    )

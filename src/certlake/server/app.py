@@ -20,8 +20,8 @@ import asyncio
 import contextlib
 import string
 import time
-from collections import Counter, deque
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -31,10 +31,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from certlake.config import Config
+from certlake.ct.client.http import OperatorBudget
 from certlake.ct.health import Health
+from certlake.ct.lag import LagReport
 from certlake.ingest.fleet import Fleet, Watched
 from certlake.ingest.metrics import IngestMetrics
 from certlake.ingest.pipeline import Pipeline
+from certlake.rates import RateMeter
 from certlake.server.guard import Guard, guard_middleware
 from certlake.server.page import is_page_request, with_page
 from certlake.stream.fanout import Fanout
@@ -50,32 +53,9 @@ _HEX = frozenset(string.hexdigits)
 # --- pure helpers -------------------------------------------------------------------------------
 
 
-class RateMeter:
-    """Events per second over roughly the last `window` seconds, from samples of a running total.
-
-    The oldest sample kept is the newest one at or before the window's start, so the rate always
-    spans at least `window` seconds once there is that much history.
-    """
-
-    def __init__(self, window: float = RATE_WINDOW) -> None:
-        self.window = window
-        self._samples: deque[tuple[float, int]] = deque()
-
-    def observe(self, now: float, total: int) -> None:
-        self._samples.append((now, total))
-        while len(self._samples) >= 2 and self._samples[1][0] <= now - self.window:
-            self._samples.popleft()
-
-    def rate(self) -> float:
-        if len(self._samples) < 2:
-            return 0.0
-        (t0, n0), (t1, n1) = self._samples[0], self._samples[-1]
-        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
-
-
 def overall_health(states: Sequence[Health]) -> Health:
     """Unhealthy when no log is watched or more than half are unhealthy; healthy when all are;
-    degraded otherwise."""
+    degraded otherwise (a log that is behind counts as not healthy)."""
     unhealthy = sum(1 for s in states if s is Health.UNHEALTHY)
     if not states or 2 * unhealthy > len(states):
         return Health.UNHEALTHY
@@ -84,18 +64,60 @@ def overall_health(states: Sequence[Health]) -> Health:
     return Health.DEGRADED
 
 
-def log_status(w: Watched) -> dict[str, Any]:
+def _rounded(value: float | None, digits: int = 2) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def lag_status(report: LagReport) -> dict[str, Any]:
+    """A log's lag as /api/logs and /health/deep show it, with the figures that explain it."""
+    out: dict[str, Any] = {
+        "lag_entries": report.entries,
+        "lag_seconds": round(report.seconds, 1),
+        "growth_per_second": _rounded(report.growth_per_second),
+        "read_per_second": _rounded(report.read_per_second),
+        "behind": report.behind,
+        "cannot_keep_up": report.cannot_keep_up,
+    }
+    if report.cannot_keep_up:
+        out["behind_reason"] = (
+            f"the log grows {report.growth_per_second:.1f} entries/s and is read at "
+            f"{report.read_per_second:.1f} entries/s; {report.entries} entries "
+            f"({report.seconds:.0f} s) behind"
+        )
+    return out
+
+
+def operator_status(budget: OperatorBudget) -> dict[str, Any]:
+    """One operator's request pacing, shared by all its logs."""
+    s = budget.snapshot()
+    return {
+        "requests_per_second": round(s.rate, 2),
+        "learned_limit": _rounded(s.learned_limit),
+        "in_flight": s.in_flight,
+        "max_in_flight": budget.max_in_flight,
+        "paused_for": round(s.paused_for, 2),
+        "requests": s.requests,
+        "refused": s.refused,
+        "failed": s.failed,
+    }
+
+
+def log_status(w: Watched, budgets: Mapping[str, OperatorBudget]) -> dict[str, Any]:
     """One log as /api/logs shows it; times are Unix seconds."""
     st, health = w.watcher.status, w.watcher.health
+    budget = budgets.get(w.info.operator)
     return {
         "url": w.info.url,
         "name": w.info.description,
         "kind": w.info.kind.value,
         "operator": w.info.operator,
-        "health": health.state.value,
+        "health": w.watcher.health_state.value,
         "cursor": st.cursor,
         "tree_size": st.tree_size,
         "lag": st.lag,
+        **lag_status(st.lag_report()),
+        "answer_cap": w.watcher.reader.answer_cap,
+        "pacing": None if budget is None else operator_status(budget),
         "entries": st.entries,
         "unparseable": st.unparseable,
         "last_success": st.last_success,
@@ -105,7 +127,18 @@ def log_status(w: Watched) -> dict[str, Any]:
     }
 
 
-_DEEP_KEYS = ("url", "name", "health", "lag", "last_success", "last_error")
+_DEEP_KEYS = (
+    "url",
+    "name",
+    "health",
+    "lag",
+    "lag_seconds",
+    "behind",
+    "cannot_keep_up",
+    "behind_reason",
+    "last_success",
+    "last_error",
+)
 
 
 def latest_document(messages: Iterable[bytes]) -> bytes:
@@ -163,11 +196,11 @@ class HttpApi:
         return web.Response(text="OK")
 
     async def health_deep(self, request: web.Request) -> web.Response:
-        logs = [log_status(w) for w in self.fleet.watched.values()]
-        status = overall_health([w.watcher.health.state for w in self.fleet.watched.values()])
+        logs = [log_status(w, self.fleet.budgets) for w in self.fleet.watched.values()]
+        status = overall_health([w.watcher.health_state for w in self.fleet.watched.values()])
         body = {
             "status": status.value,
-            "logs": [{k: row[k] for k in _DEEP_KEYS} for row in logs],
+            "logs": [{k: row[k] for k in _DEEP_KEYS if k in row} for row in logs],
             "log_list_error": self.fleet.list_error,
         }
         return _json(body, 503 if status is Health.UNHEALTHY else 200)
@@ -181,7 +214,7 @@ class HttpApi:
 
     async def stats(self, request: web.Request) -> web.Response:
         hub = self.fanout.hub.stats
-        by_health = Counter(w.watcher.health.state for w in self.fleet.watched.values())
+        by_health = Counter(w.watcher.health_state for w in self.fleet.watched.values())
         guard, limiter = self.guard.stats, self.guard.connections
         body = {
             "uptime_seconds": round(time.time() - self.pipeline.started, 3),
@@ -205,7 +238,8 @@ class HttpApi:
 
     async def logs(self, request: web.Request) -> web.Response:
         body = {
-            "logs": [log_status(w) for w in self.fleet.watched.values()],
+            "logs": [log_status(w, self.fleet.budgets) for w in self.fleet.watched.values()],
+            "operators": {name: operator_status(b) for name, b in self.fleet.budgets.items()},
             "log_list": {
                 "url": self.config.ct_logs_url,
                 "error": self.fleet.list_error,
@@ -263,6 +297,50 @@ class LiveCollector(Collector):
         yield refused
 
 
+class PacingCollector(Collector):
+    """Each operator's request pacing and each log's learned answer cap, read at scrape time."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self._fleet = fleet
+
+    def collect(self) -> Iterable[Metric]:
+        labels = ["operator"]
+        rate = GaugeMetricFamily(
+            "certlake_operator_requests_per_second", "Current adaptive request rate", labels=labels
+        )
+        limit = GaugeMetricFamily(
+            "certlake_operator_learned_limit",
+            "Request rate the operator was found to allow (absent until it refused one)",
+            labels=labels,
+        )
+        in_flight = GaugeMetricFamily(
+            "certlake_operator_in_flight", "Requests to the operator in flight", labels=labels
+        )
+        requests = CounterMetricFamily(
+            "certlake_operator_requests", "Requests sent to the operator", labels=labels
+        )
+        refused = CounterMetricFamily(
+            "certlake_operator_refused",
+            "Requests the operator refused with 429 or 503",
+            labels=labels,
+        )
+        for name, budget in self._fleet.budgets.items():
+            s = budget.snapshot()
+            rate.add_metric([name], s.rate)
+            if s.learned_limit is not None:
+                limit.add_metric([name], s.learned_limit)
+            in_flight.add_metric([name], s.in_flight)
+            requests.add_metric([name], s.requests)
+            refused.add_metric([name], s.refused)
+        cap = GaugeMetricFamily(
+            "certlake_log_answer_cap", "Entries per get-entries answer, as learned", labels=["log"]
+        )
+        for url, w in self._fleet.watched.items():
+            if w.watcher.reader.answer_cap is not None:
+                cap.add_metric([url], w.watcher.reader.answer_cap)
+        yield from (rate, limit, in_flight, requests, refused, cap)
+
+
 def build_app(
     config: Config,
     pipeline: Pipeline,
@@ -286,7 +364,7 @@ def build_app(
         return resource in stream_resources
 
     app = web.Application(middlewares=[guard_middleware(guard, is_stream)])
-    meter = RateMeter()
+    meter = RateMeter(RATE_WINDOW)
     app[GUARD] = guard
     api = HttpApi(config, pipeline, fleet, fanout, metrics, guard, meter)
     p = config.protocols
@@ -310,6 +388,7 @@ def build_app(
         add("/health/deep", api.health_deep)
     if p.metrics:
         metrics.registry.register(LiveCollector(fanout, guard))
+        metrics.registry.register(PacingCollector(fleet))
         add("/metrics", api.metrics_text)
     if p.api:
         add("/api/stats", api.stats)

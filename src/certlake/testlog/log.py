@@ -27,8 +27,9 @@ from certlake.ct.tile import TILE_WIDTH, encode_tile_leaf, leaf_index_extension
 from certlake.testlog.faults import CorruptMode
 from certlake.testlog.signer import LogSigner
 
-# Enough for the data tiles a client reads while tailing the log or backfilling a window,
-# small enough not to matter on a laptop (a full tile is ~0.3-0.6 MB compressed).
+# One server's data-tile cache, divided among its static logs: enough for the tiles a client
+# reads while tailing the logs or backfilling a window, small enough not to matter on a laptop
+# (a full tile is ~0.3-0.6 MB compressed).
 DATA_TILE_CACHE_BYTES = 64 * 1024 * 1024
 # Sunlight compresses fast rather than small; so do we, it keeps the server off the CPU.
 GZIP_LEVEL = 1
@@ -116,11 +117,12 @@ class TreeHead:
 
 
 def get_entries_range(start: int, end: int, tree_size: int, cap: int, align: bool) -> range:
-    """The indices a get-entries?start=&end= answers, as Trillian's CTFE computes them.
+    """The indices a get-entries?start=&end= answers, as real RFC 6962 logs compute them.
 
-    `end` is inclusive and clamped to the tree; at most `cap` entries; with `align`, a capped
-    response ends just before a multiple of `cap`, so the first answer after an unaligned start
-    is shorter than the cap (reference/ct-protocols.md §1.2).
+    `end` is inclusive and clamped to the tree; at most `cap` entries. With `align` (Google's
+    logs with a cap of 32, Sectigo's with 256) an answer that would cross a multiple of `cap`
+    ends just before it, so answers are whole aligned blocks a cache can keep: asked for 0–255
+    a log answers 0–31, asked for 30–255 it answers 30–31.
     """
     if start < 0 or end < 0:
         raise RequestError(f"negative range start={start} end={end}")
@@ -128,9 +130,9 @@ def get_entries_range(start: int, end: int, tree_size: int, cap: int, align: boo
         raise RequestError(f"start {start} > end {end}")
     if start >= tree_size:
         raise RequestError(f"need tree size > {start} to get leaves, have {tree_size}")
-    end = min(end, tree_size - 1)
-    if end - start + 1 > cap:
-        end = (start // cap + 1) * cap - 1 if align else start + cap - 1
+    end = min(end, tree_size - 1, start + cap - 1)
+    if align:
+        end = min(end, (start // cap + 1) * cap - 1)
     return range(start, end + 1)
 
 
@@ -149,7 +151,14 @@ class TestLog:
 
     __test__ = False  # not a pytest test class, whatever its name
 
-    def __init__(self, name: str, kind: LogKind, signer: LogSigner, origin: str = "") -> None:
+    def __init__(
+        self,
+        name: str,
+        kind: LogKind,
+        signer: LogSigner,
+        origin: str = "",
+        tile_cache_bytes: int = DATA_TILE_CACHE_BYTES,
+    ) -> None:
         if kind is LogKind.STATIC and not origin:
             raise ValueError(f"static log {name!r} needs a checkpoint origin")
         self.name = name
@@ -165,6 +174,7 @@ class TestLog:
         self.head: TreeHead | None = None
         self._tile_cache: OrderedDict[int, bytes] = OrderedDict()
         self._tile_cache_bytes = 0
+        self._tile_cache_limit = tile_cache_bytes
 
     @property
     def size(self) -> int:
@@ -322,7 +332,7 @@ class TestLog:
         if cacheable:
             self._tile_cache[n] = body
             self._tile_cache_bytes += len(body)
-            while self._tile_cache_bytes > DATA_TILE_CACHE_BYTES:
+            while self._tile_cache_bytes > self._tile_cache_limit:
                 _, old = self._tile_cache.popitem(last=False)
                 self._tile_cache_bytes -= len(old)
         return body

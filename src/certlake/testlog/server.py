@@ -10,11 +10,24 @@ URL layout, for a server at BASE hosting an RFC 6962 log `rfc6962` and a static 
     BASE/admin/faults                        GET the plan, POST {"faults": [...], "seed", "append"},
                                              DELETE to clear
     BASE/admin/grow?n=N[&log=NAME…]          add N entries now (to every log unless named)
-    BASE/admin/stats                         requests per endpoint and log, faults injected
+    BASE/admin/stats                         requests per endpoint, log and operator, 429s
+                                             per operator, faults injected, sizes per log
 
-Sequencing: entries added by the background growth task become visible at the next sequencing
-tick (`sequence_interval`, 1 s by default, like Sunlight; 0 publishes at once); entries added
-with `grow()` or `/admin/grow` are published immediately, so tests need not wait.
+Logs and operators: two logs of one operator by default; `ecosystem_logs(n, operators=k)` builds
+a set shaped like the real ecosystem (see `certlake.testlog.ecosystem`), each operator its own
+object in the log list.
+
+Limits real logs put on readers: `batch_cap` entries per get-entries answer, with `align` ending
+answers on multiples of the cap; and a request rate per operator (`rate_limit`, or per operator
+with `OperatorConfig`): each client address gets max(1, Q) requests at once and Q per second
+over all the operator's logs and endpoints, then 429 with `Retry-After` (see
+`certlake.testlog.ratelimit`).
+
+Growth: `rate` adds each new certificate to every log; `total_rate` adds that many entries per
+second over all the logs, round-robin, each log getting total_rate / N. Entries added by growth
+become visible at the next sequencing tick (`sequence_interval`, 1 s by default, like Sunlight;
+0 publishes at once), so tree heads advance in steps; entries added with `grow()` or
+`/admin/grow` are published immediately, so tests need not wait.
 """
 
 from __future__ import annotations
@@ -38,6 +51,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from certlake.ct.entry import LogKind
 from certlake.ct.tile import TILE_WIDTH, parse_tile_path
+from certlake.server.guard import retry_after_header
+from certlake.testlog.ecosystem import (
+    DEFAULT_LOGS,
+    LogConfig,
+    OperatorConfig,
+    Pace,
+    resolve_operators,
+    spread,
+)
 from certlake.testlog.faults import (
     Action,
     CorruptMode,
@@ -48,26 +70,31 @@ from certlake.testlog.faults import (
     FaultPlan,
     FaultSpecError,
 )
-from certlake.testlog.log import LoggedCert, RequestError, TestLog, TileNotFound, get_entries_range
+from certlake.testlog.log import (
+    DATA_TILE_CACHE_BYTES,
+    LoggedCert,
+    RequestError,
+    TestLog,
+    TileNotFound,
+    get_entries_range,
+)
 from certlake.testlog.loglist import ListedLog, log_list
 from certlake.testlog.pool import DEFAULT_POOL_SIZE, CertPool
+from certlake.testlog.ratelimit import OperatorLimiter
 from certlake.testlog.signer import LogSigner
 
 MONITORING = "mon"
-# Trillian's default cap (reference/ct-protocols.md §1.2).
+# Trillian's default cap.
 DEFAULT_BATCH_CAP = 1000
 GROWTH_TICK = 0.05
 _P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 _IMMUTABLE = "public, max-age=604800, immutable"
 
 
-@dataclass(frozen=True, slots=True)
-class LogConfig:
-    name: str
-    kind: LogKind
-
-
-DEFAULT_LOGS = (LogConfig("rfc6962", LogKind.RFC6962), LogConfig("static", LogKind.STATIC))
+@dataclass(slots=True)
+class OperatorStats:
+    requests: int = 0
+    rate_limited: int = 0  # answered 429 by the operator's rate limit, not by a fault
 
 
 @dataclass(slots=True)
@@ -78,6 +105,9 @@ class Stats:
     requests_by_log: dict[str, Counter[Endpoint]] = field(default_factory=dict)
     faults: Counter[FaultKind] = field(default_factory=Counter)
     entries_served: int = 0
+    operators: dict[str, OperatorStats] = field(default_factory=dict)
+    # Requests by User-Agent header ("" when absent): operators identify clients by it.
+    user_agents: Counter[str] = field(default_factory=Counter)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -87,6 +117,11 @@ class Stats:
             },
             "faults": {k.value: n for k, n in self.faults.items()},
             "entries_served": self.entries_served,
+            "user_agents": dict(self.user_agents),
+            "operators": {
+                op: {"requests": c.requests, "rate_limited": c.rate_limited}
+                for op, c in self.operators.items()
+            },
         }
 
 
@@ -104,6 +139,14 @@ def _json(obj: object) -> Reply:
 
 def _text(text: str, status: int) -> Reply:
     return Reply(text.encode(), status, "text/plain; charset=utf-8")
+
+
+def _response(reply: Reply) -> web.Response:
+    return web.Response(
+        body=reply.body,
+        status=reply.status,
+        headers={"Content-Type": reply.content_type, **reply.headers},
+    )
 
 
 def seeded_signer(seed: int, name: str) -> LogSigner:
@@ -125,7 +168,8 @@ class TestLogServer:
 
     Use as `async with TestLogServer(initial_size=1000) as srv:` and read `srv.rfc6962_url`,
     `srv.static_url`, `srv.log_list_url`; `srv.grow(n)` adds entries, `srv.faults` is the live
-    fault plan and `srv.stats` what happened.
+    fault plan and `srv.stats` what happened. `clock` (monotonic seconds) drives the rate
+    limits only, so tests can step it.
     """
 
     __test__ = False
@@ -144,11 +188,15 @@ class TestLogServer:
         logs: Sequence[LogConfig] = DEFAULT_LOGS,
         sequence_interval: float = 1.0,
         pool_size: int = DEFAULT_POOL_SIZE,
+        operators: Sequence[OperatorConfig] = (),
+        rate_limit: float | None = None,
+        total_rate: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if batch_cap < 1:
             raise ValueError(f"batch_cap must be >= 1, got {batch_cap}")
-        if rate < 0 or initial_size < 0 or sequence_interval < 0:
-            raise ValueError("rate, initial_size and sequence_interval must be >= 0")
+        if min(rate, total_rate, initial_size, sequence_interval) < 0:
+            raise ValueError("rate, total_rate, initial_size and sequence_interval must be >= 0")
         names = [c.name for c in logs]
         if not logs or len(set(names)) != len(names) or "admin" in names:
             raise ValueError(f"log names must be unique, non-empty and not 'admin': {names}")
@@ -160,10 +208,15 @@ class TestLogServer:
         self.batch_cap = batch_cap
         self.align = align
         self.sequence_interval = sequence_interval
+        self.total_rate = total_rate
+        self.clock = clock
         self.faults = FaultPlan(faults, seed)
         self.stats = Stats()
         self.pool = CertPool(seed, pool_size)
         self._configs = tuple(logs)
+        self.operators = resolve_operators(self._configs, operators, rate_limit)
+        self._operator_of = {c.name: c.operator for c in self._configs}
+        self._limiter = OperatorLimiter({op.name: op.rate_limit for op in self.operators.values()})
         self.logs: dict[str, TestLog] = {}
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -223,11 +276,14 @@ class TestLogServer:
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.base_url = f"http://{host}:{self.port}"
         listed = []
+        static = sum(1 for cfg in self._configs if cfg.kind is LogKind.STATIC)
         for cfg in self._configs:
             signer = seeded_signer(self.seed, cfg.name)
             submission = f"{self.base_url}/{cfg.name}/"
             origin = submission.removeprefix("http://").rstrip("/")
-            self.logs[cfg.name] = TestLog(cfg.name, cfg.kind, signer, origin)
+            self.logs[cfg.name] = TestLog(
+                cfg.name, cfg.kind, signer, origin, DATA_TILE_CACHE_BYTES // max(1, static)
+            )
             listed.append(
                 ListedLog(
                     description=f"certlake test log {cfg.name} ({cfg.kind.value})",
@@ -235,11 +291,13 @@ class TestLogServer:
                     public_key_der=signer.public_key_der,
                     url=submission,
                     monitoring_url=f"{submission}{MONITORING}/",
+                    operator=cfg.operator,
+                    operator_email=self.operators[cfg.operator].email,
                 )
             )
         self._log_list = orjson.dumps(log_list(listed, datetime.now(UTC)))
         self.grow(self.initial_size)
-        if self.rate > 0:
+        if self.rate > 0 or self.total_rate > 0:
             self._tasks.append(asyncio.create_task(self._grow_forever()))
         if self.sequence_interval > 0:
             self._tasks.append(asyncio.create_task(self._sequence_forever()))
@@ -287,16 +345,24 @@ class TestLogServer:
         for log in self.logs.values():
             log.publish(now_ms)
 
+    def _spread(self, certs: list[LoggedCert], offset: int) -> None:
+        """Add each certificate to one log, round-robin from log `offset` (mod the count)."""
+        shares = spread(len(certs), offset, len(self.logs))
+        for name, positions in zip(self.logs, shares, strict=True):
+            self._append([certs[p] for p in positions], [name])
+
     async def _grow_forever(self) -> None:
-        started, produced = time.monotonic(), 0
+        started = time.monotonic()
+        every, total = Pace(self.rate), Pace(self.total_rate)
         while True:
             await asyncio.sleep(GROWTH_TICK)
-            due = int((time.monotonic() - started) * self.rate) - produced
-            if due > 0:
-                self._append(self.pool.take(due), None)
-                produced += due
-                if self.sequence_interval == 0:
-                    self.publish()
+            elapsed = time.monotonic() - started
+            if n := every.due(elapsed):
+                self._append(self.pool.take(n), None)
+            if n := total.due(elapsed):
+                self._spread(self.pool.take(n), total.given - n)
+            if self.sequence_interval == 0:
+                self.publish()
 
     async def _sequence_forever(self) -> None:
         while True:
@@ -326,10 +392,15 @@ class TestLogServer:
         make: Callable[[Action], Reply],
         batch: int | None = None,
     ) -> web.StreamResponse:
-        """Count the request, roll the faults, then answer (or fail, or hang up)."""
+        """Count the request, apply the operator's rate limit, roll the faults, then answer (or
+        fail, or hang up)."""
         self.stats.requests[endpoint] += 1
+        self.stats.user_agents[request.headers.get("User-Agent", "")] += 1
         if log is not None:
             self.stats.requests_by_log.setdefault(log, Counter())[endpoint] += 1
+            limited = self._rate_limit(request, log)
+            if limited is not None:
+                return _response(limited)
         action = self.faults.decide(endpoint, log, time.time(), batch)
         self.stats.faults.update(action.fired)
         if action.delay:
@@ -355,11 +426,20 @@ class TestLogServer:
             await resp.write(reply.body[: len(reply.body) // 2])
             _hang_up(request)
             return resp
-        return web.Response(
-            body=reply.body,
-            status=reply.status,
-            headers={"Content-Type": reply.content_type, **reply.headers},
-        )
+        return _response(reply)
+
+    def _rate_limit(self, request: web.Request, log: str) -> Reply | None:
+        """The 429 for a request over its operator's limit, else None (and a token is spent)."""
+        operator = self._operator_of[log]
+        counts = self.stats.operators.setdefault(operator, OperatorStats())
+        counts.requests += 1
+        wait = self._limiter.check(operator, request.remote or "", self.clock())
+        if not wait:
+            return None
+        counts.rate_limited += 1
+        reply = _text(f"rate limit of {operator} exceeded\n", 429)
+        reply.headers["Retry-After"] = retry_after_header(wait)
+        return reply
 
     def _log(self, request: web.Request, kind: LogKind | None = None) -> TestLog:
         log = self.logs.get(request.match_info["log"])
@@ -547,12 +627,16 @@ class TestLogServer:
         return web.json_response(self._sizes(), dumps=_dumps)
 
     async def _stats_handler(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response({**self.stats.to_json(), "logs": self._sizes()}, dumps=_dumps)
+        limits = {op.name: op.rate_limit for op in self.operators.values()}
+        return web.json_response(
+            {**self.stats.to_json(), "logs": self._sizes(), "rate_limits": limits}, dumps=_dumps
+        )
 
     def _sizes(self) -> dict[str, object]:
         return {
             name: {
                 "kind": log.kind.value,
+                "operator": self._operator_of[name],
                 "url": self.log_url(name),
                 "tree_size": log.size,
                 "published_size": log.published_size,

@@ -1,5 +1,6 @@
 """The HTTP shell every CT read goes through: one aiohttp session, a User-Agent with a contact
-URL, per-operator politeness, and errors mapped to `FetchError`.
+URL, per-operator politeness (an adaptive rate and a bound on requests in flight), and errors
+mapped to `FetchError`.
 
 aiohttp is the asyncio HTTP client here because the server side of certlake uses it too and it
 decodes `Content-Encoding: gzip` itself; static-ct logs may send gzip without being asked, so a
@@ -12,7 +13,7 @@ import asyncio
 import gzip
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 
 import aiohttp
@@ -20,6 +21,7 @@ import aiohttp
 from certlake import __version__
 from certlake.ct.backoff import parse_retry_after
 from certlake.ct.errors import FetchError, NotFound
+from certlake.ct.pacing import Outcome, Pacer, PacerSnapshot, PacingLimits, outcome_of
 
 # Skylight and other log front ends treat clients without a contact in the UA as anonymous and
 # squeeze them into one shared rate limit (ct-protocols.md §2.6).
@@ -28,32 +30,54 @@ _GZIP_MAGIC = b"\x1f\x8b"
 
 
 class OperatorBudget:
-    """Politeness shared by all logs of one operator: at most `concurrency` requests in flight
-    and at least `min_interval` seconds between request starts."""
+    """Politeness shared by all logs of one operator and every job of the process: at most
+    `limits.max_in_flight` requests at once, started at the adaptive rate of `ct/pacing.Pacer`,
+    which learns from each answer (429/503 and timeouts cut it, `Retry-After` pauses it)."""
 
-    def __init__(self, concurrency: int = 2, min_interval: float = 0.0) -> None:
-        self._sem = asyncio.Semaphore(concurrency)
-        self._min_interval = min_interval
-        self._next_start = 0.0
-        self._lock = asyncio.Lock()
-
-    async def __aenter__(self) -> None:
-        await self._sem.acquire()
-        if self._min_interval > 0:
-            async with self._lock:
-                now = time.monotonic()
-                wait = self._next_start - now
-                self._next_start = max(now, self._next_start) + self._min_interval
-            if wait > 0:
-                await asyncio.sleep(wait)
-
-    async def __aexit__(
+    def __init__(
         self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
+        name: str,
+        limits: PacingLimits | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._sem.release()
+        self.name = name
+        self._clock = clock
+        self.pacer = Pacer(limits or PacingLimits(), clock())
+        self._slots = asyncio.Semaphore(self.pacer.limits.max_in_flight)
+        # Requests take their turn in arrival order; only the head of the line watches the clock.
+        self._turn = asyncio.Lock()
+
+    async def acquire(self) -> tuple[float, bool]:
+        """Wait for a slot and for the rate; returns (start time, whether the rate held it)."""
+        await self._slots.acquire()
+        try:
+            async with self._turn:
+                waited = False
+                # Each sleep lasts until the slot, which a refusal elsewhere may have moved
+                # meanwhile (a Retry-After pause), hence the re-check.
+                while (wait := self.pacer.wait(self._clock())) > 0:
+                    waited = True
+                    await asyncio.sleep(wait)
+                now = self._clock()
+                self.pacer.start(now)
+                return now, waited
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def release(
+        self, started: tuple[float, bool], outcome: Outcome, retry_after: float | None = None
+    ) -> None:
+        now = self._clock()
+        self.pacer.finish(now, outcome, now - started[0], retry_after, waited=started[1])
+        self._slots.release()
+
+    @property
+    def max_in_flight(self) -> int:
+        return self.pacer.limits.max_in_flight
+
+    def snapshot(self) -> PacerSnapshot:
+        return self.pacer.snapshot(self._clock())
 
 
 class CTHttp:
@@ -86,14 +110,16 @@ class CTHttp:
             await self._session.close()
             self._session = None
 
-    def budget(
-        self, operator: str, concurrency: int = 2, min_interval: float = 0.0
-    ) -> OperatorBudget:
-        """The budget shared by every log of `operator` (created on first use)."""
+    def budget(self, operator: str, limits: PacingLimits | None = None) -> OperatorBudget:
+        """The budget shared by every log of `operator` (created on first use, with `limits`)."""
         b = self._budgets.get(operator)
         if b is None:
-            b = self._budgets[operator] = OperatorBudget(concurrency, min_interval)
+            b = self._budgets[operator] = OperatorBudget(operator, limits)
         return b
+
+    @property
+    def budgets(self) -> Mapping[str, OperatorBudget]:
+        return self._budgets
 
     async def get(
         self,
@@ -105,15 +131,27 @@ class CTHttp:
         and any Retry-After. Timeouts and connection failures are `FetchError` without status."""
         if self._session is None:
             raise RuntimeError("CTHttp used outside its context")
+        if budget is None:
+            return await self._get_mapped(url, params)
+        started = await budget.acquire()
         try:
-            if budget is None:
-                return await self._get(url, params)
-            async with budget:
-                return await self._get(url, params)
+            body = await self._get_mapped(url, params)
+        except FetchError as e:
+            budget.release(started, outcome_of(e.status, timed_out=e.timed_out), e.retry_after)
+            raise
+        except BaseException:
+            budget.release(started, Outcome.OTHER)
+            raise
+        budget.release(started, Outcome.OK)
+        return body
+
+    async def _get_mapped(self, url: str, params: Mapping[str, str | int] | None) -> bytes:
+        try:
+            return await self._get(url, params)
         except FetchError:
             raise
         except TimeoutError:
-            raise FetchError(f"timeout reading {url}") from None
+            raise FetchError(f"timeout reading {url}", timed_out=True) from None
         except (aiohttp.ClientError, OSError) as e:
             raise FetchError(f"{type(e).__name__} reading {url}: {e}") from None
 

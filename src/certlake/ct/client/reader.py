@@ -36,7 +36,31 @@ Batch = list[FetchedEntry | Unparseable]
 
 
 class LogReader(Protocol):
+    """One log, either protocol. The fetch loop asks `chunk_end` how to cut a range into reads,
+    keeps up to `depth` reads in flight once `settled` says the cut is known, and reassembles
+    their answers in index order."""
+
     source: LogSource
+
+    @property
+    def depth(self) -> int:
+        """How many reads of this log may be in flight at once."""
+        ...
+
+    @property
+    def settled(self) -> bool:
+        """False while the reader still learns how the log cuts its answers (reads are then
+        made one at a time, each answer teaching the next)."""
+        ...
+
+    def chunk_end(self, start: int, end: int, tree_size: int) -> int:
+        """The last index one read from `start` should ask for (at most `end`)."""
+        ...
+
+    @property
+    def answer_cap(self) -> int | None:
+        """The most entries one answer of this log holds, once known."""
+        ...
 
     async def latest_size(self) -> int:
         """The log's current (verified when possible) tree size."""

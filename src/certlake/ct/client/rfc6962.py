@@ -18,7 +18,14 @@ from certlake.ct.tls import DecodeError
 
 
 class Rfc6962Log:
-    """Reads one RFC 6962 log. `batch_size` is what we ask for; the log may return fewer."""
+    """Reads one RFC 6962 log. `batch_size` is what we ask for; the log may return fewer.
+
+    Logs cap `get-entries` answers (Google's at 32, aligned so that an answer ends before a
+    multiple of 32; others at 256-1,000, unaligned). The cap is learned from the answers: a short
+    answer that began on a multiple of its own length (an aligned cap), or two short answers of
+    the same length in a row (an unaligned one). Until then reads go one at a time; after, each
+    read asks for one capped block, aligned to the cap's multiples, several in flight.
+    """
 
     def __init__(
         self,
@@ -27,13 +34,46 @@ class Rfc6962Log:
         key_der: bytes | None = None,
         budget: OperatorBudget | None = None,
         batch_size: int = 256,
+        depth: int | None = None,
     ) -> None:
+        """`depth` (reads in flight) defaults to what the operator's budget allows at once."""
         self.source = source
         self._http = http
         self._key = key_der
         self._budget = budget
         self._batch_size = batch_size
         self._api = source.url + "/ct/v1/"
+        self._depth = depth or (budget.max_in_flight if budget is not None else 1)
+        self.cap: int | None = None  # the log's learned answer cap; None: not below batch_size
+        self._settled = False
+        self._last_short: int | None = None
+
+    @property
+    def depth(self) -> int:
+        return self._depth
+
+    @property
+    def settled(self) -> bool:
+        return self._settled
+
+    @property
+    def answer_cap(self) -> int | None:
+        return self.cap if self.cap is not None or not self._settled else self._batch_size
+
+    def chunk_end(self, start: int, end: int, tree_size: int) -> int:
+        last = min(end, tree_size - 1)
+        if self.cap is None:
+            return min(last, start + self._batch_size - 1)
+        return min(last, (start // self.cap + 1) * self.cap - 1)
+
+    def _learn(self, start: int, asked: int, got: int) -> None:
+        if self._settled:
+            return
+        if got >= asked:
+            self._settled = True  # the log serves at least what we ask
+        elif start % got == 0 or self._last_short == got:
+            self.cap, self._settled = got, True
+        self._last_short = got if got < asked else None
 
     def cert_link(self, index: int) -> str:
         return f"{self._api}get-entries?start={index}&end={index}"
@@ -83,9 +123,11 @@ class Rfc6962Log:
 
     async def read(self, start: int, end: int, tree_size: int) -> Batch:
         """Entries from `start` on, at most up to `end` (inclusive) and one batch's worth."""
-        last = min(end, tree_size - 1, start + self._batch_size - 1)
+        last = min(end, self.chunk_end(start, end, tree_size))
+        raw = await self.get_entries(start, last)
+        self._learn(start, last - start + 1, len(raw))
         items: Batch = []
-        for offset, (leaf_input, extra_data) in enumerate(await self.get_entries(start, last)):
+        for offset, (leaf_input, extra_data) in enumerate(raw):
             index = start + offset
             try:
                 entry = decode_rfc6962_entry(index, leaf_input, extra_data)

@@ -52,7 +52,9 @@ class StaticLog:
         key_der: bytes | None = None,
         budget: OperatorBudget | None = None,
         issuers: IssuerCache | None = None,
+        depth: int | None = None,
     ) -> None:
+        """`depth` (tiles in flight) defaults to what the operator's budget allows at once."""
         self.source = source
         self._http = http
         self._origin = origin
@@ -60,6 +62,22 @@ class StaticLog:
         self._budget = budget
         self._issuers = issuers if issuers is not None else IssuerCache()
         self._corrupt_reads: dict[int, int] = {}
+        self._depth = depth or (budget.max_in_flight if budget is not None else 1)
+
+    @property
+    def depth(self) -> int:
+        return self._depth
+
+    @property
+    def settled(self) -> bool:
+        return True  # data tiles are 256 entries, fixed by the protocol
+
+    @property
+    def answer_cap(self) -> int:
+        return TILE_WIDTH
+
+    def chunk_end(self, start: int, end: int, tree_size: int) -> int:
+        return min(end, tree_size - 1, (start // TILE_WIDTH + 1) * TILE_WIDTH - 1)
 
     def cert_link(self, index: int) -> str:
         # The full tile's URL: it is permanent, while the partial tile an entry was first read

@@ -327,10 +327,17 @@
     facts.append(
       fact("", log.health),
       fact("lag", log.lag === null ? "–" : number.format(log.lag)),
+      fact("", log.lag_seconds ? `${Math.round(log.lag_seconds)} s` : "0 s"),
       fact("seen", number.format(log.entries)),
       fact("ok", ago(log.last_success)),
     );
     li.append(name, facts);
+    if (log.behind_reason) {
+      const why = document.createElement("div");
+      why.className = "err";
+      why.textContent = `cannot keep up: ${log.behind_reason}`;
+      li.append(why);
+    }
     if (log.last_error && log.health !== "healthy") {
       const err = document.createElement("div");
       err.className = "err";
@@ -360,7 +367,9 @@
       const list = logs.value.logs;
       el.logs.replaceChildren(...list.map(logItem));
       const healthy = list.filter((l) => l.health === "healthy").length;
-      el.logsSummary.textContent = `${healthy} of ${list.length} healthy`;
+      const behind = list.filter((l) => l.health === "behind").length;
+      el.logsSummary.textContent =
+        `${healthy} of ${list.length} healthy` + (behind ? `, ${behind} behind` : "");
       const listError = logs.value.log_list && logs.value.log_list.error;
       el.logsStatus.textContent = listError ? `Log list: ${listError}` : "";
       el.logsStatus.hidden = !listError;

@@ -1,0 +1,279 @@
+"""The buffered committer under both archive writers (the live sink, `sink.py`, and backfill's,
+`writer.py`): a buffer goes to the table in chunks, from one writer thread, and nothing taken is
+lost or written twice.
+
+- Flushes on a full batch, every `flush_interval` seconds (the size trigger writes full chunks
+  only, the timer what is buffered when it fires), and on `close()`.
+- Writes run in one worker thread (delta-rs releases the GIL), so the event loop goes on while
+  Parquet is encoded.
+- A failed write keeps its chunk and is retried with back-off until it lands. A chunk keeps its
+  commit id across attempts, and after a failure the table is asked whether that commit landed
+  anyway (`ArchiveTable.landed`): a timeout can lose the reply of a commit that succeeded, and
+  sending it again would write its rows twice.
+- Skipped ranges go to the side table before the commit that covers them: a crash in between
+  leaves them recorded twice at worst, never covered and unrecorded.
+- `close()` retries a failing chunk for `close_timeout` seconds, then gives up on what is left.
+
+A subclass says what its buffer holds: how a chunk is taken from it (`_take`, event loop), what
+the chunk commits (`_prepare`, writer thread, once) and what its landing changes (`_land`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import pyarrow as pa
+
+from certlake.ct.backoff import RetryPolicy
+from certlake.lake.table import ArchiveTable, record_skipped, table_storage_options, table_uri
+from certlake.lake.txn import SkippedRange
+
+log = logging.getLogger(__name__)
+
+_R = TypeVar("_R")
+
+
+@dataclass(slots=True)
+class Commit:
+    """What one chunk writes: rows, the skipped ranges recorded first, and the transaction
+    identifiers (log → cursor) the commit carries."""
+
+    batch: pa.Table
+    skipped: list[SkippedRange]
+    versions: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True, kw_only=True)
+class Chunk:
+    """One prefix of the buffer on its way to the table; retried as is until it lands."""
+
+    taken: int  # buffered items it covers
+    rows: int  # rows among them
+    commit_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    failures: int = 0
+    # Filled in the writer thread on the first attempt:
+    commit: Commit | None = None
+    skipped_recorded: bool = False
+    base_version: int | None = None  # table version before the first commit attempt
+
+
+@dataclass(frozen=True, slots=True)
+class WriterSettings:
+    """How a committer writes: rows per commit, seconds between timer flushes, zstd level, the
+    back-off between failed attempts, and how long closing keeps retrying."""
+
+    batch_size: int
+    flush_interval: float
+    compression_level: int
+    retry: RetryPolicy
+    close_timeout: float
+
+
+@dataclass(slots=True)
+class CommitStats:
+    rows_written: int = 0
+    commits: int = 0
+    errors: int = 0  # failed write attempts
+    last_error: str | None = None
+
+
+C = TypeVar("C", bound=Chunk)
+
+
+class Committer(ABC, Generic[C]):
+    def __init__(
+        self,
+        uri: str,
+        *,
+        storage_options: Mapping[str, str] | None,
+        settings: WriterSettings,
+        thread_name: str,
+    ) -> None:
+        """`storage_options`: the configured object-store options (used for s3:// tables only)."""
+        self.uri = table_uri(uri)
+        self.storage_options = table_storage_options(self.uri, storage_options)
+        self.stats = CommitStats()
+        self._batch_size = settings.batch_size
+        self._flush_interval = settings.flush_interval
+        self._level = settings.compression_level
+        self._retry = settings.retry
+        self._close_timeout = settings.close_timeout
+        self._rng = random.Random()
+        self._rows = 0  # rows taken and not yet landed, those of the chunk in flight included
+        self._inflight: C | None = None
+        self._table: ArchiveTable | None = None  # used only in the writer thread
+        self._name = thread_name
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
+        self._wake = asyncio.Event()  # the buffer reached batch_size, or closing
+        self._stop = asyncio.Event()
+        self._closing = False
+        self._close_deadline = 0.0
+        self._drain_lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Rows taken but not yet committed."""
+        return self._rows
+
+    async def close(self) -> None:
+        """Write everything taken, then stop (see the module doc for failures)."""
+        if self._closing:
+            return
+        self._closing = True
+        self._close_deadline = time.monotonic() + self._close_timeout
+        self._stop.set()
+        self._wake.set()
+        await self._stopping()
+        if self._task is not None:
+            await self._task
+        else:  # never started: still write what was taken
+            await self._drain(full_only=False, until_empty=True)
+        self._closed()
+        self._executor.shutdown(wait=True)
+
+    # --- what a subclass provides ---------------------------------------------------------------
+
+    @abstractmethod
+    def _pending(self) -> int:
+        """Items in the buffer (a chunk's items may stay among them until it lands)."""
+
+    @abstractmethod
+    def _take(self) -> C:
+        """The next chunk: a prefix of the buffer, at most `batch_size` rows (event loop)."""
+
+    @abstractmethod
+    def _prepare(self, table: ArchiveTable, chunk: C) -> Commit:
+        """What `chunk` commits (writer thread, on its first attempt)."""
+
+    @abstractmethod
+    async def _land(self, chunk: C, seconds: float) -> None:
+        """Apply a chunk that is now in the table; `seconds`: its last attempt (event loop)."""
+
+    @abstractmethod
+    async def _stopping(self) -> None:
+        """Closing has begun; the buffer is about to be drained."""
+
+    def _closed(self) -> None:
+        """The buffer is drained, or closing gave up on what is left."""
+
+    def _failed(self) -> None:
+        """A write attempt failed (it is counted in `stats` already)."""
+
+    # --- the writer task ------------------------------------------------------------------------
+
+    def _start_writing(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=self._name)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_flush = loop.time() + self._flush_interval
+        while not self._closing:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, next_flush - loop.time()))
+            self._wake.clear()
+            if self._closing:
+                break
+            if loop.time() >= next_flush:
+                await self._drain(full_only=False)
+                next_flush = loop.time() + self._flush_interval
+            elif self._rows >= self._batch_size:
+                await self._drain(full_only=True)
+        await self._drain(full_only=False, until_empty=True)
+
+    async def _drain(self, *, full_only: bool, until_empty: bool = False) -> None:
+        """Write the buffer in chunks: only full chunks (size trigger: a busy stream must not
+        turn into a stream of tiny commits), or what is buffered now (timer), or until it is
+        empty (close). A failed chunk is retried with back-off until it lands; when closing,
+        until the close timeout."""
+        async with self._drain_lock:
+            budget = self._pending()
+            while self._inflight is not None or self._pending():
+                if self._inflight is None and not until_empty:
+                    if full_only and self._rows < self._batch_size:
+                        return
+                    if not full_only and budget <= 0:
+                        return
+                chunk = self._inflight or self._take()
+                self._inflight = chunk
+                if not await self._write(chunk):
+                    return
+                budget -= chunk.taken
+
+    async def _write(self, chunk: C) -> bool:
+        """Write `chunk` until it lands (True), or the close timeout passes (False)."""
+        while True:
+            started = time.perf_counter()
+            try:
+                await self._in_writer(self._commit, chunk)
+            except Exception as exc:  # any storage or delta-rs failure: keep the rows, retry
+                chunk.failures += 1
+                self.stats.errors += 1
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                self._failed()
+                log.warning(
+                    "archive write failed; keeping the rows and retrying",
+                    extra={
+                        "table": self.uri,
+                        "rows": self._rows,
+                        "attempt": chunk.failures,
+                        "error": str(exc)[:500],
+                    },
+                )
+                if self._closing and time.monotonic() >= self._close_deadline:
+                    return False
+                # The exponent is capped: an outage can last for thousands of attempts.
+                delay = self._retry.delay(min(chunk.failures, 32), None, self._rng)
+                if self._closing:
+                    await asyncio.sleep(min(delay, self._close_deadline - time.monotonic()))
+                    continue
+                # Only closing cuts the back-off short; offers filling the buffer do not.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                continue
+            self._inflight = None
+            self._rows -= chunk.rows
+            await self._land(chunk, time.perf_counter() - started)
+            return True
+
+    async def _in_writer(self, fn: Callable[..., _R], *args: object) -> _R:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # --- writer thread --------------------------------------------------------------------------
+
+    def _open_existing(self) -> None:
+        """Open the table if it exists (raises `ArchiveSchemaError` if it is not an archive
+        table); the first commit creates it otherwise."""
+        self._table = ArchiveTable.open(
+            self.uri, storage_options=self.storage_options, compression_level=self._level
+        )
+
+    def _commit(self, chunk: C) -> None:
+        if self._table is None:
+            self._table = ArchiveTable.open_or_create(
+                self.uri, storage_options=self.storage_options, compression_level=self._level
+            )
+        table = self._table
+        if chunk.commit is None:
+            chunk.commit = self._prepare(table, chunk)
+        commit = chunk.commit
+        if chunk.base_version is not None and table.landed(chunk.commit_id, chunk.base_version):
+            return
+        if commit.skipped and not chunk.skipped_recorded:
+            record_skipped(self.uri, self.storage_options, commit.skipped)
+            chunk.skipped_recorded = True
+        if not commit.versions and commit.batch.num_rows == 0:
+            return
+        if chunk.base_version is None:
+            chunk.base_version = table.version
+        table.append(commit.batch, versions=commit.versions, commit_id=chunk.commit_id)

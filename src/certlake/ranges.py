@@ -1,0 +1,31 @@
+"""Inclusive index ranges of a log: merging them and showing them to people. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+Range = tuple[int, int]  # inclusive [start, end]
+
+
+def union_ranges(ranges: Iterable[Range]) -> list[Range]:
+    """`ranges` sorted, overlapping and adjacent ones merged."""
+    out: list[Range] = []
+    for start, end in sorted(ranges):
+        if out and start <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
+
+
+def range_text(r: Range) -> str:
+    """`52-60`, or `40` for a range of one index."""
+    return str(r[0]) if r[0] == r[1] else f"{r[0]}-{r[1]}"
+
+
+def ranges_text(ranges: Iterable[Range], shown: int) -> str:
+    """`10-19, 40, 52-60` with at most `shown` ranges, then how many more; empty for none."""
+    items = list(ranges)
+    text = ", ".join(range_text(r) for r in items[:shown])
+    more = len(items) - shown
+    return f"{text}, … (+{more} more)" if more > 0 else text
