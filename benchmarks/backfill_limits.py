@@ -3,15 +3,19 @@
 Real processes on loopback: `certlake testlog --logs 1 --static-share 0 --max-entries 32
 [--rate-limit Q]` (one RFC 6962 log whose answers hold at most 32 entries, aligned like
 Google's, behind an operator limit of Q requests/s answered with 429 + Retry-After), and
-`certlake backfill --to N` with its default fetching settings into an empty Delta table.
+`certlake backfill --from 0` (ceiling N from a state file) with its default fetching settings
+into an empty Delta table.
 
 Cases: Q = 40 requests/s (ceiling 1,280 entries/s), Q = 1 (ceiling 32 entries/s), and no limit.
 For each run: entries/s over the job's own elapsed time, as a share of the ceiling; the share of
 requests the test log answered 429; the table checked (every index once). In the same run, a
 naive sequential fetcher (one `get-entries` at a time, Retry-After honoured, nothing built or
-written) reads the same log for the same time, for the ratio. Median of `--runs` runs.
+written) reads the same log for the same time, for the ratio; and with `--baseline-src DIR`, the
+same backfill by the certlake found in DIR (e.g. a checkout of an earlier commit: its `src/`),
+against the same test log. Median of `--runs` runs.
 
     .venv/bin/python benchmarks/backfill_limits.py [--runs 3] [--cases 40,1,none]
+                                                   [--baseline-src /tmp/before/src]
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from deltalake import DeltaTable
 
 CERTLAKE = str(Path(sys.executable).with_name("certlake"))
 CAP = 32
+BASELINE_ENTRIES = 3200
 
 
 def start_testlog(work: Path, entries: int, limit: float | None) -> tuple[Any, str]:
@@ -85,35 +90,59 @@ async def naive(base: str, url: str, seconds: float) -> float:
     return got / (time.monotonic() - start)
 
 
-def run_once(work: Path, limit: float | None, entries: int) -> dict[str, Any]:
+def _backfill(
+    work: Path, base: str, url: str, entries: int, src: str | None
+) -> tuple[dict[str, Any], Path]:
+    """One `certlake backfill` (from `src` when given) of every index below `entries`."""
+    table = work / ("table" if src is None else "table-baseline")
+    shutil.rmtree(table, ignore_errors=True)
+    state = work / "state.json"
+    state.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "logs": {
+                    url: {"current_index": entries, "tree_size": entries, "last_success": 1}
+                },
+            }
+        )
+    )
+    config = work / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "ct_logs_url": f"{base}/log_list.json",
+                "ct_log": {"state_file": str(state)},
+                "delta_sink": {"table_path": str(table)},
+            }
+        )
+    )
+    summary = work / "summary.json"
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = src
+    proc = subprocess.run(
+        [CERTLAKE, "backfill", "--config", str(config), "--from", "0",
+         "--summary-json", str(summary)],
+        capture_output=True, text=True, check=False, env=env,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise SystemExit(f"backfill exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    doc: dict[str, Any] = json.loads(summary.read_text())
+    return doc, table
+
+
+def run_once(
+    work: Path, limit: float | None, entries: int, baseline: str | None
+) -> dict[str, Any]:
     testlog, base = start_testlog(work, entries, limit)
     try:
         stats = asyncio.run(_stats(base))
         (info,) = stats["logs"].values()
         url = info["url"]
-        table = work / "table"
-        shutil.rmtree(table, ignore_errors=True)
-        config = work / "config.yaml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "ct_logs_url": f"{base}/log_list.json",
-                    "ct_log": {"state_file": None},
-                    "delta_sink": {"table_path": str(table)},
-                }
-            )
-        )
-        summary = work / "summary.json"
         before = _requests(asyncio.run(_stats(base)))
-        proc = subprocess.run(
-            [CERTLAKE, "backfill", "--config", str(config), "--from", "0", "--to", str(entries),
-             "--summary-json", str(summary)],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        if proc.returncode != 0:
-            raise SystemExit(f"backfill exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+        doc, table = _backfill(work, base, url, entries, None)
         after = _requests(asyncio.run(_stats(base)))
-        doc = json.loads(summary.read_text())
         rows = DeltaTable(str(table)).to_pyarrow_table(columns=["cert_index"])
         counts = Counter(rows["cert_index"].to_pylist())
         assert set(counts) == set(range(entries)), "not every index arrived"
@@ -121,6 +150,13 @@ def run_once(work: Path, limit: float | None, entries: int) -> dict[str, Any]:
         rate = doc["records_written"] / doc["elapsed_secs"]
         requests, refused = after[0] - before[0], after[1] - before[1]
         naive_rate = asyncio.run(naive(base, url, min(30.0, doc["elapsed_secs"])))
+        old_rate = None
+        if baseline is not None:
+            # The same test log, its limiter's bucket given time to refill first; fewer
+            # entries, as an older certlake may take far longer for them.
+            time.sleep(2)
+            old, _ = _backfill(work, base, url, min(entries, BASELINE_ENTRIES), baseline)
+            old_rate = old["records_written"] / old["elapsed_secs"]
     finally:
         testlog.terminate()
         testlog.wait(timeout=30)
@@ -134,6 +170,8 @@ def run_once(work: Path, limit: float | None, entries: int) -> dict[str, Any]:
         "refused_share": refused / requests if requests else 0.0,
         "naive_rate": naive_rate,
         "ratio_to_naive": rate / naive_rate if naive_rate else None,
+        "baseline_rate": old_rate,
+        "ratio_to_baseline": None if old_rate is None else rate / old_rate,
     }
 
 
@@ -143,6 +181,7 @@ def main() -> None:
     parser.add_argument("--cases", default="40,1,none", help="operator limits, req/s")
     parser.add_argument("--seconds", type=float, default=60.0, help="target job length")
     parser.add_argument("--unlimited-entries", type=int, default=200_000)
+    parser.add_argument("--baseline-src", help="also run the certlake in this src/ directory")
     args = parser.parse_args()
     print(
         f"{time.strftime('%a %b %d %H:%M UTC %Y', time.gmtime())}, nproc {os.cpu_count()}, "
@@ -156,12 +195,13 @@ def main() -> None:
         results = []
         for n in range(args.runs):
             with tempfile.TemporaryDirectory(prefix="certlake-bench-limits-") as tmp:
-                r = run_once(Path(tmp), limit, entries)
+                r = run_once(Path(tmp), limit, entries, args.baseline_src)
             results.append(r)
             print(json.dumps({"limit": limit, "run": n + 1, **r}), flush=True)
+        keys = ("rate", "refused_share", "naive_rate", "ratio_to_naive", "ratio_to_baseline")
         med = {
-            k: statistics.median(r[k] for r in results if r[k] is not None)
-            for k in ("rate", "refused_share", "naive_rate", "ratio_to_naive")
+            k: statistics.median([r[k] for r in results if r[k] is not None] or [float("nan")])
+            for k in keys
         }
         share = (
             ""
@@ -171,7 +211,8 @@ def main() -> None:
         print(
             f"limit {case} req/s: median {med['rate']:,.0f} entries/s{share}; "
             f"{100 * med['refused_share']:.2f} % of requests refused; naive sequential "
-            f"{med['naive_rate']:,.0f} entries/s (x{med['ratio_to_naive']:.1f})",
+            f"{med['naive_rate']:,.0f} entries/s (x{med['ratio_to_naive']:.1f}); baseline "
+            f"certlake x{med['ratio_to_baseline']:.1f}",
             flush=True,
         )
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

@@ -16,9 +16,12 @@ Figures per run, over a measurement window after a warm-up:
 - order: duplicates and out-of-order arrivals over the whole run (must be 0);
 - the server's CPU (share of one core) and peak RSS; each operator's rate, learned limit and
   refusals from `/api/logs`; logs reported `behind`.
-The median over `--runs` runs is printed last, with the load average.
+The median over `--runs` runs is printed last, with the load average. With `--baseline-src DIR`
+each run is followed by one of the certlake found in DIR (e.g. an earlier commit's `src/`) as
+the server, against a test log started the same way, so the two are compared in the same run.
 
     .venv/bin/python benchmarks/ecosystem.py [--runs 3] [--seconds 60] [--rate-limit Q]
+                                             [--baseline-src /tmp/before/src]
 """
 
 from __future__ import annotations
@@ -130,8 +133,10 @@ class Observer:
         return size
 
 
-def run_once(work: Path, args: argparse.Namespace, n: int) -> dict[str, Any]:
-    ready = work / f"testlog-{n}.url"
+def run_once(
+    work: Path, args: argparse.Namespace, n: int, src: str | None = None
+) -> dict[str, Any]:
+    ready = work / f"testlog-{n}{'' if src is None else '-baseline'}.url"
     testlog_cmd = [
         CERTLAKE, "testlog", "--port", "0", "--seed", str(n),
         "--logs", str(args.logs), "--operators", str(args.operators),
@@ -151,12 +156,19 @@ def run_once(work: Path, args: argparse.Namespace, n: int) -> dict[str, Any]:
             "ct_log": {"state_file": None},
             "delta_sink": {"enabled": args.archive, "table_path": str(work / f"table-{n}")},
         }
-        cfg_path = work / f"config-{n}.yaml"
+        tag = f"{n}{'' if src is None else '-baseline'}"
+        cfg_path = work / f"config-{tag}.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg))
-        text = work / f"serve-{n}.log"
+        text = work / f"serve-{tag}.log"
+        env = dict(os.environ)
+        if src is not None:
+            env["PYTHONPATH"] = src
         with text.open("wb") as out:
             server = subprocess.Popen(
-                [CERTLAKE, "serve", "--config", str(cfg_path)], stdout=out, stderr=subprocess.STDOUT
+                [CERTLAKE, "serve", "--config", str(cfg_path)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
             )
         try:
             port = int(_wait(lambda: SERVING.search(text.read_bytes()), "serve").group(1))
@@ -246,13 +258,26 @@ def main() -> None:
     parser.add_argument("--grace", type=float, default=8.0, help="wait for the window's tail")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--archive", action="store_true", help="also write the Delta archive")
+    parser.add_argument("--baseline-src", help="also run the certlake in this src/ directory")
     args = parser.parse_args()
     results = []
+    baseline = []
     with tempfile.TemporaryDirectory(prefix="certlake-ecosystem-") as tmp:
         for n in range(args.runs):
             r = run_once(Path(tmp), args, n)
             results.append(r)
             print(json.dumps({"run": n + 1, **r}), flush=True)
+            if args.baseline_src is not None:
+                b = run_once(Path(tmp), args, n, args.baseline_src)
+                baseline.append(b)
+                print(json.dumps({"run": n + 1, "baseline": True, **b}), flush=True)
+    _summarize(results, args, "certlake")
+    if baseline:
+        _summarize(baseline, args, f"baseline ({args.baseline_src})")
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+def _summarize(results: list[dict[str, Any]], args: argparse.Namespace, label: str) -> None:
     med = {
         k: statistics.median(r[k] for r in results)
         for k in (
@@ -266,13 +291,12 @@ def main() -> None:
     }
     worst = {k: max(r[k] for r in results) for k in ("duplicates", "out_of_order", "logs_behind")}
     print(
-        f"\nmedian of {args.runs}: offered {med['offered_per_second']:.0f} entries/s, delivered "
-        f"{100 * med['delivered_share']:.2f} %, lag p50 {med['lag_p50_s']:.2f} s / p99 "
+        f"\n{label}, median of {args.runs}: offered {med['offered_per_second']:.0f} entries/s, "
+        f"delivered {100 * med['delivered_share']:.2f} %, lag p50 {med['lag_p50_s']:.2f} s / p99 "
         f"{med['lag_p99_s']:.2f} s, server CPU {100 * med['server_cpu_share']:.0f} % of a core, "
         f"RSS {med['server_rss_mb']:.0f} MB; worst run: {worst['duplicates']} duplicates, "
         f"{worst['out_of_order']} out of order, {worst['logs_behind']} logs behind"
     )
-    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

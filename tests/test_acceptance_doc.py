@@ -1,7 +1,8 @@
 """docs/acceptance.md maps every acceptance criterion of the seeds to tests that exist.
 
-The ids come from the seeds themselves (shared/seeds/), so a criterion added there and forgotten
-here fails this test; a test renamed or deleted without updating the map fails it too.
+The ids are read from the seed documents themselves (beside `shared_data`, see conftest.py), so a
+criterion added there and forgotten here fails this test; a test renamed or deleted without
+updating the map fails it too.
 """
 
 from __future__ import annotations

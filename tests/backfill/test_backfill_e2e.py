@@ -1,4 +1,4 @@
-"""`certlake backfill` and `certlake gaps` end to end (SPEC §8, HV5): the real command in its own
+"""`certlake backfill` and `certlake gaps` end to end (HV5): the real command in its own
 process, against the built-in test log over loopback (one RFC 6962 log, one static-ct log whose
 last tile is partial), real Delta tables, real signals."""
 

@@ -1,5 +1,5 @@
 """Gap detection over real Delta tables: main ∪ staging, ceilings, `--from`, file pruning,
-unreadable tables (SPEC §8; staging-backfill.AC1.3, AC2.*)."""
+unreadable tables (staging-backfill.AC1.3, AC2.*)."""
 
 from __future__ import annotations
 
@@ -350,7 +350,8 @@ files = st.lists(st.lists(row, min_size=1, max_size=12), max_size=3)
 def brute_force(
     present: set[tuple[str, int]], ceilings: dict[str, int], from_index: int | None
 ) -> dict[str, set[int]]:
-    """SPEC §8 read literally, one index at a time (logs with nothing to plan are left out)."""
+    """The catch-up / `--from` definitions read literally, one index at a time (logs with nothing
+    to plan are left out)."""
     out: dict[str, set[int]] = {}
     for url, ceiling in ceilings.items():
         have = {i for u, i in present if u == url}

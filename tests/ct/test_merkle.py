@@ -358,7 +358,7 @@ def test_hash_tiles_match_tree(size: int) -> None:
 
 
 def test_tiles_across_levels() -> None:
-    # The spec's example size: 273 full level-0 tiles + 0/273.p/112, 1/001.p/17, 2/000.p/1.
+    # C2SP tlog-tiles' example size: 273 full level-0 tiles + 0/273.p/112, 1/001.p/17, 2/000.p/1.
     size = 70_000
     hashes = [hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(size)]
     t = MerkleTree()

@@ -32,7 +32,7 @@ from certlake.ct.tls import DecodeError, u, vec
 
 # --- tile paths -----------------------------------------------------------------------------
 
-# The examples of ct-protocols.md §2.3.
+# Groups of three digits, every group but the last prefixed `x`.
 INDEX_PATHS = [
     (0, "000"),
     (5, "005"),
@@ -57,7 +57,7 @@ def test_partial_tile_paths() -> None:
     assert parse_tile_path("x001/234.p/17") == (1234, 17)
     assert data_tile_path(1234, 17) == "tile/data/x001/234.p/17"
     assert data_tile_path(3) == "tile/data/003"
-    # Tree size 70 000 (the spec's example): its partial tiles on levels 0, 1 and 2.
+    # Tree size 70 000 (C2SP tlog-tiles' example): its partial tiles on levels 0, 1 and 2.
     assert hash_tile_path(0, 273, 112) == "tile/0/273.p/112"
     assert hash_tile_path(1, 1, 17) == "tile/1/001.p/17"
     assert hash_tile_path(2, 0, 1) == "tile/2/000.p/1"
@@ -273,7 +273,7 @@ def test_data_tile_round_trip(templates: list[Spec], width: int, tile_index: int
 
 
 def test_tile_leaf_layout_matches_navigli_entry_0() -> None:
-    # Sizes and header bytes of real navigli2025h2 tile/data/000 entry 0 (ct-protocols.md §2.4).
+    # Sizes and header bytes of real navigli2025h2 tile/data/000 entry 0.
     key_hash = bytes.fromhex("b3e49ac8") + b"\x00" * 28
     fps = (b"\x54" * 32, b"\xe7" * 32)
     tbs, precert = b"t" * 1145, b"p" * 1446

@@ -1,7 +1,7 @@
-"""The crash drill (SPEC §6): `certlake serve` with the Delta sink, against a growing test log,
-killed with SIGKILL at random moments and restarted, many times. Afterwards every index from the
-first archived one up to the state file's `current_index - 1` is in the table (or recorded as
-unparseable in the side table) exactly once.
+"""The crash drill (docs/architecture.md, "Archive and state agree"): `certlake serve` with the
+Delta sink, against a growing test log, killed with SIGKILL at random moments and restarted, many
+times. Afterwards every index from the first archived one up to the state file's
+`current_index - 1` is in the table (or recorded as unparseable in the side table) exactly once.
 
 CI runs a short drill; `-m slow` runs the full one (25 kills).
 """

@@ -1,4 +1,4 @@
-"""The archive schema (SPEC §6) and compatibility with tables written by certstream-server-rust."""
+"""The archive schema and compatibility with tables written by certstream-server-rust."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from certlake.lake.table import ArchiveTable
 
 from .conftest import LOG_A, MakeMessages
 
-# SPEC §6, column by column.
+# The required columns, in order, with their types.
 SPEC_COLUMNS = [
     ("cert_index", pa.int64()),
     ("update_type", pa.string()),

@@ -1,4 +1,4 @@
-"""An independent model of certstream-server-go's certificate object (SPEC §4 fixes included),
+"""An independent model of certstream-server-go's certificate object (certlake's fixes included),
 written plainly against `cryptography`'s object API.
 
 The certificate tests compare certlake's hand-written DER path with it field by field, and the

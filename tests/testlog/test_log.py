@@ -101,7 +101,7 @@ def test_entries_range_is_contiguous_from_start_capped_and_inside_the_tree(
 
 
 def test_tile_widths_from_the_spec_example() -> None:
-    # reference/ct-protocols.md §2.3: size 70 000.
+    # C2SP tlog-tiles' example: size 70 000.
     assert tile_width(70_000, 0, 272) == 256
     assert tile_width(70_000, 0, 273) == 112
     assert tile_width(70_000, 0, 274) == 0

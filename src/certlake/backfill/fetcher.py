@@ -1,4 +1,4 @@
-"""Backfill's concurrent fetchers: a bounded pool over the work items of every log (SPEC §8).
+"""Backfill's concurrent fetchers: a bounded pool over the work items of every log.
 
 - At most `workers` work items are fetched at once over all logs, and at most `per_log_workers`
   of one log; requests are further limited per operator by the readers' shared budget.
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from certlake.backfill.build import BuiltRows, build_rows, pack
-from certlake.backfill.summary import LogOutcome
+from certlake.backfill.summary import FETCHING, LogOutcome
 from certlake.ct.backoff import RetryPolicy
 from certlake.ct.client.fetch import GaveUp, fetch_range
 from certlake.ct.client.reader import FetchedEntry, LogReader, Unparseable
@@ -139,6 +139,7 @@ class Fetchers:
     def fail(self, job: LogJob, reason: str) -> None:
         if job.failed is None:
             job.failed = reason
+            job.outcome.status = f"failed: {reason}"
             log.error(
                 "log failed; its other ranges are not attempted",
                 extra={"log": job.outcome.url, "reason": reason, "ranges_left": len(job.items)},
@@ -155,13 +156,17 @@ class _Item:
         self._end = end
         self._chunk: list[FetchedEntry | Unparseable] = []
         self._pending: deque[tuple[int, asyncio.Future[BuiltRows]]] = deque()
+        self._retrying: str | None = None  # the last failure, while a read is being retried
         self.done = start
 
     async def fetch(self) -> None:
         job, outcome = self._job, self._job.outcome
+        outcome.status = FETCHING
 
         def on_error(error: FetchError, attempt: int) -> None:
             outcome.count_retry(error.status)
+            outcome.retrying(error, self._f.policy.attempts_for(error.status) - attempt)
+            self._retrying = str(error)
 
         try:
             items = fetch_range(
@@ -182,6 +187,9 @@ class _Item:
                         else item
                     )
                     outcome.fetched += 1
+                    if self._retrying is not None:
+                        self._retrying = None
+                        outcome.status = FETCHING
                     if len(self._chunk) >= CHUNK or item.index == self._end:
                         self._submit()
                         if len(self._pending) > MAX_PENDING:
@@ -250,4 +258,8 @@ class _Item:
                 "could not hand over what was fetched", extra={"log": self._job.outcome.url}
             )
         finally:
-            self._job.outcome.add_unfetched(self.done, self._end, reason or self._f.stopped)
+            why = reason or self._f.stopped
+            if self._retrying is not None:
+                # Stopped while a read was being retried: say what the log was answering.
+                why = f"{why} while retrying ({self._retrying})"
+            self._job.outcome.add_unfetched(self.done, self._end, why)

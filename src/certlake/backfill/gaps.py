@@ -1,4 +1,4 @@
-"""What backfill must fetch (SPEC §8): present indices in, missing work ranges out.
+"""What backfill must fetch: present indices in, missing work ranges out.
 
 Pure: no I/O. `presence.py` reads the tables and feeds this module Arrow arrays.
 

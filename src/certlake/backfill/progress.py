@@ -45,10 +45,12 @@ class LogProgress:
     ranges_remaining: int
     rate: float  # entries/s since the previous report
     eta: float | None  # seconds, at that rate
+    status: str  # fetching, waiting on a 429 for N s, retrying after a 503, ...
 
     def fields(self) -> dict[str, object]:
         return {
             "log": self.url,
+            "status": self.status,
             "fetched": self.fetched,
             "total": self.total,
             "ranges_remaining": self.ranges_remaining,
@@ -75,7 +77,9 @@ class LogRates:
             left = o.missing - o.fetched - o.unfetched_count
             eta = left / rate if rate > 0 else None
             out.append(
-                LogProgress(o.url, o.fetched, o.missing, o.ranges - o.ranges_done, rate, eta)
+                LogProgress(
+                    o.url, o.fetched, o.missing, o.ranges - o.ranges_done, rate, eta, o.status
+                )
             )
         return out
 
@@ -120,7 +124,7 @@ async def live_display(outcomes: Sequence[LogOutcome], interval: float = LIVE_IN
             progress.update(
                 tasks[o.url],
                 completed=o.fetched,
-                left=f"{remaining} ranges left" if remaining else "done",
+                left=f"{remaining} ranges left, {o.status}" if remaining else "done",
             )
 
     with progress, _logging_through(console):

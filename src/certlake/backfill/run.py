@@ -2,13 +2,18 @@
 `certlake backfill` and `certlake gaps` (`cli/backfill.py`) run it or print its plan.
 
 Pipeline: log discovery (the log list and the configuration, as `serve` does) → ceilings from the
-state file → gap detection over main (∪ staging) → concurrent fetchers → one writer → summary →
-exit code.
+state file or `--to` → gap detection over main (∪ staging) → concurrent fetchers → one writer →
+summary → exit code.
 
 Decisions:
-- Ceilings come from the state file alone: no state file (or `ct_log.state_file: null`) means
-  nothing to do, exit 0. The file is only read — never moved aside or rewritten (it belongs to
-  `serve`); a damaged one ends the job (exit 1), since without it no ceiling is known.
+- Ceilings come from the state file, unless `--to` gives them: no state file (or
+  `ct_log.state_file: null`) and no `--to` means nothing to do, exit 0. The file is only read —
+  never moved aside or rewritten (it belongs to `serve`); a damaged one ends the job (exit 1),
+  since without it no ceiling is known.
+- `--to N` is every watchable log's ceiling (the logs `--logs` selects); `--to head` asks each
+  log for its tree size (a log that cannot say is listed as skipped, with why). Writing into the
+  main table, a ceiling never passes the live sink's committed cursor of that log: above it the
+  live sink writes, and two writers of one index would be a duplicate.
 - Logs are those `serve` would watch plus the state file's logs that the list still describes
   in another state (a `readonly` or `retired` log can be read, and its archive may have holes).
   A state file's log that neither the list nor the configuration describes cannot be read (its
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -38,15 +44,16 @@ from typing import Final
 
 from certlake.backfill.build import worker_init
 from certlake.backfill.fetcher import Fetchers, LogJob
-from certlake.backfill.gaps import GapPlan
+from certlake.backfill.gaps import GapPlan, SkippedLog
 from certlake.backfill.presence import plan_gaps
 from certlake.backfill.progress import LOG_INTERVAL, is_terminal, live_display, log_lines
-from certlake.backfill.summary import LogOutcome, SkippedLog, Summary, reasons_text
+from certlake.backfill.summary import LogOutcome, Summary, reasons_text
 from certlake.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from certlake.config import Config, s3_storage_options
 from certlake.ct.backoff import RetryPolicy
 from certlake.ct.client.http import CTHttp
 from certlake.ct.client.static import IssuerCache
+from certlake.ct.errors import FetchError
 from certlake.ct.loglist import LogInfo
 from certlake.ct.urls import URLError, normalize_url
 from certlake.ingest.discovery import Discovery, discover_logs
@@ -54,7 +61,7 @@ from certlake.ingest.readers import http_client, make_reader
 from certlake.ingest.state import StateDecodeError, parse_state
 from certlake.lake.committer import WriterSettings
 from certlake.lake.schema import ArchiveSchemaError
-from certlake.lake.table import TableUnreadableError, table_uri
+from certlake.lake.table import TableUnreadableError, committed_cursors, table_uri
 from certlake.lake.writer import RowWriter
 from certlake.ranges import ranges_text
 
@@ -65,6 +72,10 @@ POOL_MIN: Final = 20_000  # missing entries from which rows are built in worker 
 MAX_PROCESSES: Final = 4
 # Ranges shown per log in the human-readable lines (the JSON summary lists all of them).
 SHOWN_RANGES: Final = 20
+
+
+# `--to`: an index (exclusive) or "head", the log's tree size.
+Ceiling = int | str
 
 
 class JobError(Exception):
@@ -131,6 +142,54 @@ def unreadable_reason(discovery: Discovery) -> str:
     )
 
 
+async def explicit_ceilings(
+    config: Config,
+    http: CTHttp,
+    discovery: Discovery,
+    to: Ceiling,
+    log_filter: str | None,
+    main_uri: str | None,
+) -> tuple[dict[str, int], list[SkippedLog]]:
+    """Each selected watchable log's ceiling from `--to`; with `main_uri`, capped at the live
+    sink's committed cursor there. Logs whose tree size cannot be read are returned as skipped."""
+    logs = [
+        info
+        for info in discovery.watchable
+        if log_filter is None or log_filter in info.url or log_filter in info.description
+    ]
+    skipped: list[SkippedLog] = []
+    sizes: dict[str, int] = {}
+    if to == "head":
+        readers = [make_reader(http, info, config.ct_log) for info in logs]
+        answers = await asyncio.gather(
+            *(r.latest_size() for r in readers), return_exceptions=True
+        )
+        for info, answer in zip(logs, answers, strict=True):
+            if isinstance(answer, FetchError):
+                skipped.append(
+                    SkippedLog(info.url, info.description, f"no tree size: {answer}")
+                )
+            elif isinstance(answer, BaseException):
+                raise answer
+            else:
+                sizes[info.url] = answer
+    else:
+        assert isinstance(to, int)
+        sizes = {info.url: to for info in logs}
+    if main_uri is not None and sizes:
+        cursors = await asyncio.to_thread(
+            committed_cursors, main_uri, list(sizes), s3_storage_options(config.storage.s3)
+        )
+        for url, cursor in cursors.items():
+            if cursor is not None and cursor < sizes[url]:
+                log.info(
+                    "ceiling capped at the live sink's cursor",
+                    extra={"log": url, "asked": sizes[url], "cursor": cursor},
+                )
+                sizes[url] = cursor
+    return sizes, skipped
+
+
 async def make_plan(
     config: Config,
     http: CTHttp,
@@ -138,10 +197,18 @@ async def make_plan(
     from_index: int | None,
     log_filter: str | None,
     staging_uri: str | None,
+    to: Ceiling | None = None,
 ) -> tuple[GapPlan, Discovery, dict[str, LogInfo]]:
+    """The gap plan, the discovered logs, and those that can be read. With `to`, the ceilings
+    are `explicit_ceilings` instead of `ceilings`; logs it could not size are `plan.skipped`."""
     discovery = await discover_logs(config, http)
-    names, readable = candidate_logs(discovery, ceilings)
     main_uri = table_uri(config.delta_sink.table_path)
+    unsized: list[SkippedLog] = []
+    if to is not None:
+        ceilings, unsized = await explicit_ceilings(
+            config, http, discovery, to, log_filter, main_uri if staging_uri is None else None
+        )
+    names, readable = candidate_logs(discovery, ceilings)
     try:
         plan = await asyncio.to_thread(
             plan_gaps,
@@ -158,6 +225,8 @@ async def make_plan(
         raise JobError(str(exc), EXIT_FAILED) from exc
     except ArchiveSchemaError as exc:
         raise JobError(str(exc), EXIT_USAGE) from exc
+    if unsized:
+        plan = dataclasses.replace(plan, skipped=plan.skipped + tuple(unsized))
     return plan, discovery, readable
 
 
@@ -292,21 +361,22 @@ async def backfill(
     staging_uri: str | None,
     progress_interval: float | None,
     parse_processes: int | None,
+    to: Ceiling | None = None,
 ) -> None:
     """Plan, fetch and write into `summary` until done or `stop` is set; raises `JobError` when
     the job cannot run at all."""
-    ceilings = read_ceilings(config.ct_log.state_file)
+    ceilings = read_ceilings(config.ct_log.state_file) if to is None else {}
     if ceilings is None:
         log.info(
-            "no state file: no log has a ceiling, nothing to backfill",
+            "no state file: no log has a ceiling, nothing to backfill (give one with --to)",
             extra={"state_file": config.ct_log.state_file},
         )
         return
     async with http_client(config.ct_log) as http:
         plan, discovery, readable = await make_plan(
-            config, http, ceilings, summary.from_index, log_filter, staging_uri
+            config, http, ceilings, summary.from_index, log_filter, staging_uri, to
         )
-        summary.skipped = [SkippedLog(s.url, s.name, s.reason) for s in plan.skipped]
+        summary.skipped = list(plan.skipped)
         if stop.is_set():
             summary.interrupted = True
             return

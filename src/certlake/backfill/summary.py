@@ -1,4 +1,4 @@
-"""What a backfill run did, per log and in total, and the exit code that follows (SPEC §8, §10).
+"""What a backfill run did, per log and in total, and the exit code that follows.
 
 Pure: plain values in, plain values out. The job (`run.py`) fills a `Summary` as it goes and
 logs it; `certlake backfill --summary-json FILE` also writes `Summary.to_json()`.
@@ -11,8 +11,11 @@ entry fetched but not written makes it 1.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Final
 
+from certlake.backfill.gaps import SkippedLog
 from certlake.cli.exits import EXIT_FAILED, EXIT_OK
+from certlake.ct.errors import FetchError
 from certlake.ranges import Range, union_ranges
 
 
@@ -42,6 +45,9 @@ class LogOutcome:
     ranges_done: int = 0  # work items finished, fully or not
     retries: dict[str, int] = field(default_factory=dict)  # failed reads by HTTP status
     unfetched: list[Unfetched] = field(default_factory=list)
+    # What the log is doing now, for the progress display: fetching, waiting on a 429 for N s,
+    # retrying after a 503 ...
+    status: str = "queued"
 
     @property
     def label(self) -> str:
@@ -63,16 +69,28 @@ class LogOutcome:
         key = "none" if status is None else str(status)
         self.retries[key] = self.retries.get(key, 0) + 1
 
+    def retrying(self, error: FetchError, attempts_left: int) -> None:
+        self.status = retry_status(error, attempts_left)
+
     def left(self) -> list[Range]:
         """The unfetched indices as coalesced ranges (what a rerun will find missing)."""
         return union_ranges((u.start, u.end) for u in self.unfetched)
 
 
-@dataclass(frozen=True, slots=True)
-class SkippedLog:
-    url: str
-    name: str | None
-    reason: str
+FETCHING: Final = "fetching"
+
+
+def retry_status(error: FetchError, attempts_left: int) -> str:
+    """How a log's last failed read reads on the progress display."""
+    if attempts_left <= 0:
+        return f"gave up: {error}"
+    if error.status in (429, 503) and error.retry_after is not None:
+        what = f"waiting {error.retry_after:.0f} s on a {error.status}"
+    elif error.status is not None:
+        what = f"retrying after a {error.status}"
+    else:
+        what = f"retrying after {error}"
+    return f"{what} ({attempts_left} attempts left)"
 
 
 @dataclass(slots=True)

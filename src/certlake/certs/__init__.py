@@ -1,4 +1,4 @@
-"""Certificates → certstream messages (SPEC §4): the hot path from a log entry to its payloads."""
+"""Certificates → certstream messages: the hot path from a log entry to its payloads."""
 
 from certlake.certs.errors import CertificateParseError
 from certlake.certs.message import CertMessage, build_message

@@ -1,7 +1,8 @@
 """One X.509 certificate DER → the certstream certificate object (Go's `LeafCert`, Go key order).
 
-The same object is `data.leaf_cert` and each element of `data.chain` (message-format.md §2.1,
-§3.3). Field rules are Go's; see `names` and `extensions` for those parts.
+The same object is `data.leaf_cert` and each element of `data.chain` (Go gives chain elements
+the leaf's keys, `all_domains` and `as_der` included). Field rules are Go's; see `names` and
+`extensions` for those parts.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Why this exists instead of `cryptography`'s object API: that API builds a Python object for every
 extension, name attribute and general name, and a message builder on top of it costs ~150 µs per
-certificate (see shared/reference/performance-notes.md), which caps a core at ~6 k entries/s.
+certificate (measured per call on one core), which caps a core at ~6 k entries/s.
 Reading the TLVs directly lets the caller format only what the certstream message needs and cache
 the formatted text by the raw bytes of the parts that repeat across one CA's certificates (issuer
 name, AIA, policies, key usage, ...). It reads structure only: no signature or semantic checks.

@@ -1,4 +1,4 @@
-"""Certificate extensions → the certstream `extensions` strings, Go format (message-format.md §3.5).
+"""Certificate extensions → the certstream `extensions` strings, certstream-server-go's format.
 
 The formatting functions take the extnValue content (the bytes inside the OCTET STRING).
 Extensions that repeat byte for byte across one CA's certificates (AIA, AKI, policies, key usage,

@@ -1,4 +1,4 @@
-"""Go `encoding/json` byte compatibility on top of orjson (message-format.md §4).
+"""Go `encoding/json` byte compatibility on top of orjson.
 
 orjson already writes what Go writes for everything certstream carries — compact separators,
 no HTML escaping, `\\b \\f \\n \\r \\t` and lowercase `\\u00xx` for other control characters, raw

@@ -1,4 +1,4 @@
-"""Log entry → the three certstream payloads plus the archive row's fields (SPEC §4, §6).
+"""Log entry → the three certstream payloads plus the archive row's fields.
 
 `build_message` is the hot path: every entry of every log goes through it once. It parses the
 leaf, takes each chain certificate's JSON from a cache, serializes the leaf once with orjson and

@@ -1,6 +1,6 @@
 """X.509 Name → the certstream `subject` / `issuer` object (Go key order and rules).
 
-Go's rules (message-format.md §3.4) with SPEC §4 fix 1: keys `C, CN, L, O, OU, ST, aggregated,
+Go's rules with two deliberate fixes (below): keys `C, CN, L, O, OU, ST, aggregated,
 email_address`; a missing attribute is null; repeated values are joined with `,`; `CN` is the last
 CN value or `""`, never null; `aggregated` is `/C=…/CN=…/L=…/O=…/OU=…/ST=…` skipping nulls but
 always carrying `/CN=`. Fixed: `ST` is stateOrProvinceName (Go reads streetAddress) and

@@ -16,6 +16,7 @@ import orjson
 
 from certlake.backfill.gaps import format_plan_table
 from certlake.backfill.run import (
+    Ceiling,
     JobError,
     backfill,
     make_plan,
@@ -63,6 +64,7 @@ async def run_backfill(
     config: Config,
     *,
     from_index: int | None = None,
+    to: Ceiling | None = None,
     logs: str | None = None,
     staging_path: str | None = None,
     summary_json: Path | None = None,
@@ -74,6 +76,8 @@ async def run_backfill(
     `parse_processes`: processes building rows (None: decided by `build_pool`)."""
     started = time.monotonic()
     staging_uri = None if staging_path is None else table_uri(staging_path)
+    if to is not None and from_index is None:
+        from_index = 0  # an explicit ceiling is for archiving a log, from its start
     summary = Summary(
         mode="catch-up" if from_index is None else "historical",
         from_index=from_index,
@@ -86,7 +90,7 @@ async def run_backfill(
     with _stop_on_signals(stop):
         try:
             await backfill(
-                config, summary, stop, logs, staging_uri, progress_interval, parse_processes
+                config, summary, stop, logs, staging_uri, progress_interval, parse_processes, to
             )
         except JobError as exc:
             summary.error, summary.error_code = str(exc), exc.code
@@ -112,22 +116,25 @@ async def run_gaps(
     config: Config,
     *,
     from_index: int | None = None,
+    to: Ceiling | None = None,
     logs: str | None = None,
     staging_path: str | None = None,
 ) -> int:
     """Print what backfill would fetch, per log, as a table; fetch nothing."""
     staging_uri = None if staging_path is None else table_uri(staging_path)
+    if to is not None and from_index is None:
+        from_index = 0
     try:
-        ceilings = read_ceilings(config.ct_log.state_file)
+        ceilings = read_ceilings(config.ct_log.state_file) if to is None else {}
         if ceilings is None:
             print(
                 f"no state file ({config.ct_log.state_file}): no log has a ceiling, "
-                "nothing to backfill"
+                "nothing to backfill (give one with --to N or --to head)"
             )
             return EXIT_OK
         async with http_client(config.ct_log) as http:
             plan, discovery, readable = await make_plan(
-                config, http, ceilings, from_index, logs, staging_uri
+                config, http, ceilings, from_index, logs, staging_uri, to
             )
     except JobError as exc:
         log.error("gap detection failed", extra={"error": str(exc)})

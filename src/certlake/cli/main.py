@@ -61,6 +61,22 @@ _FROM = click.option(
     type=click.IntRange(min=0),
     help="Historical mode: every index from N up to the state file's position.",
 )
+def _parse_to(ctx: click.Context, param: click.Parameter, value: str | None) -> int | str | None:
+    if value is None or value == "head":
+        return value
+    if value.isascii() and value.isdigit():
+        return int(value)
+    raise click.BadParameter(f"{value!r}: expected a whole number or 'head'")
+
+
+_TO = click.option(
+    "--to",
+    "to",
+    callback=_parse_to,
+    metavar="N|head",
+    help="Explicit ceiling instead of the state file's: every index below N, or below the "
+    "log's tree size (head, asked from the log). Without --from, starts at 0.",
+)
 _LOGS = click.option("--logs", help="Only logs whose URL or name contains this text.")
 _STAGING = click.option(
     "--staging-path",
@@ -123,6 +139,7 @@ def serve(config_file: Path | None, log_level: str | None, demo: bool) -> None:
 @cli.command()
 @_common
 @_FROM
+@_TO
 @_LOGS
 @_STAGING
 @_SUMMARY
@@ -130,6 +147,7 @@ def backfill(
     config_file: Path | None,
     log_level: str | None,
     from_index: int | None,
+    to: int | str | None,
     logs: str | None,
     staging_path: str | None,
     summary_json: Path | None,
@@ -142,6 +160,7 @@ def backfill(
         run_backfill(
             config,
             from_index=from_index,
+            to=to,
             logs=logs,
             staging_path=staging_path,
             summary_json=summary_json,
@@ -172,12 +191,14 @@ def merge(
 @cli.command()
 @_common
 @_FROM
+@_TO
 @_LOGS
 @_STAGING
 def gaps(
     config_file: Path | None,
     log_level: str | None,
     from_index: int | None,
+    to: int | str | None,
     logs: str | None,
     staging_path: str | None,
 ) -> None:
@@ -185,7 +206,9 @@ def gaps(
     config = _load(config_file, log_level).config
     from certlake.cli.backfill import run_gaps
 
-    _exit(run_gaps(config, from_index=from_index, logs=logs, staging_path=staging_path))
+    _exit(
+        run_gaps(config, from_index=from_index, to=to, logs=logs, staging_path=staging_path)
+    )
 
 
 @cli.command()

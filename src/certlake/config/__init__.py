@@ -1,4 +1,4 @@
-"""certlake's configuration (SPEC §2): schema and validation in `schema`, file I/O in `loader`."""
+"""certlake's configuration: schema and validation in `schema`, file I/O in `loader`."""
 
 from certlake.config.loader import LoadedConfig, find_config_file, load_config, read_document
 from certlake.config.schema import (

@@ -161,9 +161,10 @@ def _m(
 class LogSpec:
     """A log named in the config (`custom_logs` / `static_logs`).
 
-    `url` is stored normalized (§3); for static logs it is the monitoring prefix. `key` (base64
-    DER public key) enables signature checks for a log that is not in the log list; `log_origin`
-    overrides a static log's checkpoint origin when it differs from the URL's host/path.
+    `url` is stored normalized (`ct.urls.normalize_url`); for static logs it is the monitoring
+    prefix. `key` (base64 DER public key) enables signature checks for a log that is not in the
+    log list; `log_origin` overrides a static log's checkpoint origin when it differs from the
+    URL's host/path.
     """
 
     name: str = field(metadata=_m(check=_nonempty_problem))
@@ -174,8 +175,8 @@ class LogSpec:
 
 @dataclass(frozen=True, slots=True)
 class ProtocolsConfig:
-    # certstream-server-rust leaves sse and api off by default; certlake's spec (§5) makes them
-    # part of the server, so they default on.
+    # certstream-server-rust leaves sse and api off by default; certlake serves `/sse` and the
+    # `/api/*` endpoints as part of its server, so they default on.
     websocket: bool = True
     sse: bool = True
     metrics: bool = True
@@ -321,7 +322,7 @@ class StorageConfig:
 
 @dataclass(frozen=True, slots=True)
 class BackfillConfig:
-    """Batch backfill (certlake only; SPEC §8)."""
+    """Batch backfill settings for `certlake backfill` (certlake only)."""
 
     workers: int = field(default=8, metadata=_m(min=1))  # concurrent fetch tasks over all logs
     per_log_workers: int = field(default=2, metadata=_m(min=1))  # concurrent fetch tasks on one log

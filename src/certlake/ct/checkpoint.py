@@ -1,6 +1,6 @@
 """static-ct-api checkpoints: signed notes carrying an RFC 6962 note signature.
 
-Formats: C2SP signed-note and tlog-checkpoint; reference/ct-protocols.md §2.2.
+Formats: C2SP signed-note, tlog-checkpoint and static-ct-api (the RFC 6962 note signature).
 """
 
 from __future__ import annotations

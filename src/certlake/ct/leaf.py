@@ -1,7 +1,8 @@
 """RFC 6962 entries: MerkleTreeLeaf (`leaf_input`) and `extra_data`, decode and encode.
 
-Layouts: reference/ct-protocols.md §1.4–§1.5. The encoders exist for the built-in test log and for
-round-trip tests; the decoders are what every reader uses.
+Layouts: RFC 6962's MerkleTreeLeaf and the `extra_data` of `get-entries` (`certificate_chain`
+or PrecertChainEntry). The encoders exist for the built-in test log and for round-trip tests; the
+decoders are what every reader uses.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Chrome's CT log list v3 (`log_list.json` / `all_logs_list.json`), and which logs to watch.
 
-Shape and states: reference/ct-protocols.md §3. Pure: bytes or decoded JSON in, values out.
+Shape and states: Chrome's v3 schema (`log_list_schema.json`). Pure: bytes or decoded JSON in,
+values out.
 
-Selection policy (SPEC §3, decided here):
+Selection policy (decided here):
 
 * Watch `usable`, `qualified`, `pending` and state-less logs; skip `readonly`, `retired`,
   `rejected` and any state name this code does not know (a new state is more likely a way out

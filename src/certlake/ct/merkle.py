@@ -1,6 +1,7 @@
 """RFC 6962 / RFC 9162 Merkle tree hashing, proofs and their verification.
 
-Layout and algorithms: reference/ct-protocols.md §4. Pure: hashes in, hashes out.
+Layout and algorithms: RFC 6962 §2.1 (hashes, proofs), RFC 9162 §2.1 (verification). Pure: hashes
+in, hashes out.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ magnitude between operators, and change. A fixed spacing is either far too slow 
 whose logs answer 32 entries at a time) or hammers a strict one, so each operator gets a
 controller that finds its limit the way TCP finds a path's capacity:
 
-- **slow start**: until the first refusal the rate grows by one request/s per clean answer that
-  had to wait for its slot (the rate doubles every second of demand);
+- **slow start**: until the first refusal the rate grows by two requests/s per clean answer
+  that had to wait for its slot (the rate doubles every half second of demand);
 - **refusal** (429, 503): the operator is paused until its `Retry-After`, exactly. The *learned
   limit* becomes what the operator served since the previous refusal (a limiter that refused
   us twice was saturated in between, so that is its rate, give or take its burst allowance);
@@ -32,6 +32,9 @@ from dataclasses import dataclass
 
 from certlake.ct.backoff import MAX_RETRY_AFTER
 
+# Slow start: this much per clean answer that waited for its slot, so the rate doubles every
+# half second of demand (from the default 2 requests/s to 500 in four seconds).
+_SLOW_START_STEP = 2.0
 # After a refusal, come back to this share of the learned limit ...
 _MARGIN = 0.97
 # ... starting from this share, so the operator's bucket refills while we return.
@@ -255,7 +258,7 @@ class Pacer:
             return
         limit = self.learned_limit
         if limit is None:
-            self.rate = self._clamp(self.rate + 1.0)
+            self.rate = self._clamp(self.rate + _SLOW_START_STEP)
             return
         target = limit * _MARGIN
         if self.rate < target:

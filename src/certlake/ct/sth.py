@@ -1,4 +1,4 @@
-"""RFC 6962 signed tree heads (`get-sth`, reference/ct-protocols.md §1.1)."""
+"""RFC 6962 signed tree heads (`get-sth`): size, timestamp, root and the log's signature."""
 
 from __future__ import annotations
 

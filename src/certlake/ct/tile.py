@@ -1,6 +1,6 @@
 """static-ct-api data tiles: tile paths, TileLeaf decode/encode and the `leaf_index` extension.
 
-Layouts: reference/ct-protocols.md §2.3–§2.4. Pure: bytes in, values out.
+Layouts: C2SP static-ct-api (tile paths, the TileLeaf entry). Pure: bytes in, values out.
 """
 
 from __future__ import annotations

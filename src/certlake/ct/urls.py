@@ -16,7 +16,7 @@ class URLError(ValueError):
 
 
 def normalize_url(url: str) -> str:
-    """`https://` added when the scheme is missing, trailing `/` removed (SPEC §3).
+    """`https://` added when the scheme is missing, trailing `/` removed.
 
     Nothing else is changed (no case folding): paths are case-sensitive, and a state file
     written by one run must key the same logs in the next.

@@ -1,4 +1,4 @@
-"""The per-log cursor file (SPEC §7), in certstream-server-rust's format so its files can be reused.
+"""The per-log cursor file, in certstream-server-rust's format so its files can be reused.
 
     {"version": 1, "logs": {"<normalized url>": {"current_index": N, "tree_size": N,
                                                  "last_success": unix_seconds}}}

@@ -1,6 +1,7 @@
 """The live watcher of one log: follows the tree head and hands every index, in order, to a
 consumer. The cursor is the next index to fetch; it advances only by what was received, and never
-jumps on errors (the defects of SPEC §12.1)."""
+jumps on errors (certstream-server-rust's watcher skips the tail of every short `get-entries`
+answer and jumps to the tree head on any error but 429/503, losing entries both ways)."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -278,3 +278,13 @@ def delete_table(uri: str, storage_options: Mapping[str, str] | None) -> int:
         if os.path.islink(local):
             os.unlink(local)
     return len(files)
+
+
+def committed_cursors(
+    uri: str, source_urls: Sequence[str], storage_options: Mapping[str, str] | None = None
+) -> dict[str, int | None]:
+    """Each log's live cursor in the table at `uri` (None: no table, or no cursor for it)."""
+    table = ArchiveTable.open(uri, storage_options=table_storage_options(uri, storage_options))
+    if table is None:
+        return dict.fromkeys(source_urls)
+    return {url: table.committed_cursor(url) for url in source_urls}

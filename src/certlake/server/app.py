@@ -1,4 +1,4 @@
-"""The live server's aiohttp application: the stream routes, the HTTP endpoints of SPEC §5 and the
+"""The live server's aiohttp application: the stream routes, the HTTP endpoints listed below and the
 guard in front of them all.
 
     /example.json       the newest lite message, as the stream sent it (503 before the first)

@@ -1,4 +1,4 @@
-"""Optional protection of the live server (SPEC §5): bearer-token auth, connection limits on the
+"""Optional protection of the live server: bearer-token auth, connection limits on the
 streams, request rate limits — all off by default.
 
 The decisions are pure: `TokenTable`, `client_ip`, `TokenBucket`, `RateLimiter` and

@@ -1,4 +1,4 @@
-"""Cross-log de-duplication for one stream client (`?dedupe=1`, SPEC §5).
+"""Cross-log de-duplication for one stream client (`?dedupe=1`).
 
 A CA submits each certificate to several logs, so the firehose carries it several times; and it
 logs the precertificate first, then often the final certificate. A client that asked for

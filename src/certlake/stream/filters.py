@@ -1,4 +1,4 @@
-"""Per-connection stream filters (SPEC §5): which certificates one client wants.
+"""Per-connection stream filters: which certificates one client wants.
 
 Query syntax, the same on every WebSocket path and on `/sse`:
 

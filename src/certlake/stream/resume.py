@@ -1,4 +1,4 @@
-"""Stream cursors and resume (SPEC §5): what lets a client reconnect without losing anything.
+"""Stream cursors and resume: what lets a client reconnect without losing anything.
 
 Cursors. The hub numbers every message it publishes: consecutive integers, +1 per message. They
 start just above the server's start time in microseconds since the Unix epoch, so a restarted

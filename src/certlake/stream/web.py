@@ -4,7 +4,7 @@ aiohttp does the HTTP side (routing, the upgrade handshake, answering client pin
 handshake). The hub writes its pre-built frames straight to the connection's transport, whole
 frames per `write`, so they never interleave with aiohttp's own control frames.
 
-Every stream endpoint takes the same query parameters (SPEC §5):
+Every stream endpoint takes the same query parameters:
 
     domain, issuer, log, update_type   filters (`filters.py`)
     since=<cursor>                     resume after that cursor (`resume.py`)

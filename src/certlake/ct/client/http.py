@@ -4,7 +4,7 @@ mapped to `FetchError`.
 
 aiohttp is the asyncio HTTP client here because the server side of certlake uses it too and it
 decodes `Content-Encoding: gzip` itself; static-ct logs may send gzip without being asked, so a
-body that still starts with the gzip magic is gunzipped as well (ct-protocols.md §2.6).
+body that still starts with the gzip magic is gunzipped as well.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from certlake.ct.errors import FetchError, NotFound
 from certlake.ct.pacing import Outcome, Pacer, PacerSnapshot, PacingLimits, outcome_of
 
 # Skylight and other log front ends treat clients without a contact in the UA as anonymous and
-# squeeze them into one shared rate limit (ct-protocols.md §2.6).
+# squeeze them into one shared rate limit (Skylight: 75 req/s for all of them).
 USER_AGENT = f"certlake/{__version__} (+https://github.com/certlake/certlake)"
 _GZIP_MAGIC = b"\x1f\x8b"
 

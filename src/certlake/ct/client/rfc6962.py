@@ -1,4 +1,4 @@
-"""RFC 6962 read API client: `get-sth` and `get-entries` (ct-protocols.md §1)."""
+"""RFC 6962 read API client: `get-sth` and `get-entries`."""
 
 from __future__ import annotations
 

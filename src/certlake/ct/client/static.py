@@ -1,4 +1,4 @@
-"""static-ct-api read client: checkpoint, data tiles and issuers (ct-protocols.md §2)."""
+"""static-ct-api read client: checkpoint, data tiles and issuers."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ class StaticLog:
 
     def cert_link(self, index: int) -> str:
         # The full tile's URL: it is permanent, while the partial tile an entry was first read
-        # from may be deleted once the tile fills (ct-protocols.md §2.3).
+        # from may be deleted once the tile fills (static-ct-api allows it).
         return f"{self.source.url}/{data_tile_path(index // TILE_WIDTH)}"
 
     async def checkpoint(self) -> Checkpoint:

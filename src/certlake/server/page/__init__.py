@@ -1,4 +1,4 @@
-"""The live page a browser gets from a plain GET of `/` (SPEC §5): the stream scrolling,
+"""The live page a browser gets from a plain GET of `/` (no upgrade): the stream scrolling,
 certificates per second, per-log health and lag, the connection's state, and a filter box
 speaking the stream endpoints' query syntax.
 
