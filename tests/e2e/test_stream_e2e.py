@@ -76,10 +76,15 @@ async def _logs_at(server: str) -> dict[str, int | None]:
 async def test_every_index_reaches_a_full_stream_client_exactly_once_despite_faults(
     procs: Procs, tmp_path: Path
 ) -> None:
+    # An operator limit as real logs have one (429 + Retry-After past 20 requests/s), a few
+    # refusals on top of it, and random short answers, gateway errors and dropped connections.
+    # (Refusals at random whatever the rate would teach the adaptive pacing a limit that is
+    # not there; `tests/ct/test_pacing.py` covers how it copes with those.)
     testlog = procs.testlog(
-        "--initial-size", "40", "--batch-cap", "40", "--seed", "11",
-        "--fault", "short:0.5", "--fault", "429:0.15", "--fault", "503:0.1",
-        "--fault", "drop:0.05",
+        "--initial-size", "40", "--batch-cap", "40", "--seed", "11", "--rate-limit", "20",
+        "--fault", "short:0.5", "--fault", "429:0.3,n=6,endpoint=get-entries",
+        "--fault", "503:0.3,n=6,endpoint=data-tile",
+        "--fault", "502:0.1", "--fault", "drop:0.05",
     )
     server = procs.serve(server_config(tmp_path, f"{testlog.url}/log_list.json"))
     await until(lambda: _heads_known(server.url, 2), 30, "both watchers at the tree head")

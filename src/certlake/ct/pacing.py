@@ -11,7 +11,15 @@ controller that finds its limit the way TCP finds a path's capacity:
 - **refusal** (429, 503): the operator is paused until its `Retry-After`, exactly. The *learned
   limit* becomes what the operator served since the previous refusal (a limiter that refused
   us twice was saturated in between, so that is its rate, give or take its burst allowance);
-  after the first refusal, when nothing was measured yet, the rate that was refused less 20 %;
+  after the first refusal, when nothing was measured yet, the rate that was refused less 10 %
+  (25 % when refused again right after the pause). At most one cut per second, and none for
+  answers to requests sent before the last cut: they say nothing about the new rate;
+- **a flaky front end** is not a limiter: when several cuts halved the rate and what the
+  operator served fell with it (a limiter goes on serving its limit), the cuts are undone and
+  the rate held for a while, so random refusals cannot creep the rate towards zero; an operator
+  that serves nothing at all is left to the cuts;
+- **timeouts** cut the rate by 20 %; closed connections and 502/504 do not touch it (one log
+  being down must not slow its operator's other logs: the fetch loop's back-off retries them);
 - **steady state**: the rate goes back to a margin under the learned limit within a few answers
   and holds there; only after `_PROBE_AFTER` seconds without a refusal does it probe above,
   slowly, so that a raised limit is found while refused requests stay a tiny share.
