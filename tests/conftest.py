@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,19 +14,11 @@ from support.s3 import S3Server
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _shared_dir() -> Path:
-    # CI clones the repo with shared/ beside it; CERTLAKE_SHARED overrides for other layouts.
-    env = os.environ.get("CERTLAKE_SHARED")
-    return Path(env) if env else REPO.parent / "shared"
-
-
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """`shared/data/`: real CT data (log list, entries, proofs, checkpoints)."""
-    path = _shared_dir() / "data"
-    if not path.is_dir():
-        pytest.fail(f"real CT test data not found at {path} (set CERTLAKE_SHARED)")
-    return path
+    """`tests/data/`: real CT data (log list, entries, proofs, checkpoints; sources in its
+    README) and, in `seeds/`, the design documents whose acceptance criteria the suite maps."""
+    return REPO / "tests" / "data"
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """docs/acceptance.md maps every acceptance criterion of the seeds to tests that exist.
 
-The ids are read from the seed documents themselves (beside `shared_data`, see conftest.py), so a
+The ids are read from the seed documents themselves (`tests/data/seeds/`), so a
 criterion added there and forgotten here fails this test; a test renamed or deleted without
 updating the map fails it too.
 """
@@ -46,7 +46,7 @@ def mapping() -> dict[str, list[tuple[str, str]]]:
 def test_every_seed_criterion_has_tests(
     shared_data: Path, mapping: dict[str, list[tuple[str, str]]]
 ) -> None:
-    ids = seed_ids(shared_data.parent / "seeds")
+    ids = seed_ids(shared_data / "seeds")
     assert len(ids) >= 30  # the seeds name 29 criteria and HV1–HV5
     missing = sorted(i for i in ids if not mapping.get(i))
     assert not missing, f"criteria without a test in docs/acceptance.md: {missing}"
