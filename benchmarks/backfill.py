@@ -22,7 +22,6 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -32,7 +31,8 @@ from typing import Any
 import yaml
 from deltalake import DeltaTable
 
-CERTLAKE = str(Path(sys.executable).with_name("certlake"))
+from _procs import CERTLAKE, start_testlog
+
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -94,23 +94,6 @@ def _read(path: str) -> str:
 
 def _proc_cpu(pid: int) -> float:
     return _cpu_seconds(_read(f"/proc/{pid}/stat"))
-
-
-def start_testlog(work: Path, entries: int) -> tuple[subprocess.Popen[bytes], str, float]:
-    ready = work / "testlog-ready"
-    ready.unlink(missing_ok=True)
-    started = time.monotonic()
-    proc = subprocess.Popen(
-        [CERTLAKE, "testlog", "--port", "0", "--initial-size", str(entries),
-         "--ready-file", str(ready)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    while not ready.exists():
-        if proc.poll() is not None:
-            raise SystemExit("certlake testlog exited")
-        time.sleep(0.1)
-    return proc, ready.read_text().strip(), time.monotonic() - started
 
 
 def run_once(
@@ -193,7 +176,9 @@ def main() -> None:
         f"{time.strftime('%a %b %d %H:%M UTC %Y', time.gmtime())}, nproc {os.cpu_count()}, "
         f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.2f}"
     )
-    testlog, base, startup = start_testlog(args.dir, args.entries)
+    started = time.monotonic()
+    testlog, base = start_testlog(args.dir / "testlog-ready", ["--initial-size", str(args.entries)])
+    startup = time.monotonic() - started
     print(f"test log with {args.entries} entries per log ready in {startup:.1f} s")
     try:
         for label, logs in (("RFC 6962", "rfc6962"), ("static-ct", "static"), ("both", None)):

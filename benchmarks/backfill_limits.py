@@ -28,7 +28,6 @@ import platform
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -39,27 +38,18 @@ import aiohttp
 import yaml
 from deltalake import DeltaTable
 
-CERTLAKE = str(Path(sys.executable).with_name("certlake"))
+from _procs import CERTLAKE, start_testlog
+
 CAP = 32
 BASELINE_ENTRIES = 3200
 
 
-def start_testlog(work: Path, entries: int, limit: float | None) -> tuple[Any, str]:
-    ready = work / "testlog-ready"
-    ready.unlink(missing_ok=True)
-    cmd = [
-        CERTLAKE, "testlog", "--port", "0", "--initial-size", str(entries),
-        "--logs", "1", "--static-share", "0", "--max-entries", str(CAP),
-        "--ready-file", str(ready),
-    ]  # fmt: skip
+def _testlog(work: Path, entries: int, limit: float | None) -> tuple[Any, str]:
+    args = ["--initial-size", str(entries), "--logs", "1", "--static-share", "0"]
+    args += ["--max-entries", str(CAP)]
     if limit is not None:
-        cmd += ["--rate-limit", str(limit)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while not ready.exists():
-        if proc.poll() is not None:
-            raise SystemExit("certlake testlog exited")
-        time.sleep(0.1)
-    return proc, ready.read_text().strip()
+        args += ["--rate-limit", str(limit)]
+    return start_testlog(work / "testlog-ready", args)
 
 
 async def _stats(base: str) -> dict[str, Any]:
@@ -135,7 +125,7 @@ def _backfill(
 def run_once(
     work: Path, limit: float | None, entries: int, baseline: str | None
 ) -> dict[str, Any]:
-    testlog, base = start_testlog(work, entries, limit)
+    testlog, base = _testlog(work, entries, limit)
     try:
         stats = asyncio.run(_stats(base))
         (info,) = stats["logs"].values()

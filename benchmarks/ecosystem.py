@@ -47,23 +47,14 @@ import orjson
 import psutil
 import yaml
 
-CERTLAKE = str(Path(sys.executable).with_name("certlake"))
+from _procs import CERTLAKE, start_testlog, wait_for
+
 SERVING = re.compile(rb"certlake serving on http://[^:]+:(\d+)")
 POLL = 0.1
 
 
 def _key(url: str) -> str:
     return re.sub(r"^[a-z]+://", "", url).rstrip("/")
-
-
-def _wait(pred: Any, what: str, timeout: float = 90) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise RuntimeError(f"timed out waiting for {what}")
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -137,18 +128,16 @@ def run_once(
     work: Path, args: argparse.Namespace, n: int, src: str | None = None
 ) -> dict[str, Any]:
     ready = work / f"testlog-{n}{'' if src is None else '-baseline'}.url"
-    testlog_cmd = [
-        CERTLAKE, "testlog", "--port", "0", "--seed", str(n),
-        "--logs", str(args.logs), "--operators", str(args.operators),
+    testlog_args = [
+        "--seed", str(n), "--logs", str(args.logs), "--operators", str(args.operators),
         "--max-entries", str(args.max_entries), "--total-rate", str(args.total_rate),
-        "--sequence-interval", str(args.sequence_interval), "--ready-file", str(ready),
+        "--sequence-interval", str(args.sequence_interval),
     ]  # fmt: skip
     if args.rate_limit is not None:
-        testlog_cmd += ["--rate-limit", str(args.rate_limit)]
-    testlog = subprocess.Popen(testlog_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        testlog_args += ["--rate-limit", str(args.rate_limit)]
+    testlog, base = start_testlog(ready, testlog_args)
     server: subprocess.Popen[bytes] | None = None
     try:
-        base = _wait(lambda: ready.exists() and ready.read_text().strip(), "testlog")
         cfg: dict[str, Any] = {
             "host": "127.0.0.1",
             "port": 0,
@@ -171,7 +160,7 @@ def run_once(
                 env=env,
             )
         try:
-            port = int(_wait(lambda: SERVING.search(text.read_bytes()), "serve").group(1))
+            port = int(wait_for(lambda: SERVING.search(text.read_bytes()), "serve").group(1))
         except RuntimeError:
             sys.exit(f"certlake serve did not start:\n{text.read_text()[-3000:]}")
         return asyncio.run(_observe(base, port, server.pid, args))

@@ -26,19 +26,10 @@ from typing import Any
 
 import yaml
 
+from _procs import CERTLAKE, start_testlog, wait_for
+
 HERE = Path(__file__).resolve().parent
-CERTLAKE = str(Path(sys.executable).with_name("certlake"))
 SERVING = re.compile(rb"certlake serving on http://[^:]+:(\d+)")
-
-
-def _wait(pred: Any, what: str, timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise RuntimeError(f"timed out waiting for {what}")
 
 
 def _rss_kb(pid: int) -> int:
@@ -75,7 +66,7 @@ def run_once(work: Path, log_list: str, sink: bool, args: argparse.Namespace) ->
     )
     try:
         try:
-            port = int(_wait(lambda: SERVING.search(text.read_bytes()), "serve").group(1))
+            port = int(wait_for(lambda: SERVING.search(text.read_bytes()), "serve").group(1))
         except RuntimeError:
             sys.exit(f"certlake serve did not start:\n{text.read_text()[-2000:]}")
         gen = subprocess.Popen(
@@ -120,23 +111,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="certlake-sink-latency-") as tmp:
         work = Path(tmp)
-        ready = work / "testlog.url"
-        testlog = subprocess.Popen(
-            [
-                CERTLAKE,
-                "testlog",
-                "--port",
-                "0",
-                "--rate",
-                str(args.rate),
-                "--ready-file",
-                str(ready),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        testlog, base = start_testlog(work / "testlog.url", ["--rate", str(args.rate)])
         try:
-            base = _wait(lambda: ready.exists() and ready.read_text().strip(), "testlog")
             results: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
             for _ in range(args.rounds):
                 for sink in (False, True):

@@ -32,7 +32,7 @@ from certlake.config import Config, DeltaSinkConfig, s3_storage_options
 from certlake.ct.backoff import RetryPolicy
 from certlake.lake.committer import Chunk, Commit, CommitStats, Committer, WriterSettings
 from certlake.lake.rows import split_malformed
-from certlake.lake.table import ArchiveTable, compact, unsafe_rename
+from certlake.lake.table import ArchiveTable, compact, cursors_in, unsafe_rename
 from certlake.lake.txn import CommitPlan, OpenRange, SkipKind, SkippedRange, plan_commit
 
 log = logging.getLogger(__name__)
@@ -339,10 +339,7 @@ class DeltaSink(Committer[_Chunk]):
     def _read_cursors(self, urls: list[str]) -> dict[str, int | None]:
         if self._table is None:
             self._open_existing()
-        table = self._table
-        if table is None:
-            return dict.fromkeys(urls)
-        return {url: table.committed_cursor(url) for url in urls}
+        return cursors_in(self._table, urls)
 
     def _prepare(self, table: ArchiveTable, chunk: _Chunk) -> Commit:
         missing = [u for u in {i.source_url for i in chunk.items} if u not in chunk.known]

@@ -285,6 +285,11 @@ def committed_cursors(
 ) -> dict[str, int | None]:
     """Each log's live cursor in the table at `uri` (None: no table, or no cursor for it)."""
     table = ArchiveTable.open(uri, storage_options=table_storage_options(uri, storage_options))
+    return cursors_in(table, source_urls)
+
+
+def cursors_in(table: ArchiveTable | None, source_urls: Sequence[str]) -> dict[str, int | None]:
+    """Each log's live cursor in an open table (all None when there is no table)."""
     if table is None:
         return dict.fromkeys(source_urls)
     return {url: table.committed_cursor(url) for url in source_urls}

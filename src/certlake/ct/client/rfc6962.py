@@ -58,7 +58,11 @@ class Rfc6962Log:
 
     @property
     def answer_cap(self) -> int | None:
-        return self.cap if self.cap is not None or not self._settled else self._batch_size
+        """The learned cap; once settled without one, what we ask (the log serves at least
+        that); None while still learning."""
+        if self.cap is not None:
+            return self.cap
+        return self._batch_size if self._settled else None
 
     def chunk_end(self, start: int, end: int, tree_size: int) -> int:
         last = min(end, tree_size - 1)
