@@ -201,8 +201,8 @@ def main() -> None:
         print(
             f"limit {case} req/s: median {med['rate']:,.0f} entries/s{share}; "
             f"{100 * med['refused_share']:.2f} % of requests refused; naive sequential "
-            f"{med['naive_rate']:,.0f} entries/s (x{med['ratio_to_naive']:.1f}); baseline "
-            f"certlake x{med['ratio_to_baseline']:.1f}",
+            f"{med['naive_rate']:,.0f} entries/s (x{med['ratio_to_naive']:.1f})"
+            + (f"; baseline certlake x{med['ratio_to_baseline']:.1f}" if args.baseline_src else ""),
             flush=True,
         )
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
