@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 from certlake.config import CtLogConfig
 from certlake.ct.client.fetch import GaveUp, fetch_range
 from certlake.ct.client.http import CTHttp
-from certlake.ct.client.reader import FetchedEntry, Unparseable
+from certlake.ct.client.reader import settle
 from certlake.ct.loglist import LogInfo, parse_log_list
 from certlake.ingest.metrics import IngestMetrics
 from certlake.ingest.pipeline import Pipeline
@@ -73,9 +73,8 @@ async def _archive_live(table: str, logs: Sequence[LogInfo]) -> None:
         for info in logs:
             reader = make_reader(http, info, CtLogConfig(default_operator_rate_limit_ms=0))
             async for item in fetch_range(reader, 0, SIZE - 1, tree_size=SIZE):
-                assert isinstance(item, FetchedEntry | Unparseable), item
-                assert not isinstance(item, GaveUp)
-                pipeline.handle(info.source, item)
+                assert not isinstance(item, GaveUp), item
+                pipeline.handle(info.source, settle(item, reader.source.url))
     await sink.close()
 
 

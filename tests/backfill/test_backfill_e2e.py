@@ -316,18 +316,29 @@ def test_delta_backfill_ac6_3_summary_reports_records_logs_and_elapsed(lake: Lak
         assert field in line
 
 
-def test_unparseable_entries_are_recorded_and_not_holes(lake: Lake) -> None:
-    rfc = lake.log.rfc6962.url
-    lake.punch(rfc, [*range(40, 50)])
-    lake.ceilings(rfc6962=SIZE)
-    lake.log.faults("corrupt:at=44,log=rfc6962")
+@pytest.mark.parametrize(
+    ("kind", "mode"),
+    [
+        ("rfc6962", "der"),
+        ("rfc6962", "framing"),
+        ("rfc6962", "base64"),
+        ("rfc6962", "null"),
+        ("rfc6962", "no-extra"),
+        ("static", "leaf-index"),
+    ],
+)
+def test_unparseable_entries_are_recorded_and_not_holes(lake: Lake, kind: str, mode: str) -> None:
+    url = getattr(lake.log, kind).url
+    lake.punch(url, [*range(40, 50)])
+    lake.ceilings(**{kind: SIZE})
+    lake.log.faults(f"corrupt:at=44,mode={mode},log={kind}")
     summary = lake.tmp / "summary.json"
     assert lake.run("backfill", "--summary-json", str(summary)).returncode == 0
-    present = {i for (u, i) in lake.keys(lake.main) if u == rfc}
+    present = {i for (u, i) in lake.keys(lake.main) if u == url}
     assert set(range(40, 50)) - present == {44}
     (recorded,) = [r for r in read_skipped(str(lake.main)) if r.start <= 44 <= r.end]
     assert recorded.kind is SkipKind.UNPARSEABLE
-    assert log_entry(summary_of(summary), rfc)["unparseable"] == 1
+    assert log_entry(summary_of(summary), url)["unparseable"] == 1
     # Passed, never a hole: the next run finds nothing to fetch.
     lake.log.faults()
     gaps = lake.run("gaps")

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from certlake.ct.backoff import RetryPolicy
 from certlake.ct.client.fetch import FetchItem, GaveUp, fetch_range
 from certlake.ct.client.http import CTHttp
-from certlake.ct.client.reader import FetchedEntry, LogReader, Unparseable
+from certlake.ct.client.reader import FetchedEntry, LogReader, Unparseable, settle
 from certlake.ct.client.rfc6962 import Rfc6962Log
 from certlake.ct.client.static import StaticLog
 from certlake.ct.entry import LogKind, LogSource
@@ -50,7 +50,10 @@ async def _collect(
 ) -> list[FetchItem]:
     async with CTHttp(timeout=5) as http:
         reader = _reader(http, srv, kind)
-        return [item async for item in fetch_range(reader, start, end, policy=policy)]
+        return [
+            item if isinstance(item, GaveUp) else settle(item, reader.source.url)
+            async for item in fetch_range(reader, start, end, policy=policy)
+        ]
 
 
 def _set_faults(bg: BackgroundTestLog, specs: list[str], seed: int = 0) -> None:
@@ -195,3 +198,41 @@ def test_a_tile_that_stays_corrupt_does_not_stall_the_log(bg: BackgroundTestLog)
     bad = [i.index for i in items if isinstance(i, Unparseable)]
     # Entries after the corrupt one in tile 1 cannot be located; the next tile is whole again.
     assert bad == list(range(300, 512))
+
+
+# A bad element in each position of an answer: answer k of the log's 100-entry answers holds
+# one at position k, broken in each of the ways a log has been seen to break one.
+BAD_ELEMENT_MODES = ["base64", "null", "no-extra", "framing", "der"]
+BAD_AT = {100 * k + k: BAD_ELEMENT_MODES[k % len(BAD_ELEMENT_MODES)] for k in range(15)}
+BAD_AT |= {100 * 14 + 99: "null"}  # and the very last position
+
+
+def test_a_bad_element_in_any_position_costs_only_itself(bg: BackgroundTestLog) -> None:
+    specs = [
+        "corrupt:" + ",".join(f"at={i}" for i, m in BAD_AT.items() if m == mode) + f",mode={mode}"
+        for mode in BAD_ELEMENT_MODES
+    ]
+    _set_faults(bg, specs)
+    try:
+        items = asyncio.run(_collect(bg.server, LogKind.RFC6962, 0, SIZE - 1))
+    finally:
+        _set_faults(bg, [])
+    assert [i.index for i in items] == list(range(SIZE))
+    bad = {i.index: i.error for i in items if isinstance(i, Unparseable)}
+    # A certificate of garbage bytes still decodes as an entry: it fails later, as a certificate.
+    assert set(bad) == {i for i, m in BAD_AT.items() if m != "der"}
+    for index, error in bad.items():
+        assert error, index
+    assert "not base64" in bad[0] and "missing" in bad[101] and "extra_data[202]" in bad[202]
+
+
+def test_a_wrong_leaf_index_in_a_tile_costs_only_that_entry(bg: BackgroundTestLog) -> None:
+    _set_faults(bg, ["corrupt:at=300,at=511,mode=leaf-index"])
+    try:
+        items = asyncio.run(_collect(bg.server, LogKind.STATIC, 260, 530))
+    finally:
+        _set_faults(bg, [])
+    assert [i.index for i in items] == list(range(260, 531))
+    bad = [i for i in items if isinstance(i, Unparseable)]
+    assert [i.index for i in bad] == [300, 511]
+    assert "claims leaf_index 301" in bad[0].error

@@ -17,8 +17,11 @@ from certlake.ct.entry import EntryType, LogEntry
 from certlake.ct.leaf import decode_rfc6962_entry, encode_leaf_input, encode_timestamped_entry
 from certlake.ct.tile import (
     TILE_WIDTH,
+    BadTileLeaf,
+    TileLeaf,
     data_tile_path,
     decode_data_tile,
+    decode_data_tile_prefix,
     encode_tile_leaf,
     hash_tile_path,
     leaf_index_extension,
@@ -353,6 +356,22 @@ def test_leaf_index_disagreeing_with_position_is_rejected() -> None:
     # A correct tile served under another tile's path is caught the same way.
     with pytest.raises(DecodeError, match="leaf_index"):
         decode_data_tile(good, 4, 3)
+
+
+def test_content_errors_cost_one_entry_and_framing_errors_the_rest_of_the_tile() -> None:
+    base = 3 * 256
+    wrong = X509.encode(base) + PRECERT.encode(base + 7) + X509.encode(base + 2)
+    leaves, error = decode_data_tile_prefix(wrong, 3, 3)
+    assert error is None
+    assert [type(leaf) for leaf in leaves] == [TileLeaf, BadTileLeaf, TileLeaf]
+    assert leaves[1].index == base + 1 and "claims leaf_index 775" in leaves[1].error
+    odd_chain = _raw_x509_entry(leaf_index_extension(base + 1), b"\x00" * 33)
+    leaves, error = decode_data_tile_prefix(X509.encode(base) + odd_chain, 3, 2)
+    assert error is None and isinstance(leaves[1], BadTileLeaf)
+    # Truncated: where the next entry starts is unknown, so the tile ends there.
+    cut = X509.encode(base) + PRECERT.encode(base + 1)[:-3] + X509.encode(base + 2)
+    leaves, error = decode_data_tile_prefix(cut, 3, 3)
+    assert error is not None and len(leaves) <= 2 and isinstance(leaves[0], TileLeaf)
 
 
 def test_tile_with_one_entry_too_many_or_too_few_is_rejected() -> None:

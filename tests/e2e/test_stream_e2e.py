@@ -16,6 +16,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 
+from certlake.lake.table import read_skipped
 from support.procs import Procs, read_state, server_config
 from support.waiting import until
 
@@ -162,3 +163,50 @@ async def test_kill_9_and_restart_resumes_from_the_state_file_without_a_gap(
         # The restart began at the saved cursor (not at the tree head).
         first_after = min(i for u, i in after if u == url)
         assert first_after == saved[url]["current_index"]
+
+
+async def test_a_bad_element_costs_only_itself_on_the_stream_and_in_the_archive(
+    procs: Procs, tmp_path: Path
+) -> None:
+    # 32-entry answers; in the live range, one element of an answer broken each way a log has
+    # broken one (null, not base64, no extra_data, truncated) and, in the tiled log, one entry
+    # claiming the wrong leaf_index.
+    testlog = procs.testlog("--initial-size", "40", "--batch-cap", "32", "--seed", "5")
+    table = tmp_path / "archive"
+    config = server_config(
+        tmp_path,
+        f"{testlog.url}/log_list.json",
+        delta_sink={"enabled": True, "table_path": str(table), "batch_size": 50,
+                    "flush_interval_secs": 1, "compaction_interval_secs": 0},
+    )  # fmt: skip
+    server = procs.serve(config)
+    await until(lambda: _heads_known(server.url, 2), 30, "both watchers at the tree head")
+    urls = sorted(await _logs_at(server.url))
+    bad = {"rfc6962": {40: "null", 73: "base64", 127: "no-extra", 160: "framing"},
+           "static": {300: "leaf-index"}}  # fmt: skip
+    await _set_faults(
+        testlog.url,
+        [f"corrupt:at={i},mode={m},log={name}" for name, at in bad.items() for i, m in at.items()],
+    )
+    final = 40 + 400
+    async with full_stream(server.url) as seen:
+        await _grow(testlog.url, 400)
+
+        async def all_there() -> bool:
+            return len(seen) >= 2 * 400 - 5
+
+        await until(all_there, 60, "every good entry on the stream")
+        await asyncio.sleep(0.5)
+    counts = Counter(seen)
+    assert max(counts.values()) == 1
+    by_url = {u: sorted(i for v, i in seen if v == u) for u in urls}
+    rfc = next(u for u in urls if "rfc6962" in u)
+    static = next(u for u in urls if u != rfc)
+    assert by_url[rfc] == sorted(set(range(40, final)) - set(bad["rfc6962"]))
+    assert by_url[static] == sorted(set(range(40, final)) - set(bad["static"]))
+    assert server.stop() == 0, server.log.read_text()[-3000:]
+    skipped = read_skipped(str(table))
+    recorded = {(r.source_url, i) for r in skipped for i in range(r.start, r.end + 1)}
+    expected = {(rfc, i) for i in bad["rfc6962"]} | {(static, i) for i in bad["static"]}
+    assert expected <= recorded
+    assert read_state(tmp_path)["logs"][rfc]["current_index"] == final

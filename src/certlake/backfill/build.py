@@ -4,10 +4,12 @@ Pure: `build_record` (exactly the archive fields of the live path's `build_messa
 `lake/rows.split_malformed`, so backfilled rows are the live sink's rows (delta-backfill.AC4.2).
 
 Crossing the process boundary is made cheap (measured, docs/benchmarks.md "backfill"): a chunk
-goes out packed as plain tuples of bytes, each distinct chain once (entries of one CA share it,
-and pickle then writes it once per chunk) — about 2 µs per entry to pickle and 5 to rebuild,
-against 7 and 9 for the dataclasses, and 1.5 KB instead of 3.7 KB — and comes back as one Arrow
-table, whose buffers pickle whole rather than row by row.
+goes out packed as plain tuples, and comes back as one Arrow table, whose buffers pickle whole
+rather than row by row. An RFC 6962 element goes out as served, its base64 text not yet
+decoded: decoding it (base64, then the TLS structures: ~18 µs per entry) is CPU work the
+workers do, leaving the event loop only to read. A static log's entries arrive decoded from
+their tile; each distinct chain is then packed once (entries of one CA share it, and pickle
+writes it once per chunk).
 """
 
 from __future__ import annotations
@@ -20,15 +22,19 @@ import pyarrow as pa
 
 from certlake.certs.errors import CertificateParseError
 from certlake.certs.message import CertMessage, build_record
-from certlake.ct.client.reader import FetchedEntry, Unparseable
+from certlake.ct.client.reader import FetchedEntry, RawEntry, Unparseable
 from certlake.ct.entry import EntryType, LogEntry, LogSource
+from certlake.ct.leaf import decode_get_entries_element
+from certlake.ct.tls import DecodeError
+from certlake.ct.urls import get_entries_link
 from certlake.lake.rows import split_malformed
 from certlake.lake.txn import SkipKind, SkippedRange
 
-# (index, timestamp_ms, entry type, cert DER, chain, cert_link), or (index, why it does not
-# decode).
+# (index, timestamp_ms, entry type, cert DER, chain, cert_link) of a decoded entry; (index,
+# leaf_input, extra_data) of an RFC 6962 element as served; (index, why it does not decode).
 PackedEntry = tuple[int, int, int, bytes, tuple[bytes, ...], str]
-Packed = list[PackedEntry | tuple[int, str]]
+PackedRaw = tuple[int, object, object]
+Packed = list[PackedEntry | PackedRaw | tuple[int, str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,12 +47,15 @@ class BuiltRows:
     skipped: tuple[SkippedRange, ...]
 
 
-def pack(items: Iterable[FetchedEntry | Unparseable]) -> Packed:
+def pack(items: Iterable[FetchedEntry | Unparseable | RawEntry]) -> Packed:
     """`items` as plain tuples for another process. The Merkle leaf bytes and a precert's logged
     TBS are left out: rows do not need them (a precert's fields come from the pre-certificate)."""
     chains: dict[tuple[bytes, ...], tuple[bytes, ...]] = {}
     out: Packed = []
     for item in items:
+        if isinstance(item, RawEntry):
+            out.append((item.index, item.leaf_input, item.extra_data))
+            continue
         if isinstance(item, Unparseable):
             out.append((item.index, item.error))
             continue
@@ -64,13 +73,22 @@ def build_rows(source: LogSource, packed: Packed, seen: float) -> BuiltRows:
         if len(item) == 2:
             index, reason = item
         else:
-            index, ts, kind, der, chain, cert_link = item
-            entry = LogEntry(index, ts, EntryType(kind), der, chain)
             try:
-                messages.append(build_record(entry, source, seen, cert_link))
-                continue
-            except CertificateParseError as e:
-                reason = f"certificate: {e}"
+                if len(item) == 3:
+                    index, leaf_input, extra_data = item
+                    entry = decode_get_entries_element(index, leaf_input, extra_data)
+                    cert_link = get_entries_link(source.url, index)
+                else:
+                    index, ts, kind, der, chain, cert_link = item
+                    entry = LogEntry(index, ts, EntryType(kind), der, chain)
+            except DecodeError as e:
+                reason = str(e)
+            else:
+                try:
+                    messages.append(build_record(entry, source, seen, cert_link))
+                    continue
+                except CertificateParseError as e:
+                    reason = f"certificate: {e}"
         skipped.append(SkippedRange(source.url, index, index, SkipKind.UNPARSEABLE, reason))
     rows, malformed = split_malformed(messages)
     skipped.extend(

@@ -33,7 +33,7 @@ from certlake.backfill.build import BuiltRows, build_rows, pack
 from certlake.backfill.summary import FETCHING, LogOutcome
 from certlake.ct.backoff import RetryPolicy
 from certlake.ct.client.fetch import GaveUp, fetch_range
-from certlake.ct.client.reader import FetchedEntry, LogReader, Unparseable
+from certlake.ct.client.reader import FetchedEntry, LogReader, RawEntry, Unparseable
 from certlake.ct.errors import FetchError
 from certlake.lake.txn import SkipKind
 from certlake.ranges import Range
@@ -122,7 +122,7 @@ class Fetchers:
                     job.outcome.ranges_done += 1
 
     def build(
-        self, job: LogJob, items: list[FetchedEntry | Unparseable]
+        self, job: LogJob, items: list[FetchedEntry | Unparseable | RawEntry]
     ) -> asyncio.Future[BuiltRows]:
         """The rows of `items`, built in the pool (or here, at once, without one)."""
         source = job.reader.source
@@ -154,7 +154,7 @@ class _Item:
         self._f = fetchers
         self._job = job
         self._end = end
-        self._chunk: list[FetchedEntry | Unparseable] = []
+        self._chunk: list[FetchedEntry | Unparseable | RawEntry] = []
         self._pending: deque[tuple[int, asyncio.Future[BuiltRows]]] = deque()
         self._retrying: str | None = None  # the last failure, while a read is being retried
         self.done = start
@@ -180,12 +180,7 @@ class _Item:
                         outcome.add_unfetched(item.start, item.end, f"gave up: {item.error}")
                         self._f.fail(job, f"the log gave up at {item.start}: {item.error}")
                         return
-                    # The raw bytes of an undecodable entry are not needed past this point.
-                    self._chunk.append(
-                        Unparseable(item.index, item.error, b"")
-                        if isinstance(item, Unparseable)
-                        else item
-                    )
+                    self._chunk.append(item)
                     outcome.fetched += 1
                     if self._retrying is not None:
                         self._retrying = None

@@ -15,7 +15,7 @@ from certlake.certs.message import build_message
 from certlake.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from certlake.config import Config
 from certlake.ct.client.fetch import GaveUp, fetch_range
-from certlake.ct.client.reader import Unparseable
+from certlake.ct.client.reader import Unparseable, settle
 from certlake.ct.errors import FetchError
 from certlake.ct.loglist import ConfiguredLog, LogInfo, merge_config_logs
 from certlake.ct.urls import URLError, normalize_url
@@ -67,6 +67,7 @@ async def run_fetch(
                     )
                     failed = True
                     continue
+                item = settle(item, reader.source.url)
                 if isinstance(item, Unparseable):
                     print(f"Error: entry {item.index} of {url}: {item.error}", file=sys.stderr)
                     failed = True

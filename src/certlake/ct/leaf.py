@@ -7,6 +7,7 @@ decoders are what every reader uses.
 
 from __future__ import annotations
 
+import binascii
 from collections.abc import Sequence
 
 from certlake.ct.entry import EntryType, LogEntry
@@ -148,4 +149,28 @@ def decode_rfc6962_entry(index: int, leaf_input: bytes, extra_data: bytes) -> Lo
         cert_der=ts.cert_or_tbs,
         chain=chain,
         leaf_input=leaf_input,
+    )
+
+
+def _base64_field(value: object, name: str) -> bytes:
+    if not isinstance(value, str):
+        what = "missing" if value is None else f"a JSON {type(value).__name__}, not a string"
+        raise DecodeError(f"{name}: {what}")
+    try:
+        return binascii.a2b_base64(value, strict_mode=True)
+    except (binascii.Error, ValueError) as e:
+        raise DecodeError(f"{name}: not base64 ({e})") from None
+
+
+def decode_get_entries_element(index: int, leaf_input: object, extra_data: object) -> LogEntry:
+    """Decode one element of a `get-entries` answer as served: its `leaf_input` and `extra_data`
+    members (base64 text, or whatever a broken log put there; None when missing).
+
+    Raises DecodeError naming the member, so that one bad element is reported as itself while
+    the rest of its answer flows on.
+    """
+    return decode_rfc6962_entry(
+        index,
+        _base64_field(leaf_input, f"leaf_input[{index}]"),
+        _base64_field(extra_data, f"extra_data[{index}]"),
     )

@@ -140,6 +140,16 @@ class TileLeaf:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class BadTileLeaf:
+    """A data tile entry whose framing held but whose content does not decode (a wrong
+    `leaf_index`, an empty pre_certificate, a chain that is not whole fingerprints). The next
+    entry's position is still known, so it costs only itself."""
+
+    index: int
+    error: str
+
+
 def encode_tile_leaf(
     index: int,
     timestamp_ms: int,
@@ -164,27 +174,32 @@ def encode_tile_leaf(
 
 
 def decode_data_tile(data: bytes, tile_index: int, width: int) -> list[TileLeaf]:
-    """Decode a data tile holding exactly `width` entries, checking each `leaf_index`.
-
-    Entries have no framing, so a short, long or corrupt tile is a DecodeError for the tile as a
-    whole: positions after a bad entry cannot be trusted.
-    """
+    """Decode a data tile holding exactly `width` entries, checking each `leaf_index`; any
+    problem is a DecodeError for the tile as a whole."""
     leaves, error = decode_data_tile_prefix(data, tile_index, width)
     if error is not None:
         raise error
-    return leaves
+    bad = next((leaf for leaf in leaves if isinstance(leaf, BadTileLeaf)), None)
+    if bad is not None:
+        raise DecodeError(bad.error)
+    return [leaf for leaf in leaves if isinstance(leaf, TileLeaf)]
 
 
 def decode_data_tile_prefix(
     data: bytes, tile_index: int, width: int
-) -> tuple[list[TileLeaf], DecodeError | None]:
-    """The entries that decode before the first problem, and that problem (None if the tile is
-    whole). Readers use the prefix only when a tile stays corrupt after retries, so that one bad
-    entry costs the entries after it in that tile, not the whole log's progress."""
+) -> tuple[list[TileLeaf | BadTileLeaf], DecodeError | None]:
+    """The entries up to the first framing problem — each decoded, or a `BadTileLeaf` when only
+    its content is wrong — and that problem (None if the tile is whole).
+
+    Entries have no framing of their own: after a truncated entry or an unknown entry type the
+    positions of the next ones cannot be trusted. Readers use the prefix only when a tile stays
+    broken after retries, so that one bad entry costs the entries after it in that tile, not
+    the whole log's progress.
+    """
     if not 1 <= width <= TILE_WIDTH:
         raise ValueError(f"tile width {width} outside 1..256")
     r = Reader(data, f"data tile {tile_index}")
-    leaves: list[TileLeaf] = []
+    leaves: list[TileLeaf | BadTileLeaf] = []
     base = tile_index * TILE_WIDTH
     try:
         while r.remaining():
@@ -198,23 +213,28 @@ def decode_data_tile_prefix(
     return leaves, None
 
 
-def _read_tile_leaf(r: Reader, index: int) -> TileLeaf:
+def _read_tile_leaf(r: Reader, index: int) -> TileLeaf | BadTileLeaf:
+    """The entry at `r`, `r` left after it. Framing problems raise; content problems, found
+    once the entry's extent is known, give a BadTileLeaf."""
     start = r.pos
     ts = read_timestamped_entry(r)
     leaf_input = b"\x00\x00" + r.slice_since(start)
     if ts.entry_type is EntryType.PRECERT:
         cert_der = r.opaque(3, "pre_certificate")
-        if not cert_der:
-            raise DecodeError(f"tile entry {index}: empty pre_certificate")
         tbs: bytes | None = ts.cert_or_tbs
     else:
         cert_der, tbs = ts.cert_or_tbs, None
     fps = r.opaque(2, "certificate_chain")
-    if len(fps) % 32:
-        raise DecodeError(f"tile entry {index}: chain length {len(fps)} not a multiple of 32")
-    claimed = parse_leaf_index(ts.extensions)
-    if claimed != index:
-        raise DecodeError(f"tile entry at position {index} claims leaf_index {claimed}")
+    try:
+        if not cert_der:
+            raise DecodeError(f"tile entry {index}: empty pre_certificate")
+        if len(fps) % 32:
+            raise DecodeError(f"tile entry {index}: chain length {len(fps)} not a multiple of 32")
+        claimed = parse_leaf_index(ts.extensions)
+        if claimed != index:
+            raise DecodeError(f"tile entry at position {index} claims leaf_index {claimed}")
+    except DecodeError as e:
+        return BadTileLeaf(index, str(e))
     return TileLeaf(
         index=index,
         timestamp_ms=ts.timestamp_ms,

@@ -36,3 +36,9 @@ def checkpoint_origin(submission_url: str) -> str:
     Only the submission prefix names the log; the monitoring prefix may be on another host.
     """
     return _SCHEME.sub("", normalize_url(submission_url), count=1)
+
+
+def get_entries_link(log_url: str, index: int) -> str:
+    """The `get-entries` URL that serves exactly entry `index` of an RFC 6962 log: the
+    `cert_link` of its messages."""
+    return f"{log_url}/ct/v1/get-entries?start={index}&end={index}"

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from certlake.ct.backoff import RetryPolicy
 from certlake.ct.client.fetch import GaveUp, fetch_range
-from certlake.ct.client.reader import FetchedEntry, LogReader, Unparseable
+from certlake.ct.client.reader import Decoded, LogReader, Unparseable, settle
 from certlake.ct.errors import FetchError
 from certlake.ct.health import Health, LogHealth
 from certlake.ct.lag import LagReport, LagTracker
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 _YIELD_EVERY_MASK = 31  # yield to the event loop every 32 entries
 
-Consumer = Callable[[FetchedEntry | Unparseable], Awaitable[None]]
+Consumer = Callable[[Decoded], Awaitable[None]]
 ErrorReporter = Callable[[str, FetchError], None]
 
 
@@ -140,6 +140,7 @@ class LogWatcher:
                 if isinstance(item, GaveUp):
                     self.health.failure(item.error)
                     return
+                item = settle(item, self.reader.source.url)
                 await self._consumer(item)
                 st.cursor = item.index + 1
                 if isinstance(item, Unparseable):

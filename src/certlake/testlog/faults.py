@@ -16,6 +16,10 @@ is the probability. The same options are accepted as a JSON object by the admin 
     drop:mode=mid                headers and half the body sent, then the connection is closed
     corrupt:at=5,at=17           entries 5 and 17 are served with garbage certificate bytes
     corrupt:at=5,mode=framing    entry 5 is served truncated (its leaf / its data tile undecodable)
+    corrupt:at=5,mode=base64     get-entries: entry 5's leaf_input is not base64
+    corrupt:at=5,mode=null       get-entries: entry 5's leaf_input is null
+    corrupt:at=5,mode=no-extra   get-entries: entry 5 has no extra_data member
+    corrupt:at=5,mode=leaf-index data tiles: entry 5 claims the next leaf_index (framing intact)
 
 Common options: `p` (probability, default 1), `n` (the fault fires at most n times, then expires),
 `endpoint=` and `log=` (repeatable) restrict the requests it applies to (the log list is reached
@@ -73,6 +77,13 @@ class DropMode(enum.Enum):
 class CorruptMode(enum.Enum):
     DER = "der"  # certificate bytes replaced by same-length garbage: framing intact
     FRAMING = "framing"  # entry truncated: the leaf (or the whole data tile) does not decode
+    # One get-entries element broken as JSON, the rest of the answer whole (data tiles: served
+    # as they are).
+    BASE64 = "base64"
+    NULL = "null"
+    NO_EXTRA = "no-extra"
+    # A data tile entry whose leaf_index extension is wrong (get-entries: served as it is).
+    LEAF_INDEX = "leaf-index"
 
 
 _STATUS = {

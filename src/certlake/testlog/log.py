@@ -249,7 +249,15 @@ class TestLog:
         """One `{"leaf_input":…,"extra_data":…}` JSON object per index, as bytes."""
         for i in indices:
             leaf, extra = self._served(i, corrupt)
-            yield b'{"leaf_input":"%s","extra_data":"%s"}' % (base64.b64encode(leaf), extra)
+            mode = corrupt.get(i)
+            if mode is CorruptMode.BASE64:
+                yield b'{"leaf_input":"not base64!","extra_data":"%s"}' % extra
+            elif mode is CorruptMode.NULL:
+                yield b'{"leaf_input":null,"extra_data":"%s"}' % extra
+            elif mode is CorruptMode.NO_EXTRA:
+                yield b'{"leaf_input":"%s"}' % base64.b64encode(leaf)
+            else:
+                yield b'{"leaf_input":"%s","extra_data":"%s"}' % (base64.b64encode(leaf), extra)
 
     def get_entries_body(self, indices: range, corrupt: Mapping[int, CorruptMode] = {}) -> bytes:
         return b'{"entries":[' + b",".join(self.entry_fragments(indices, corrupt)) + b"]}"
@@ -306,7 +314,7 @@ class TestLog:
         if mode is CorruptMode.DER:
             cert = cert.garbled()
         data = encode_tile_leaf(
-            index,
+            index + 1 if mode is CorruptMode.LEAF_INDEX else index,
             ts,
             cert.entry_type,
             cert.cert_der,

@@ -21,7 +21,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from certlake.ct.backoff import RetryPolicy
-from certlake.ct.client.reader import Batch, FetchedEntry, LogReader, Unparseable
+from certlake.ct.client.reader import Batch, FetchedEntry, LogReader, RawEntry, Unparseable
 from certlake.ct.errors import FetchError
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class GaveUp:
     status: int | None
 
 
-FetchItem = FetchedEntry | Unparseable | GaveUp
+FetchItem = FetchedEntry | Unparseable | RawEntry | GaveUp
 # Called on every failed read (with the attempt number), including the one that gives up.
 ErrorHook = Callable[[FetchError, int], None]
 

@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from certlake.ct.entry import LogEntry, LogSource
+from certlake.ct.leaf import decode_get_entries_element
+from certlake.ct.tls import DecodeError
+from certlake.ct.urls import get_entries_link
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,10 +32,35 @@ class Unparseable:
 
     index: int
     error: str
-    raw: bytes
 
 
-Batch = list[FetchedEntry | Unparseable]
+@dataclass(frozen=True, slots=True)
+class RawEntry:
+    """One element of an RFC 6962 `get-entries` answer, not yet decoded: its `leaf_input` and
+    `extra_data` members as served (base64 text, or whatever a broken log put there).
+
+    Decoding is left to whoever does the CPU work — `settle` on the live path, the build workers
+    in backfill, so that the event loop only reads — and a bad element costs only itself.
+    """
+
+    index: int
+    leaf_input: object
+    extra_data: object
+
+
+Decoded = FetchedEntry | Unparseable
+Batch = list[FetchedEntry | Unparseable | RawEntry]
+
+
+def settle(item: FetchedEntry | Unparseable | RawEntry, log_url: str) -> Decoded:
+    """`item` decoded, if it is not yet: an entry, or the reason it does not decode."""
+    if not isinstance(item, RawEntry):
+        return item
+    try:
+        entry = decode_get_entries_element(item.index, item.leaf_input, item.extra_data)
+    except DecodeError as e:
+        return Unparseable(item.index, str(e))
+    return FetchedEntry(entry, get_entries_link(log_url, item.index))
 
 
 class LogReader(Protocol):

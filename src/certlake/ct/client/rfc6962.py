@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-
 import orjson
 
 from certlake.ct.client.http import CTHttp, OperatorBudget
-from certlake.ct.client.reader import Batch, FetchedEntry, Unparseable
+from certlake.ct.client.reader import Batch, RawEntry
 from certlake.ct.entry import LogSource
 from certlake.ct.errors import FetchError
 from certlake.ct.keys import SignatureError
-from certlake.ct.leaf import decode_rfc6962_entry
 from certlake.ct.sth import SignedTreeHead, verify_sth
-from certlake.ct.tls import DecodeError
 
 
 class Rfc6962Log:
@@ -79,9 +74,6 @@ class Rfc6962Log:
             self.cap, self._settled = got, True
         self._last_short = got if got < asked else None
 
-    def cert_link(self, index: int) -> str:
-        return f"{self._api}get-entries?start={index}&end={index}"
-
     async def get_sth(self) -> SignedTreeHead:
         """The current signed tree head, verified when the log's key is known."""
         body = await self._http.get(self._api + "get-sth", budget=self._budget)
@@ -99,10 +91,13 @@ class Rfc6962Log:
     async def latest_size(self) -> int:
         return (await self.get_sth()).tree_size
 
-    async def get_entries(self, start: int, end: int) -> list[tuple[bytes, bytes]]:
-        """Raw (leaf_input, extra_data) pairs for [start, end]; at least one, never more than asked.
+    async def get_entries(self, start: int, end: int) -> list[tuple[object, object]]:
+        """The (leaf_input, extra_data) members of each element for [start, end], as served: at
+        least one element, never more than asked.
 
-        An empty array or more entries than asked is a bad response (Cert Spotter rejects both).
+        Only the answer's shape is checked here: an empty array or more entries than asked is a
+        bad response (Cert Spotter rejects both), and so is anything but an `entries` array. What
+        one element holds is decoded later, element by element (`reader.settle`).
         """
         body = await self._http.get(
             self._api + "get-entries", params={"start": start, "end": end}, budget=self._budget
@@ -110,33 +105,26 @@ class Rfc6962Log:
         where = f"get-entries [{start}, {end}] from {self.source.url}"
         try:
             entries = orjson.loads(body)["entries"]
-            raw = [
-                (
-                    base64.b64decode(e["leaf_input"], validate=True),
-                    base64.b64decode(e["extra_data"], validate=True),
-                )
-                for e in entries
-            ]
-        except (orjson.JSONDecodeError, KeyError, TypeError, binascii.Error) as e:
+        except (orjson.JSONDecodeError, KeyError, TypeError) as e:
             raise FetchError(f"malformed {where}: {type(e).__name__} {e}", 200) from None
-        if not raw:
+        if not isinstance(entries, list):
+            raise FetchError(f"malformed {where}: entries is a JSON {type(entries).__name__}", 200)
+        if not entries:
             raise FetchError(f"empty {where}", 200)
-        if len(raw) > end - start + 1:
-            raise FetchError(f"{where} returned {len(raw)} entries", 200)
-        return raw
+        if len(entries) > end - start + 1:
+            raise FetchError(f"{where} returned {len(entries)} entries", 200)
+        return [
+            (e.get("leaf_input"), e.get("extra_data")) if isinstance(e, dict) else (e, None)
+            for e in entries
+        ]
 
     async def read(self, start: int, end: int, tree_size: int) -> Batch:
-        """Entries from `start` on, at most up to `end` (inclusive) and one batch's worth."""
+        """Entries from `start` on, at most up to `end` (inclusive) and one batch's worth, not
+        yet decoded."""
         last = min(end, self.chunk_end(start, end, tree_size))
         raw = await self.get_entries(start, last)
         self._learn(start, last - start + 1, len(raw))
-        items: Batch = []
-        for offset, (leaf_input, extra_data) in enumerate(raw):
-            index = start + offset
-            try:
-                entry = decode_rfc6962_entry(index, leaf_input, extra_data)
-            except DecodeError as e:
-                items.append(Unparseable(index, str(e), leaf_input + extra_data))
-                continue
-            items.append(FetchedEntry(entry, self.cert_link(index)))
-        return items
+        return [
+            RawEntry(start + offset, leaf_input, extra_data)
+            for offset, (leaf_input, extra_data) in enumerate(raw)
+        ]

@@ -12,7 +12,7 @@ from certlake.ct.entry import LogSource
 from certlake.ct.errors import FetchError, NotFound
 from certlake.ct.keys import SignatureError
 from certlake.ct.merkle import TILE_WIDTH
-from certlake.ct.tile import TileLeaf, data_tile_path, decode_data_tile_prefix
+from certlake.ct.tile import BadTileLeaf, TileLeaf, data_tile_path, decode_data_tile_prefix
 
 # A tile that still fails to decode after this many reads is taken as the log's real content:
 # its decodable prefix is emitted and the rest reported as unparseable, so the log moves on.
@@ -138,9 +138,12 @@ class StaticLog:
         last = min(end, base + width - 1)
         items: Batch = []
         for leaf in leaves[start - base : last - base + 1]:
+            if isinstance(leaf, BadTileLeaf):
+                items.append(Unparseable(leaf.index, leaf.error))
+                continue
             items.append(
                 FetchedEntry(leaf.to_entry(await self._chain(leaf)), self.cert_link(leaf.index))
             )
         for index in range(max(start, base + len(leaves)), last + 1):
-            items.append(Unparseable(index, f"data tile {n}: {error}", b""))
+            items.append(Unparseable(index, f"data tile {n}: {error}"))
         return items
