@@ -465,14 +465,21 @@ def test_search_order(tmp_path: Path) -> None:
 
 def test_named_file_must_exist(tmp_path: Path) -> None:
     (tmp_path / "config.yaml").write_text("port: 3\n")
-    with pytest.raises(ConfigError) as info:
-        load_config("nope.yaml", {}, tmp_path)
-    assert info.value.errors == ("--config: 'nope.yaml' is not allowed; expected an existing file",)
-    with pytest.raises(ConfigError) as info:
-        load_config(None, {"CERTSTREAM_CONFIG": "/nonexistent/c.yaml"}, tmp_path)
-    assert info.value.errors == (
-        "CERTSTREAM_CONFIG: '/nonexistent/c.yaml' is not allowed; expected an existing file",
-    )
+    (tmp_path / "dir.yaml").mkdir()
+    (tmp_path / "file").write_text("")
+    for explicit, environ, message in [
+        ("nope.yaml", {}, "--config: config file not found: nope.yaml"),
+        (
+            None,
+            {"CERTSTREAM_CONFIG": "/nonexistent/c.yaml"},
+            "CERTSTREAM_CONFIG: config file not found: /nonexistent/c.yaml",
+        ),
+        ("file/c.yaml", {}, "--config: config file not found: file/c.yaml"),
+        ("dir.yaml", {}, "--config: config file dir.yaml is not a regular file"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            load_config(explicit, environ, tmp_path)
+        assert info.value.errors == (message,)
 
 
 def test_yaml_problems_are_config_errors(tmp_path: Path) -> None:

@@ -162,7 +162,13 @@ def test_bad_environment_value_exits_2(run: Run) -> None:
 def test_missing_named_config_file_exits_2(run: Run) -> None:
     result = run("validate-config", env={"CERTSTREAM_CONFIG": "/nonexistent/config.yaml"})
     assert result.returncode == 2
-    assert "CERTSTREAM_CONFIG: '/nonexistent/config.yaml' is not allowed" in result.stderr
+    assert "CERTSTREAM_CONFIG: config file not found: /nonexistent/config.yaml" in result.stderr
+    result = run("validate-config", "--config", "nope.yaml")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.splitlines() == [
+        "Error: invalid configuration:",
+        "  - --config: config file not found: nope.yaml",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,8 +65,14 @@ def find_config_file(
         if value is None:
             continue
         path = cwd / Path(value)
-        if not path.is_file():
-            raise ConfigError([f"{how}: {str(value)!r} is not allowed; expected an existing file"])
+        try:
+            mode = path.stat().st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            raise ConfigError([f"{how}: config file not found: {value}"]) from None
+        except OSError as exc:  # e.g. a directory on the way that this user may not enter
+            raise ConfigError([f"{how}: config file {value} cannot be read: {exc}"]) from None
+        if not stat.S_ISREG(mode):
+            raise ConfigError([f"{how}: config file {value} is not a regular file"])
         return path
     for candidate in search:
         path = cwd / candidate
