@@ -23,6 +23,7 @@ from certlake.config import (
     s3_storage_options,
     table_path_problem,
 )
+from support.hostile import ALIAS_BOMB
 
 # A config.yaml as certstream-server-rust's operators write it (its key names and sections,
 # including one certlake has no equivalent for, switched off).
@@ -508,6 +509,67 @@ def test_yaml_problems_are_config_errors(tmp_path: Path) -> None:
     empty = tmp_path / "empty.yaml"
     empty.write_text("# nothing set\n")
     assert load_config(empty, {}, tmp_path).config == Config()
+
+
+def test_alias_bomb_is_refused(tmp_path: Path) -> None:
+    assert len(ALIAS_BOMB) == 342
+    path = tmp_path / "bomb.yaml"
+    path.write_text(ALIAS_BOMB)
+    with pytest.raises(ConfigError) as info:
+        read_document(path)
+    assert info.value.errors == (
+        "refused: the document, its aliases (*name) expanded, holds more than 100,000 values; "
+        "a configuration needs far fewer (an alias bomb?)",
+    )
+
+
+def test_alias_bombs_of_other_shapes_are_refused(tmp_path: Path) -> None:
+    # merge keys copy the merged mapping's pairs: the same growth through `<<`
+    lines = ["a: &a {" + ", ".join(f"k{i}: {i}" for i in range(10)) + "}"]
+    for prev, name in zip("abcdefgh", "bcdefghi", strict=True):
+        lines.append(f"{name}: &{name} {{<<: [{','.join([f'*{prev}'] * 10)}]}}")
+    merges = tmp_path / "merges.yaml"
+    merges.write_text("\n".join(lines) + "\n")
+    # few values, but each a copy of one long string
+    long = tmp_path / "long.yaml"
+    long.write_text(
+        f"s: &s {'x' * 1000}\nl: &l [{','.join(['*s'] * 100)}]\nm: [{','.join(['*l'] * 101)}]\n"
+    )
+    cycle = tmp_path / "cycle.yaml"
+    cycle.write_text("ct_log: &a {operators: {x: *a}}\n")
+    for path, problem in [
+        (merges, "holds more than 100,000 values"),
+        (long, "holds more than 10,000,000 characters of text"),
+        (cycle, "an alias (*name) names a node that contains it; the document would be infinite"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            read_document(path)
+        (error,) = info.value.errors
+        assert error.startswith("refused: ") and problem in error, path
+
+
+def test_aliases_within_the_bound_are_read(tmp_path: Path) -> None:
+    # Nodes, each alias counted as a copy of its anchor: the root mapping, then key `s` and its
+    # list of 99 (1 + 99), key `l` and its list of 998 copies of that list (1 + 998 * 100), and
+    # key `p` and its list of `pad` scalars (1 + pad): 99_906 + pad.
+    def document(pad: int) -> Path:
+        path = tmp_path / f"pad{pad}.yaml"
+        path.write_text(
+            f"s: &s [{','.join(['0'] * 99)}]\nl: [{','.join(['*s'] * 998)}]\n"
+            f"p: [{','.join(['0'] * pad)}]\n"
+        )
+        return path
+
+    doc = read_document(document(94))
+    assert isinstance(doc, dict) and len(doc["l"]) == 998 and doc["l"][0] == [0] * 99
+    with pytest.raises(ConfigError, match="holds more than 100,000 values"):
+        read_document(document(95))
+    anchored = tmp_path / "anchored.yaml"
+    anchored.write_text(
+        "ct_log:\n  operators:\n    Google: &slow {max_in_flight: 2}\n    Sectigo: *slow\n"
+    )
+    operators = load_config(anchored, {}, tmp_path).config.ct_log.operators
+    assert operators["Google"] == operators["Sectigo"] and operators["Google"].max_in_flight == 2
 
 
 def test_yaml_merge_keys_may_be_overridden(tmp_path: Path) -> None:

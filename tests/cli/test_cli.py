@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
 
 from certlake import __version__
 from certlake.cli.compat import translate_rust_argv
+from support.hostile import ALIAS_BOMB
 
 CERTLAKE = Path(sys.executable).with_name("certlake")
 MERGE_ERROR = "Error: --merge requires --staging-path <PATH>\n"
+MEMORY_LIMIT = 512 * 2**20  # bytes of address space
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -25,14 +29,16 @@ def run(tmp_path: Path) -> Run:
     """Run certlake in an empty directory with no CERTSTREAM_* variables inherited."""
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("CERTSTREAM_")}
 
-    def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def _run(
+        *args: str, env: dict[str, str] | None = None, **popen: Any
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(CERTLAKE), *args],
             cwd=tmp_path,
             env={**base_env, **(env or {})},
             capture_output=True,
             text=True,
-            timeout=60,
+            **{"timeout": 60, **popen},
         )
 
     return _run
@@ -148,6 +154,23 @@ def test_validate_config_bad_file_lists_every_problem(run: Run, bad_config: Path
         "healthy_threshold, unhealthy_threshold, health_check_interval_secs, state_file, "
         "batch_size, poll_interval_ms, user_agent, log_refresh_interval_secs, "
         "default_operator_rate_limit_ms, default_operator_max_in_flight, operators)",
+    ]
+
+
+def test_alias_bomb_fails_fast_in_bounded_memory(run: Run, tmp_path: Path) -> None:
+    path = tmp_path / "bomb.yaml"
+    path.write_text(ALIAS_BOMB)
+
+    def limit_memory() -> None:
+        # Ample for the command itself; expanding the bomb would need gigabytes.
+        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+    result = run("validate-config", "--config", str(path), preexec_fn=limit_memory, timeout=30)
+    assert (result.returncode, result.stdout) == (2, ""), result.stderr
+    assert result.stderr.splitlines() == [
+        f"Error: invalid configuration ({path}):",
+        "  - refused: the document, its aliases (*name) expanded, holds more than 100,000 "
+        "values; a configuration needs far fewer (an alias bomb?)",
     ]
 
 

@@ -23,8 +23,72 @@ class LoadedConfig:
     path: Path | None  # the file that was read; None when only defaults and environment apply
 
 
+# An alias (`*name`) stands for a copy of its anchor (`&name`), and validation does copy the
+# document out, so a few hundred bytes of anchors of aliases of anchors can stand for billions of
+# values ("billion laughs"). Anchors are legitimate YAML, so they are not refused outright; instead
+# the document, every alias counted at the full size of what it names, must stay within bounds that
+# a real configuration (a few hundred values; long log or token lists a few thousand) never nears.
+MAX_EXPANDED_NODES: Final = 100_000
+MAX_EXPANDED_CHARS: Final = 10_000_000  # of scalar text: aliases of one long string add up too
+
+
+class _Unbounded(yaml.YAMLError):
+    """The document stands for more than the bounds allow once its aliases are copied out."""
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Raise `_Unbounded` if `root`, aliases expanded, exceeds the bounds or contains itself.
+
+    Each node's expanded size is computed once and reused wherever an alias names it, so the
+    check costs time linear in the file, not in what it expands to.
+    """
+    sizes: dict[int, tuple[int, int]] = {}  # id(node) -> (nodes, characters) once expanded
+    unfinished: set[int] = set()  # sizes being computed: meeting one again is a cycle
+
+    def size(node: yaml.Node) -> tuple[int, int]:
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        if id(node) in unfinished:
+            raise _Unbounded(
+                "an alias (*name) names a node that contains it; the document would be infinite"
+            )
+        unfinished.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            children: list[yaml.Node] = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        else:
+            children = []
+        nodes, chars = 1, len(node.value) if isinstance(node, yaml.ScalarNode) else 0
+        for child in children:
+            n, c = size(child)
+            nodes, chars = nodes + n, chars + c
+            for total, bound, what in (
+                (nodes, MAX_EXPANDED_NODES, "values"),
+                (chars, MAX_EXPANDED_CHARS, "characters of text"),
+            ):
+                if total > bound:
+                    raise _Unbounded(
+                        f"the document, its aliases (*name) expanded, holds more than {bound:,} "
+                        f"{what}; a configuration needs far fewer (an alias bomb?)"
+                    )
+        unfinished.discard(id(node))
+        sizes[id(node)] = (nodes, chars)
+        return nodes, chars
+
+    size(root)
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys, which plain YAML loading silently collapses."""
+    """SafeLoader that refuses duplicate keys, which plain YAML loading silently collapses, and
+    documents that expand beyond `MAX_EXPANDED_NODES` / `MAX_EXPANDED_CHARS`."""
+
+    def compose_document(self) -> yaml.Node | None:
+        node = super().compose_document()
+        if node is not None:
+            _check_expansion(node)
+        return node
 
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
@@ -89,6 +153,8 @@ def read_document(path: Path) -> object:
         raise ConfigError([f"cannot read the file: {exc}"], str(path)) from exc
     try:
         return yaml.load(text, Loader=_StrictLoader)
+    except _Unbounded as exc:
+        raise ConfigError([f"refused: {exc}"], str(path)) from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
