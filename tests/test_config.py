@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -138,7 +141,7 @@ def test_wrong_type_names_key_value_and_allowed() -> None:
         "port: 'http' is not allowed; expected an integer from 0 to 65535"
     ]
     assert errors_of({"ct_log": {"retry_max_attempts": True}}) == [
-        "ct_log.retry_max_attempts: true is not allowed; expected an integer >= 1"
+        "ct_log.retry_max_attempts: true is not allowed; expected an integer from 1 to 100"
     ]
     assert errors_of({"protocols": {"sse": "yes"}}) == [
         "protocols.sse: 'yes' is not allowed; expected true or false"
@@ -150,10 +153,11 @@ def test_out_of_range() -> None:
         "delta_sink.compression_level: 23 is not allowed; expected an integer from 1 to 22"
     ]
     assert errors_of({"rate_limit": {"free_refill_rate": 0}}) == [
-        "rate_limit.free_refill_rate: 0 is not allowed; expected a number > 0"
+        "rate_limit.free_refill_rate: 0 is not allowed; expected a number > 0 and <= 1000000"
     ]
     assert errors_of({"connection_limit": {"per_ip_limit": 0}}) == [
-        "connection_limit.per_ip_limit: 0 is not allowed; expected an integer >= 1, or null"
+        "connection_limit.per_ip_limit: 0 is not allowed; expected an integer from 1 to 1000000, "
+        "or null"
     ]
 
 
@@ -332,6 +336,146 @@ def test_any_document_gives_a_config_or_config_error(document: object) -> None:
         assert exc.errors and all(isinstance(e, str) and ": " in e for e in exc.errors)
 
 
+# --- numbers: every numeric key is finite and bounded ------------------------------------------
+
+KeyPath = tuple[str, ...]
+
+
+def _numeric_fields(cls: type = Config, prefix: KeyPath = ()) -> list[tuple[KeyPath, type, Any]]:
+    """(key path, int or float, field metadata) of every numeric key, `ct_log.operators.*` given
+    for one operator."""
+    found: list[tuple[KeyPath, type, Any]] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp, path = hints[f.name], (*prefix, f.name)
+        if typing.get_origin(tp) is dict:
+            found += _numeric_fields(typing.get_args(tp)[1], (*path, "Google"))
+        elif dataclasses.is_dataclass(tp):
+            found += _numeric_fields(tp, path)  # type: ignore[arg-type]
+        else:
+            base = next(a for a in (*typing.get_args(tp), tp) if a is not type(None))
+            if base in (int, float):
+                found.append((path, base, f.metadata))
+    return found
+
+
+NUMERIC = _numeric_fields()
+
+
+def _nested(path: KeyPath, value: object) -> dict[str, Any]:
+    doc: dict[str, Any] = {path[-1]: value}
+    for part in reversed(path[:-1]):
+        doc = {part: doc}
+    return doc
+
+
+def _dotted(path: KeyPath) -> str:
+    return ".".join(path)
+
+
+def test_numeric_keys_are_found() -> None:
+    paths = {_dotted(p) for p, _, _ in NUMERIC}
+    assert {"port", "ct_log.batch_size", "ct_log.operators.Google.max_requests_per_second"} <= paths
+    assert {"rate_limit.free_burst", "backfill.range_split_size"} <= paths and len(paths) > 40
+
+
+@pytest.mark.parametrize(("path", "kind", "meta"), NUMERIC, ids=[_dotted(p) for p, *_ in NUMERIC])
+def test_every_numeric_key_has_an_upper_bound(path: KeyPath, kind: type, meta: Any) -> None:
+    assert meta["max"] is not None, f"{_dotted(path)} has no upper bound"
+    assert (meta["min"] is None) != (meta["gt"] is None), f"{_dotted(path)}: one lower bound"
+
+
+def test_every_numeric_key_at_its_upper_bound_is_accepted() -> None:
+    doc: dict[str, Any] = {}
+    for path, _, meta in NUMERIC:
+        node = doc
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = meta["max"]
+    cfg = parse_config(doc, {})
+    assert (cfg.port, cfg.ct_log.batch_size, cfg.rate_limit.free_burst) == (65535, 10_000, 1e6)
+    assert cfg.ct_log.operators["Google"].max_requests_per_second == 10_000
+
+
+ABSURD: list[object] = [10**20, 1e20, math.inf, -math.inf, math.nan, -1, -0.5]
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        pytest.param(path, value, id=f"{_dotted(path)}={value}")
+        for path, _, meta in NUMERIC
+        for value in [*ABSURD, meta["max"] + 1]
+    ],
+)
+def test_absurd_numbers_are_refused_with_the_key_named(path: KeyPath, value: object) -> None:
+    (error,) = errors_of(_nested(path, value))
+    assert error.startswith(f"{_dotted(path)}: {value} is not allowed; expected "), error
+    # what is allowed, with both bounds: "from 1 to 100", "> 0 and <= 1000000"
+    assert " to " in error or " and <= " in error, error
+
+
+def test_yaml_spellings_of_absurd_numbers_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "ct_log: {batch_size: 1.0e+20, poll_interval_ms: 100000000000000000000}\n"
+        "rate_limit: {free_refill_rate: .inf, free_burst: .nan, premium_burst: -.inf}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {}, tmp_path)
+    assert info.value.errors == (
+        "ct_log.batch_size: 1e+20 is not allowed; expected an integer from 1 to 10000",
+        "ct_log.poll_interval_ms: 100000000000000000000 is not allowed; expected an integer "
+        "from 1 to 3600000",
+        "rate_limit.free_refill_rate: inf is not allowed; expected a number > 0 and <= 1000000",
+        "rate_limit.free_burst: nan is not allowed; expected a number > 0 and <= 1000000",
+        "rate_limit.premium_burst: -inf is not allowed; expected a number > 0 and <= 1000000",
+    )
+
+
+ENV_NUMERIC = [
+    (name, kind, meta)
+    for name, env_path in ENV_VARS.items()
+    for path, kind, meta in NUMERIC
+    if env_path == path
+]
+# Each is accepted by int() or float(): digits of other scripts, separators, spelled-out values.
+NOT_PLAIN_NUMBERS = ["８０８０", "١٢", "1_000", "nan", "inf", "-Infinity", "0x10", "1e999", "½"]
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        pytest.param(name, text, id=f"{name}={text}")
+        for name, _, _ in ENV_NUMERIC
+        for text in NOT_PLAIN_NUMBERS
+    ],
+)
+def test_env_numbers_must_be_plain_ascii(name: str, text: str) -> None:
+    (error,) = errors_of(None, {name: text})
+    # `1e999` is plain for a float key, and refused as what it reads as, infinity
+    assert error.startswith(f"{name}: {text!r} is not allowed; expected ") or error.startswith(
+        f"{name} ({'.'.join(ENV_VARS[name])}): inf is not allowed; expected "
+    ), error
+
+
+def _value_at(cfg: Config, path: KeyPath) -> Any:
+    node: Any = cfg
+    for part in path:
+        node = node[part] if isinstance(node, dict) else getattr(node, part)
+    return node
+
+
+@pytest.mark.parametrize(("name", "kind", "meta"), ENV_NUMERIC, ids=[n for n, *_ in ENV_NUMERIC])
+def test_env_numbers_in_ascii_are_read(name: str, kind: type, meta: Any) -> None:
+    # the default (the bound where the default is null) keeps every rule relating keys satisfied
+    value = _value_at(Config(), ENV_VARS[name])
+    value = meta["max"] if value is None else value
+    text = f" +{value} " if kind is int else f"{value:e}"
+    got = _value_at(parse_config(None, {name: text}), ENV_VARS[name])
+    assert got == value and type(got) is kind
+
+
 # --- environment ---------------------------------------------------------------------------------
 
 
@@ -369,7 +513,7 @@ def test_rust_protocol_env_names_work() -> None:
 def test_env_values_are_validated_like_file_values() -> None:
     assert errors_of(None, {"CERTSTREAM_CT_LOG_BATCH_SIZE": "0"}) == [
         "CERTSTREAM_CT_LOG_BATCH_SIZE (ct_log.batch_size): 0 is not allowed; "
-        "expected an integer >= 1"
+        "expected an integer from 1 to 10000"
     ]
     assert errors_of(None, {"CERTSTREAM_DELTA_SINK_ENABLED": "maybe"}) == [
         "CERTSTREAM_DELTA_SINK_ENABLED: 'maybe' is not allowed; expected true or false "
