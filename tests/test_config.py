@@ -283,6 +283,19 @@ def test_secrets_are_never_echoed() -> None:
     assert "12345" not in message and "<redacted>" in message
 
 
+def test_tokens_must_be_utf8_text() -> None:
+    # os.environ holds bytes that are not UTF-8 as lone surrogates; the server compares tokens
+    # as UTF-8 bytes, so such a token could neither be encoded nor ever match
+    not_utf8 = b"s3cret\xff".decode("utf-8", "surrogateescape")
+    for key in ("TOKENS", "STANDARD_TOKENS", "PREMIUM_TOKENS"):
+        assert errors_of(None, {f"CERTSTREAM_AUTH_{key}": f"good,{not_utf8}"}) == [
+            f"auth.{key.lower()}[1]: <redacted> is not allowed; expected UTF-8 text"
+        ]
+    assert parse_config(None, {"CERTSTREAM_AUTH_TOKENS": "naïve-tøken"}).auth.tokens == (
+        "naïve-tøken",
+    )
+
+
 def test_rust_only_feature_switched_on_is_an_error() -> None:
     (message,) = errors_of({"zerobus_sink": {"enabled": True, "endpoint": "x"}})
     assert message.startswith("zerobus_sink.enabled: true is not allowed; expected false")

@@ -132,6 +132,16 @@ def _nonempty_problem(value: str) -> str | None:
     return None if value.strip() else "a non-empty string"
 
 
+def _token_problem(value: str) -> str | None:
+    # Tokens are compared as UTF-8 bytes. An environment value that was not UTF-8 arrives with
+    # lone surrogates (Python's surrogateescape), which have no UTF-8 form.
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return "UTF-8 text"
+    return _nonempty_problem(value)
+
+
 def _m(
     *,
     min: float | None = None,
@@ -288,13 +298,13 @@ class RateLimitConfig:
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
     enabled: bool = False
-    tokens: tuple[str, ...] = field(default=(), metadata=_m(check=_nonempty_problem, secret=True))
+    tokens: tuple[str, ...] = field(default=(), metadata=_m(check=_token_problem, secret=True))
     header_name: str = field(default="Authorization", metadata=_m(check=_header_problem))
     standard_tokens: tuple[str, ...] = field(
-        default=(), metadata=_m(check=_nonempty_problem, secret=True)
+        default=(), metadata=_m(check=_token_problem, secret=True)
     )
     premium_tokens: tuple[str, ...] = field(
-        default=(), metadata=_m(check=_nonempty_problem, secret=True)
+        default=(), metadata=_m(check=_token_problem, secret=True)
     )
 
 
