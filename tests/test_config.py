@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import typing
 from pathlib import Path
 from typing import Any
@@ -733,6 +734,88 @@ def test_yaml_merge_keys_may_be_overridden(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("ct_log:\n  <<: {batch_size: 100, poll_interval_ms: 5}\n  batch_size: 200\n")
     assert load_config(path, {}, tmp_path).config.ct_log.batch_size == 200
+
+
+# --- locations serve writes ----------------------------------------------------------------------
+
+
+def write_errors(tmp_path: Path, document: str) -> tuple[str, ...]:
+    path = tmp_path / "c.yaml"
+    path.write_text(document)
+    assert load_config(path, {}, tmp_path).config  # without the check the file is fine
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {}, tmp_path, check_writes=True)
+    return info.value.errors
+
+
+def test_state_file_directory_must_be_writable(tmp_path: Path) -> None:
+    # a regular file where a directory should be stops writes as root too
+    (tmp_path / "file").write_text("")
+    (tmp_path / "dir").mkdir()
+    for state_file, problem in [
+        ("file/state.json", f"{tmp_path}/file is not a directory"),
+        ("file/deeper/state.json", f"{tmp_path}/file is not a directory"),
+        # the rename that replaces the state file needs its directory; nothing creates it
+        ("missing/state.json", f"directory {tmp_path}/missing does not exist"),
+        ("dir", f"{tmp_path}/dir is a directory"),
+    ]:
+        assert write_errors(tmp_path, f"ct_log: {{state_file: {state_file}}}\n") == (
+            f"ct_log.state_file: {state_file!r} cannot be written: {problem}",
+        )
+
+
+def test_archive_table_location_must_be_writable(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    for table_path, problem in [
+        ("file/archive", f"{tmp_path}/file is not a directory"),
+        ("file", f"{tmp_path}/file is not a directory"),
+        (f"file://{tmp_path}/file/archive", f"{tmp_path}/file is not a directory"),
+    ]:
+        document = f"delta_sink: {{enabled: true, table_path: '{table_path}'}}\n"
+        assert write_errors(tmp_path, document) == (
+            f"delta_sink.table_path: {table_path!r} cannot be written: {problem}",
+        )
+    other_host = "delta_sink: {enabled: true, table_path: 'file://elsewhere/archive'}\n"
+    assert write_errors(tmp_path, other_host) == (
+        "delta_sink.table_path: file://elsewhere/archive: file:// URIs on another host are not "
+        "supported",
+    )
+
+
+def test_writable_locations_pass(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    for document in [
+        "{}",  # certstream_state.json in the working directory; the archive is off
+        "ct_log: {state_file: null}\ndelta_sink: {enabled: false, table_path: file/x}\n",
+        # delta-rs creates the table's missing directories
+        f"delta_sink: {{enabled: true, table_path: '{tmp_path}/new/deeper/archive'}}\n",
+        f"delta_sink: {{enabled: true, table_path: 'file://{tmp_path}/new'}}\n",
+        "delta_sink: {enabled: true, table_path: 's3://bucket/prefix'}\n",  # needs the network
+    ]:
+        path.write_text(document)
+        (tmp_path / "file").write_text("")
+        assert load_config(path, {}, tmp_path, check_writes=True).config, document
+    assert not (tmp_path / "new").exists()  # checked, not created
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only directories")
+def test_read_only_directories_are_refused(tmp_path: Path) -> None:
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    try:
+        document = (
+            "ct_log: {state_file: ro/state.json}\n"
+            "delta_sink: {enabled: true, table_path: ro/archive}\n"
+        )
+        assert write_errors(tmp_path, document) == (
+            f"ct_log.state_file: 'ro/state.json' cannot be written: directory {read_only} is not "
+            "writable",
+            f"delta_sink.table_path: 'ro/archive' cannot be written: directory {read_only} is not "
+            "writable",
+        )
+    finally:
+        read_only.chmod(0o755)
 
 
 def test_tls_files_must_exist(tmp_path: Path) -> None:

@@ -194,6 +194,26 @@ def test_missing_named_config_file_exits_2(run: Run) -> None:
     ]
 
 
+@pytest.mark.parametrize("command", ["validate-config", "serve"])
+def test_unwritable_locations_stop_serve_before_start(
+    run: Run, tmp_path: Path, command: str
+) -> None:
+    # a regular file where a directory should be: refused as root too
+    (tmp_path / "file").write_text("")
+    path = tmp_path / "c.yaml"
+    path.write_text("host: 127.0.0.1\nport: 0\nct_log: {state_file: file/state.json}\n")
+    env = {"CERTSTREAM_DELTA_SINK_ENABLED": "true", "CERTSTREAM_DELTA_SINK_TABLE_PATH": "file/t"}
+    result = run(command, "--config", str(path), env=env)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.splitlines() == [
+        f"Error: invalid configuration ({path}):",
+        f"  - ct_log.state_file: 'file/state.json' cannot be written: {tmp_path}/file is not a "
+        "directory",
+        f"  - delta_sink.table_path: 'file/t' cannot be written: {tmp_path}/file is not a "
+        "directory",
+    ]
+
+
 @pytest.mark.parametrize(
     "argv",
     [

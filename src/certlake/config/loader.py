@@ -1,4 +1,5 @@
-"""Finding and reading the configuration file: the I/O shell around `schema.parse_config`."""
+"""Finding and reading the configuration file: the I/O shell around `schema.parse_config`, and
+the checks that need the file system (TLS files exist, what `serve` writes is writable)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any, Final
 import yaml
 
 from certlake.config.schema import CONFIG_PATH_ENV, Config, ConfigError, parse_config
+from certlake.lake.location import TableLocationError, local_path
 
 # After `--config` and $CERTSTREAM_CONFIG; relative entries are looked up in the working directory.
 SEARCH_PATHS: Final = (Path("config.yaml"), Path("config.yml"), Path("/etc/certstream/config.yaml"))
@@ -173,13 +175,75 @@ def _file_errors(config: Config, cwd: Path) -> list[str]:
     return errors
 
 
+def _directory_problem(directory: Path, *, may_be_missing: bool) -> str | None:
+    """Why no file can be created in `directory`, or None. A missing directory is fine when
+    `may_be_missing` and its nearest existing ancestor is a writable directory to create it in."""
+    probe = directory
+    while True:
+        try:
+            mode = probe.stat().st_mode
+            break
+        except (FileNotFoundError, NotADirectoryError):
+            probe = probe.parent  # ends: the root exists
+        except OSError as exc:  # e.g. a directory on the way that this user may not enter
+            return f"{probe} cannot be examined ({exc.strerror})"
+    if not stat.S_ISDIR(mode):
+        return f"{probe} is not a directory"
+    if probe != directory and not may_be_missing:
+        return f"directory {directory} does not exist"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"directory {probe} is not writable"
+    return None
+
+
+def _write_errors(config: Config, cwd: Path) -> list[str]:
+    """What `certlake serve` will write and could not, one message per key.
+
+    The state file is replaced by a rename within its directory, which must exist; delta-rs
+    creates a missing table directory. An s3:// table is not checked: only a request could tell.
+    """
+    errors = []
+    state_file = config.ct_log.state_file
+    if state_file is not None:
+        target = cwd / state_file
+        problem = _directory_problem(target.parent, may_be_missing=False)
+        if problem is None and target.is_dir():  # the directory is searchable: stat() works
+            problem = f"{target} is a directory"
+        if problem is not None:
+            errors.append(f"ct_log.state_file: {state_file!r} cannot be written: {problem}")
+    table_path = config.delta_sink.table_path
+    if config.delta_sink.enabled:
+        try:
+            local = local_path(table_path)
+        except TableLocationError as exc:
+            errors.append(f"delta_sink.table_path: {exc}")
+        else:
+            # expanded as `lake.table.table_uri` expands it for delta-rs
+            problem = (
+                None
+                if local is None
+                else _directory_problem(cwd / Path(local).expanduser(), may_be_missing=True)
+            )
+            if problem is not None:
+                errors.append(f"delta_sink.table_path: {table_path!r} cannot be written: {problem}")
+    return errors
+
+
 def load_config(
     explicit: str | os.PathLike[str] | None = None,
     environ: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     search: Sequence[Path] = SEARCH_PATHS,
+    *,
+    check_writes: bool = False,
 ) -> LoadedConfig:
-    """Find, read and validate the configuration; raises `ConfigError` on any problem."""
+    """Find, read and validate the configuration; raises `ConfigError` on any problem.
+
+    With `check_writes`, the state file's directory and the local table that `certlake serve`
+    will write must be writable now, not found unwritable once it is running. Commands that do
+    not write them (fetch, gaps, testlog) leave it off, so a read-only working directory does not
+    stop them.
+    """
     env = os.environ if environ is None else environ
     base = Path.cwd() if cwd is None else cwd
     path = find_config_file(explicit, env, base, search)
@@ -187,6 +251,8 @@ def load_config(
     source = str(path) if path is not None else None
     config = parse_config(document, env, source)
     errors = _file_errors(config, base)
+    if check_writes:
+        errors += _write_errors(config, base)
     if errors:
         raise ConfigError(errors, source)
     return LoadedConfig(config, path)
