@@ -212,20 +212,16 @@ def _write_errors(config: Config, cwd: Path) -> list[str]:
         if problem is not None:
             errors.append(f"ct_log.state_file: {state_file!r} cannot be written: {problem}")
     table_path = config.delta_sink.table_path
-    if config.delta_sink.enabled:
-        try:
-            local = local_path(table_path)
-        except TableLocationError as exc:
-            errors.append(f"delta_sink.table_path: {exc}")
-        else:
-            # expanded as `lake.table.table_uri` expands it for delta-rs
-            problem = (
-                None
-                if local is None
-                else _directory_problem(cwd / Path(local).expanduser(), may_be_missing=True)
-            )
-            if problem is not None:
-                errors.append(f"delta_sink.table_path: {table_path!r} cannot be written: {problem}")
+    try:
+        local = local_path(table_path) if config.delta_sink.enabled else None
+    except TableLocationError as exc:
+        errors.append(f"delta_sink.table_path: {exc}")
+        local = None
+    if local is not None:
+        # `~` expanded as `lake.table.table_uri` expands it for delta-rs
+        problem = _directory_problem(cwd / Path(local).expanduser(), may_be_missing=True)
+        if problem is not None:
+            errors.append(f"delta_sink.table_path: {table_path!r} cannot be written: {problem}")
     return errors
 
 
