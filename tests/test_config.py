@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import typing
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -23,6 +27,7 @@ from certlake.config import (
     s3_storage_options,
     table_path_problem,
 )
+from support.hostile import ALIAS_BOMB
 
 # A config.yaml as certstream-server-rust's operators write it (its key names and sections,
 # including one certlake has no equivalent for, switched off).
@@ -137,7 +142,7 @@ def test_wrong_type_names_key_value_and_allowed() -> None:
         "port: 'http' is not allowed; expected an integer from 0 to 65535"
     ]
     assert errors_of({"ct_log": {"retry_max_attempts": True}}) == [
-        "ct_log.retry_max_attempts: true is not allowed; expected an integer >= 1"
+        "ct_log.retry_max_attempts: true is not allowed; expected an integer from 1 to 100"
     ]
     assert errors_of({"protocols": {"sse": "yes"}}) == [
         "protocols.sse: 'yes' is not allowed; expected true or false"
@@ -149,10 +154,11 @@ def test_out_of_range() -> None:
         "delta_sink.compression_level: 23 is not allowed; expected an integer from 1 to 22"
     ]
     assert errors_of({"rate_limit": {"free_refill_rate": 0}}) == [
-        "rate_limit.free_refill_rate: 0 is not allowed; expected a number > 0"
+        "rate_limit.free_refill_rate: 0 is not allowed; expected a number > 0 and <= 1000000"
     ]
     assert errors_of({"connection_limit": {"per_ip_limit": 0}}) == [
-        "connection_limit.per_ip_limit: 0 is not allowed; expected an integer >= 1, or null"
+        "connection_limit.per_ip_limit: 0 is not allowed; expected an integer from 1 to 1000000, "
+        "or null"
     ]
 
 
@@ -278,6 +284,19 @@ def test_secrets_are_never_echoed() -> None:
     assert "12345" not in message and "<redacted>" in message
 
 
+def test_tokens_must_be_utf8_text() -> None:
+    # os.environ holds bytes that are not UTF-8 as lone surrogates; the server compares tokens
+    # as UTF-8 bytes, so such a token could neither be encoded nor ever match
+    not_utf8 = b"s3cret\xff".decode("utf-8", "surrogateescape")
+    for key in ("TOKENS", "STANDARD_TOKENS", "PREMIUM_TOKENS"):
+        assert errors_of(None, {f"CERTSTREAM_AUTH_{key}": f"good,{not_utf8}"}) == [
+            f"auth.{key.lower()}[1]: <redacted> is not allowed; expected UTF-8 text"
+        ]
+    assert parse_config(None, {"CERTSTREAM_AUTH_TOKENS": "naïve-tøken"}).auth.tokens == (
+        "naïve-tøken",
+    )
+
+
 def test_rust_only_feature_switched_on_is_an_error() -> None:
     (message,) = errors_of({"zerobus_sink": {"enabled": True, "endpoint": "x"}})
     assert message.startswith("zerobus_sink.enabled: true is not allowed; expected false")
@@ -331,6 +350,146 @@ def test_any_document_gives_a_config_or_config_error(document: object) -> None:
         assert exc.errors and all(isinstance(e, str) and ": " in e for e in exc.errors)
 
 
+# --- numbers: every numeric key is finite and bounded ------------------------------------------
+
+KeyPath = tuple[str, ...]
+
+
+def _numeric_fields(cls: type = Config, prefix: KeyPath = ()) -> list[tuple[KeyPath, type, Any]]:
+    """(key path, int or float, field metadata) of every numeric key, `ct_log.operators.*` given
+    for one operator."""
+    found: list[tuple[KeyPath, type, Any]] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp, path = hints[f.name], (*prefix, f.name)
+        if typing.get_origin(tp) is dict:
+            found += _numeric_fields(typing.get_args(tp)[1], (*path, "Google"))
+        elif dataclasses.is_dataclass(tp):
+            found += _numeric_fields(tp, path)  # type: ignore[arg-type]
+        else:
+            base = next(a for a in (*typing.get_args(tp), tp) if a is not type(None))
+            if base in (int, float):
+                found.append((path, base, f.metadata))
+    return found
+
+
+NUMERIC = _numeric_fields()
+
+
+def _nested(path: KeyPath, value: object) -> dict[str, Any]:
+    doc: dict[str, Any] = {path[-1]: value}
+    for part in reversed(path[:-1]):
+        doc = {part: doc}
+    return doc
+
+
+def _dotted(path: KeyPath) -> str:
+    return ".".join(path)
+
+
+def test_numeric_keys_are_found() -> None:
+    paths = {_dotted(p) for p, _, _ in NUMERIC}
+    assert {"port", "ct_log.batch_size", "ct_log.operators.Google.max_requests_per_second"} <= paths
+    assert {"rate_limit.free_burst", "backfill.range_split_size"} <= paths and len(paths) > 40
+
+
+@pytest.mark.parametrize(("path", "kind", "meta"), NUMERIC, ids=[_dotted(p) for p, *_ in NUMERIC])
+def test_every_numeric_key_has_an_upper_bound(path: KeyPath, kind: type, meta: Any) -> None:
+    assert meta["max"] is not None, f"{_dotted(path)} has no upper bound"
+    assert (meta["min"] is None) != (meta["gt"] is None), f"{_dotted(path)}: one lower bound"
+
+
+def test_every_numeric_key_at_its_upper_bound_is_accepted() -> None:
+    doc: dict[str, Any] = {}
+    for path, _, meta in NUMERIC:
+        node = doc
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = meta["max"]
+    cfg = parse_config(doc, {})
+    assert (cfg.port, cfg.ct_log.batch_size, cfg.rate_limit.free_burst) == (65535, 10_000, 1e6)
+    assert cfg.ct_log.operators["Google"].max_requests_per_second == 10_000
+
+
+ABSURD: list[object] = [10**20, 1e20, math.inf, -math.inf, math.nan, -1, -0.5]
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        pytest.param(path, value, id=f"{_dotted(path)}={value}")
+        for path, _, meta in NUMERIC
+        for value in [*ABSURD, meta["max"] + 1]
+    ],
+)
+def test_absurd_numbers_are_refused_with_the_key_named(path: KeyPath, value: object) -> None:
+    (error,) = errors_of(_nested(path, value))
+    assert error.startswith(f"{_dotted(path)}: {value} is not allowed; expected "), error
+    # what is allowed, with both bounds: "from 1 to 100", "> 0 and <= 1000000"
+    assert " to " in error or " and <= " in error, error
+
+
+def test_yaml_spellings_of_absurd_numbers_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "ct_log: {batch_size: 1.0e+20, poll_interval_ms: 100000000000000000000}\n"
+        "rate_limit: {free_refill_rate: .inf, free_burst: .nan, premium_burst: -.inf}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {}, tmp_path)
+    assert info.value.errors == (
+        "ct_log.batch_size: 1e+20 is not allowed; expected an integer from 1 to 10000",
+        "ct_log.poll_interval_ms: 100000000000000000000 is not allowed; expected an integer "
+        "from 1 to 3600000",
+        "rate_limit.free_refill_rate: inf is not allowed; expected a number > 0 and <= 1000000",
+        "rate_limit.free_burst: nan is not allowed; expected a number > 0 and <= 1000000",
+        "rate_limit.premium_burst: -inf is not allowed; expected a number > 0 and <= 1000000",
+    )
+
+
+ENV_NUMERIC = [
+    (name, kind, meta)
+    for name, env_path in ENV_VARS.items()
+    for path, kind, meta in NUMERIC
+    if env_path == path
+]
+# Each is accepted by int() or float(): digits of other scripts, separators, spelled-out values.
+NOT_PLAIN_NUMBERS = ["８０８０", "١٢", "1_000", "nan", "inf", "-Infinity", "0x10", "1e999", "½"]
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        pytest.param(name, text, id=f"{name}={text}")
+        for name, _, _ in ENV_NUMERIC
+        for text in NOT_PLAIN_NUMBERS
+    ],
+)
+def test_env_numbers_must_be_plain_ascii(name: str, text: str) -> None:
+    (error,) = errors_of(None, {name: text})
+    # `1e999` is plain for a float key, and refused as what it reads as, infinity
+    assert error.startswith(f"{name}: {text!r} is not allowed; expected ") or error.startswith(
+        f"{name} ({'.'.join(ENV_VARS[name])}): inf is not allowed; expected "
+    ), error
+
+
+def _value_at(cfg: Config, path: KeyPath) -> Any:
+    node: Any = cfg
+    for part in path:
+        node = node[part] if isinstance(node, dict) else getattr(node, part)
+    return node
+
+
+@pytest.mark.parametrize(("name", "kind", "meta"), ENV_NUMERIC, ids=[n for n, *_ in ENV_NUMERIC])
+def test_env_numbers_in_ascii_are_read(name: str, kind: type, meta: Any) -> None:
+    # the default (the bound where the default is null) keeps every rule relating keys satisfied
+    value = _value_at(Config(), ENV_VARS[name])
+    value = meta["max"] if value is None else value
+    text = f" +{value} " if kind is int else f"{value:e}"
+    got = _value_at(parse_config(None, {name: text}), ENV_VARS[name])
+    assert got == value and type(got) is kind
+
+
 # --- environment ---------------------------------------------------------------------------------
 
 
@@ -368,7 +527,7 @@ def test_rust_protocol_env_names_work() -> None:
 def test_env_values_are_validated_like_file_values() -> None:
     assert errors_of(None, {"CERTSTREAM_CT_LOG_BATCH_SIZE": "0"}) == [
         "CERTSTREAM_CT_LOG_BATCH_SIZE (ct_log.batch_size): 0 is not allowed; "
-        "expected an integer >= 1"
+        "expected an integer from 1 to 10000"
     ]
     assert errors_of(None, {"CERTSTREAM_DELTA_SINK_ENABLED": "maybe"}) == [
         "CERTSTREAM_DELTA_SINK_ENABLED: 'maybe' is not allowed; expected true or false "
@@ -465,14 +624,21 @@ def test_search_order(tmp_path: Path) -> None:
 
 def test_named_file_must_exist(tmp_path: Path) -> None:
     (tmp_path / "config.yaml").write_text("port: 3\n")
-    with pytest.raises(ConfigError) as info:
-        load_config("nope.yaml", {}, tmp_path)
-    assert info.value.errors == ("--config: 'nope.yaml' is not allowed; expected an existing file",)
-    with pytest.raises(ConfigError) as info:
-        load_config(None, {"CERTSTREAM_CONFIG": "/nonexistent/c.yaml"}, tmp_path)
-    assert info.value.errors == (
-        "CERTSTREAM_CONFIG: '/nonexistent/c.yaml' is not allowed; expected an existing file",
-    )
+    (tmp_path / "dir.yaml").mkdir()
+    (tmp_path / "file").write_text("")
+    for explicit, environ, message in [
+        ("nope.yaml", {}, "--config: config file not found: nope.yaml"),
+        (
+            None,
+            {"CERTSTREAM_CONFIG": "/nonexistent/c.yaml"},
+            "CERTSTREAM_CONFIG: config file not found: /nonexistent/c.yaml",
+        ),
+        ("file/c.yaml", {}, "--config: config file not found: file/c.yaml"),
+        ("dir.yaml", {}, "--config: config file dir.yaml is not a regular file"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            load_config(explicit, environ, tmp_path)
+        assert info.value.errors == (message,)
 
 
 def test_yaml_problems_are_config_errors(tmp_path: Path) -> None:
@@ -503,10 +669,153 @@ def test_yaml_problems_are_config_errors(tmp_path: Path) -> None:
     assert load_config(empty, {}, tmp_path).config == Config()
 
 
+def test_alias_bomb_is_refused(tmp_path: Path) -> None:
+    assert len(ALIAS_BOMB) == 342
+    path = tmp_path / "bomb.yaml"
+    path.write_text(ALIAS_BOMB)
+    with pytest.raises(ConfigError) as info:
+        read_document(path)
+    assert info.value.errors == (
+        "refused: the document, its aliases (*name) expanded, holds more than 100,000 values; "
+        "a configuration needs far fewer (an alias bomb?)",
+    )
+
+
+def test_alias_bombs_of_other_shapes_are_refused(tmp_path: Path) -> None:
+    # merge keys copy the merged mapping's pairs: the same growth through `<<`
+    lines = ["a: &a {" + ", ".join(f"k{i}: {i}" for i in range(10)) + "}"]
+    for prev, name in zip("abcdefgh", "bcdefghi", strict=True):
+        lines.append(f"{name}: &{name} {{<<: [{','.join([f'*{prev}'] * 10)}]}}")
+    merges = tmp_path / "merges.yaml"
+    merges.write_text("\n".join(lines) + "\n")
+    # few values, but each a copy of one long string
+    long = tmp_path / "long.yaml"
+    long.write_text(
+        f"s: &s {'x' * 1000}\nl: &l [{','.join(['*s'] * 100)}]\nm: [{','.join(['*l'] * 101)}]\n"
+    )
+    cycle = tmp_path / "cycle.yaml"
+    cycle.write_text("ct_log: &a {operators: {x: *a}}\n")
+    for path, problem in [
+        (merges, "holds more than 100,000 values"),
+        (long, "holds more than 10,000,000 characters of text"),
+        (cycle, "an alias (*name) names a node that contains it; the document would be infinite"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            read_document(path)
+        (error,) = info.value.errors
+        assert error.startswith("refused: ") and problem in error, path
+
+
+def test_aliases_within_the_bound_are_read(tmp_path: Path) -> None:
+    # Nodes, each alias counted as a copy of its anchor: the root mapping, then key `s` and its
+    # list of 99 (1 + 99), key `l` and its list of 998 copies of that list (1 + 998 * 100), and
+    # key `p` and its list of `pad` scalars (1 + pad): 99_906 + pad.
+    def document(pad: int) -> Path:
+        path = tmp_path / f"pad{pad}.yaml"
+        path.write_text(
+            f"s: &s [{','.join(['0'] * 99)}]\nl: [{','.join(['*s'] * 998)}]\n"
+            f"p: [{','.join(['0'] * pad)}]\n"
+        )
+        return path
+
+    doc = read_document(document(94))
+    assert isinstance(doc, dict) and len(doc["l"]) == 998 and doc["l"][0] == [0] * 99
+    with pytest.raises(ConfigError, match="holds more than 100,000 values"):
+        read_document(document(95))
+    anchored = tmp_path / "anchored.yaml"
+    anchored.write_text(
+        "ct_log:\n  operators:\n    Google: &slow {max_in_flight: 2}\n    Sectigo: *slow\n"
+    )
+    operators = load_config(anchored, {}, tmp_path).config.ct_log.operators
+    assert operators["Google"] == operators["Sectigo"] and operators["Google"].max_in_flight == 2
+
+
 def test_yaml_merge_keys_may_be_overridden(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("ct_log:\n  <<: {batch_size: 100, poll_interval_ms: 5}\n  batch_size: 200\n")
     assert load_config(path, {}, tmp_path).config.ct_log.batch_size == 200
+
+
+# --- locations serve writes ----------------------------------------------------------------------
+
+
+def write_errors(tmp_path: Path, document: str) -> tuple[str, ...]:
+    path = tmp_path / "c.yaml"
+    path.write_text(document)
+    assert load_config(path, {}, tmp_path).config  # without the check the file is fine
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {}, tmp_path, check_writes=True)
+    return info.value.errors
+
+
+def test_state_file_directory_must_be_writable(tmp_path: Path) -> None:
+    # a regular file where a directory should be stops writes as root too
+    (tmp_path / "file").write_text("")
+    (tmp_path / "dir").mkdir()
+    for state_file, problem in [
+        ("file/state.json", f"{tmp_path}/file is not a directory"),
+        ("file/deeper/state.json", f"{tmp_path}/file is not a directory"),
+        # the rename that replaces the state file needs its directory; nothing creates it
+        ("missing/state.json", f"directory {tmp_path}/missing does not exist"),
+        ("dir", f"{tmp_path}/dir is a directory"),
+    ]:
+        assert write_errors(tmp_path, f"ct_log: {{state_file: {state_file}}}\n") == (
+            f"ct_log.state_file: {state_file!r} cannot be written: {problem}",
+        )
+
+
+def test_archive_table_location_must_be_writable(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    for table_path, problem in [
+        ("file/archive", f"{tmp_path}/file is not a directory"),
+        ("file", f"{tmp_path}/file is not a directory"),
+        (f"file://{tmp_path}/file/archive", f"{tmp_path}/file is not a directory"),
+    ]:
+        document = f"delta_sink: {{enabled: true, table_path: '{table_path}'}}\n"
+        assert write_errors(tmp_path, document) == (
+            f"delta_sink.table_path: {table_path!r} cannot be written: {problem}",
+        )
+    other_host = "delta_sink: {enabled: true, table_path: 'file://elsewhere/archive'}\n"
+    assert write_errors(tmp_path, other_host) == (
+        "delta_sink.table_path: file://elsewhere/archive: file:// URIs on another host are not "
+        "supported",
+    )
+
+
+def test_writable_locations_pass(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    for document in [
+        "{}",  # certstream_state.json in the working directory; the archive is off
+        "ct_log: {state_file: null}\ndelta_sink: {enabled: false, table_path: file/x}\n",
+        # delta-rs creates the table's missing directories
+        f"delta_sink: {{enabled: true, table_path: '{tmp_path}/new/deeper/archive'}}\n",
+        f"delta_sink: {{enabled: true, table_path: 'file://{tmp_path}/new'}}\n",
+        "delta_sink: {enabled: true, table_path: 's3://bucket/prefix'}\n",  # needs the network
+    ]:
+        path.write_text(document)
+        (tmp_path / "file").write_text("")
+        assert load_config(path, {}, tmp_path, check_writes=True).config, document
+    assert not (tmp_path / "new").exists()  # checked, not created
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only directories")
+def test_read_only_directories_are_refused(tmp_path: Path) -> None:
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    try:
+        document = (
+            "ct_log: {state_file: ro/state.json}\n"
+            "delta_sink: {enabled: true, table_path: ro/archive}\n"
+        )
+        assert write_errors(tmp_path, document) == (
+            f"ct_log.state_file: 'ro/state.json' cannot be written: directory {read_only} is not "
+            "writable",
+            f"delta_sink.table_path: 'ro/archive' cannot be written: directory {read_only} is not "
+            "writable",
+        )
+    finally:
+        read_only.chmod(0o755)
 
 
 def test_tls_files_must_exist(tmp_path: Path) -> None:

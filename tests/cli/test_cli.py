@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
 
 from certlake import __version__
 from certlake.cli.compat import translate_rust_argv
+from support.hostile import ALIAS_BOMB
 
 CERTLAKE = Path(sys.executable).with_name("certlake")
 MERGE_ERROR = "Error: --merge requires --staging-path <PATH>\n"
+MEMORY_LIMIT = 512 * 2**20  # bytes of address space
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -25,14 +29,16 @@ def run(tmp_path: Path) -> Run:
     """Run certlake in an empty directory with no CERTSTREAM_* variables inherited."""
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("CERTSTREAM_")}
 
-    def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def _run(
+        *args: str, env: dict[str, str] | None = None, **popen: Any
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(CERTLAKE), *args],
             cwd=tmp_path,
             env={**base_env, **(env or {})},
             capture_output=True,
             text=True,
-            timeout=60,
+            **{"timeout": 60, **popen},
         )
 
     return _run
@@ -151,6 +157,23 @@ def test_validate_config_bad_file_lists_every_problem(run: Run, bad_config: Path
     ]
 
 
+def test_alias_bomb_fails_fast_in_bounded_memory(run: Run, tmp_path: Path) -> None:
+    path = tmp_path / "bomb.yaml"
+    path.write_text(ALIAS_BOMB)
+
+    def limit_memory() -> None:
+        # Ample for the command itself; expanding the bomb would need gigabytes.
+        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+    result = run("validate-config", "--config", str(path), preexec_fn=limit_memory, timeout=30)
+    assert (result.returncode, result.stdout) == (2, ""), result.stderr
+    assert result.stderr.splitlines() == [
+        f"Error: invalid configuration ({path}):",
+        "  - refused: the document, its aliases (*name) expanded, holds more than 100,000 "
+        "values; a configuration needs far fewer (an alias bomb?)",
+    ]
+
+
 def test_bad_environment_value_exits_2(run: Run) -> None:
     result = run("validate-config", env={"CERTSTREAM_CT_LOG_BATCH_SIZE": "lots"})
     assert result.returncode == 2
@@ -162,7 +185,33 @@ def test_bad_environment_value_exits_2(run: Run) -> None:
 def test_missing_named_config_file_exits_2(run: Run) -> None:
     result = run("validate-config", env={"CERTSTREAM_CONFIG": "/nonexistent/config.yaml"})
     assert result.returncode == 2
-    assert "CERTSTREAM_CONFIG: '/nonexistent/config.yaml' is not allowed" in result.stderr
+    assert "CERTSTREAM_CONFIG: config file not found: /nonexistent/config.yaml" in result.stderr
+    result = run("validate-config", "--config", "nope.yaml")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.splitlines() == [
+        "Error: invalid configuration:",
+        "  - --config: config file not found: nope.yaml",
+    ]
+
+
+@pytest.mark.parametrize("command", ["validate-config", "serve"])
+def test_unwritable_locations_stop_serve_before_start(
+    run: Run, tmp_path: Path, command: str
+) -> None:
+    # a regular file where a directory should be: refused as root too
+    (tmp_path / "file").write_text("")
+    path = tmp_path / "c.yaml"
+    path.write_text("host: 127.0.0.1\nport: 0\nct_log: {state_file: file/state.json}\n")
+    env = {"CERTSTREAM_DELTA_SINK_ENABLED": "true", "CERTSTREAM_DELTA_SINK_TABLE_PATH": "file/t"}
+    result = run(command, "--config", str(path), env=env)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.splitlines() == [
+        f"Error: invalid configuration ({path}):",
+        f"  - ct_log.state_file: 'file/state.json' cannot be written: {tmp_path}/file is not a "
+        "directory",
+        f"  - delta_sink.table_path: 'file/t' cannot be written: {tmp_path}/file is not a "
+        "directory",
+    ]
 
 
 @pytest.mark.parametrize(

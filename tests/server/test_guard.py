@@ -67,6 +67,9 @@ def test_tiers_of_tokens() -> None:
         assert table.tier_of(wrong) is None
     assert table.tier_of(None) is None
     assert TokenTable(AuthConfig(tokens=("naïve-tøken",))).tier_of("naïve-tøken") is Tier.FREE
+    # header bytes that were not UTF-8, as aiohttp hands them over (surrogateescape)
+    for undecodable in (b"\xff\xfe", b"gold\xff", b"\xc3("):
+        assert table.tier_of(undecodable.decode("utf-8", "surrogateescape")) is None
 
 
 @pytest.mark.parametrize("candidate", ["plain-1", "both", "gold", "nope"])

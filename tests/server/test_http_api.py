@@ -8,6 +8,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -428,6 +429,49 @@ async def test_auth(ctlog: TestLogServer) -> None:
         await until(lambda: lv.fanout.hub.stats.clients[StreamKind.LITE] == 1)
         await ws.close()
         assert (await lv.get_json("/api/stats?token=gold"))["refused"]["unauthorized"] == 8
+
+
+async def raw_get(lv: Live, target: bytes, headers: bytes) -> int:
+    """The status of a GET written byte for byte: aiohttp's client will not send header bytes
+    that are not UTF-8."""
+    server = lv.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(
+            b"GET %s HTTP/1.1\r\nHost: x\r\n%sConnection: close\r\n\r\n" % (target, headers)
+        )
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    version, status, _ = answer.split(b" ", 2)
+    assert version == b"HTTP/1.1", answer
+    return int(status)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        b"Authorization: Bearer \xff\xfe\r\n",
+        b"Authorization: \xc3(\r\n",  # a bare token, and a broken UTF-8 sequence
+        b"Authorization: Bearer s3cret\xff\r\n",  # a good token with a byte more
+        b"X-Api-Key: \xff\r\n",
+    ],
+)
+async def test_auth_undecodable_token_is_refused_without_a_traceback(
+    ctlog: TestLogServer, caplog: pytest.LogCaptureFixture, headers: bytes
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    header_name = "X-Api-Key" if headers.startswith(b"X-Api-Key") else "Authorization"
+    auth = {"enabled": True, "tokens": ["s3cret"], "header_name": header_name}
+    async with live(make_config(ctlog.log_list_url, auth=auth)) as lv:
+        assert await raw_get(lv, b"/api/stats", headers) == 401
+        # the same path over the same raw socket is let in with the token
+        token = f"{header_name}: s3cret\r\n".encode()
+        assert await raw_get(lv, b"/api/stats", token) == 200
+        assert lv.app[GUARD].stats.unauthorized == 1
+    logged = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert logged == [], [r.getMessage() for r in logged]
 
 
 async def test_auth_custom_header(ctlog: TestLogServer) -> None:

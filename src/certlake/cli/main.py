@@ -90,13 +90,16 @@ _SUMMARY = click.option(
 )
 
 
-def _load(config_file: Path | None, log_level: str | None) -> LoadedConfig:
-    """Load and validate the configuration, set up logging; exit 2 with the errors if invalid."""
+def _load(
+    config_file: Path | None, log_level: str | None, check_writes: bool = False
+) -> LoadedConfig:
+    """Load and validate the configuration, set up logging; exit 2 with the errors if invalid.
+    `check_writes`: see `load_config`."""
     from certlake.config import ConfigError, LoadedConfig, load_config
     from certlake.logsetup import setup_logging
 
     try:
-        loaded = load_config(config_file)
+        loaded = load_config(config_file, check_writes=check_writes)
     except ConfigError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
@@ -130,7 +133,8 @@ def cli() -> None:
 )
 def serve(config_file: Path | None, log_level: str | None, demo: bool) -> None:
     """Watch the logs, stream to clients, archive if delta_sink.enabled."""
-    config = _load(config_file, log_level).config
+    # The demo writes its own state file under ./data, which it creates.
+    config = _load(config_file, log_level, check_writes=not demo).config
     from certlake.cli.serve import run_serve
 
     _exit(run_serve(config, demo=demo))
@@ -296,7 +300,8 @@ def testlog(config_file: Path | None, log_level: str | None, **options: Any) -> 
 @_common
 def validate_config(config_file: Path | None, log_level: str | None) -> None:
     """Check the configuration (file, environment, defaults) and summarize it."""
-    loaded = _load(config_file, log_level)
+    # As `serve` checks it at start, so that OK here means serve will not stop on it.
+    loaded = _load(config_file, log_level, check_writes=True)
     from certlake.cli.validate import run_validate_config
 
     _exit(run_validate_config(loaded.config, loaded.path))

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import dataclasses
 import difflib
 import functools
 import ipaddress
+import math
 import re
 import types
 import typing
@@ -130,6 +132,16 @@ def _nonempty_problem(value: str) -> str | None:
     return None if value.strip() else "a non-empty string"
 
 
+def _token_problem(value: str) -> str | None:
+    # Tokens are compared as UTF-8 bytes. An environment value that was not UTF-8 arrives with
+    # lone surrogates (Python's surrogateescape), which have no UTF-8 form.
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return "UTF-8 text"
+    return _nonempty_problem(value)
+
+
 def _m(
     *,
     min: float | None = None,
@@ -155,6 +167,18 @@ def _m(
 
 
 # --- the schema ----------------------------------------------------------------------------------
+
+# Every number has an upper bound. Each lies far beyond any sensible setting, so that it never gets
+# in an operator's way, yet refuses the typo or hostile file (`1e20`, `.inf`) that would overflow a
+# timer, reserve memory without limit or quietly mean "never". Shared bounds:
+_HOUR_MS: Final = 3_600_000  # waits (retries, polls) in ms: longer than an hour is an outage
+_HOUR_SECS: Final = 3600  # timeouts and keep-alives, in seconds
+_DAY_SECS: Final = 86_400  # intervals in seconds: a day is already "never"
+_WEEK_SECS: Final = 604_800  # housekeeping (log-list refresh, compaction): at least weekly
+# Items one queue, ring, cache or buffer holds in memory: messages and rows are kilobytes each,
+# so a million is gigabytes.
+_MILLION: Final = 1_000_000
+_MAX_IN_FLIGHT: Final = 64  # concurrent requests to one operator: more only earns 429s
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,32 +214,37 @@ class OperatorConfig:
     """Limits for one log operator's logs together (`ct_log.operators.<operator name>`)."""
 
     # A ceiling the adaptive rate never passes; null: learn it from the operator's answers.
-    max_requests_per_second: float | None = field(default=None, metadata=_m(gt=0))
+    # No operator lets one client near 10,000 requests a second.
+    max_requests_per_second: float | None = field(default=None, metadata=_m(gt=0, max=10_000))
     # null: `ct_log.default_operator_max_in_flight`
-    max_in_flight: int | None = field(default=None, metadata=_m(min=1, max=64))
+    max_in_flight: int | None = field(default=None, metadata=_m(min=1, max=_MAX_IN_FLIGHT))
 
 
 @dataclass(frozen=True, slots=True)
 class CtLogConfig:
-    retry_max_attempts: int = field(default=3, metadata=_m(min=1))
-    retry_initial_delay_ms: int = field(default=1000, metadata=_m(min=1))
-    retry_max_delay_ms: int = field(default=30000, metadata=_m(min=1))
-    request_timeout_secs: int = field(default=30, metadata=_m(min=1))
-    healthy_threshold: int = field(default=2, metadata=_m(min=1))
-    unhealthy_threshold: int = field(default=5, metadata=_m(min=1))
-    health_check_interval_secs: int = field(default=60, metadata=_m(min=1))
+    # 100 attempts with back-off already span hours of a failing log.
+    retry_max_attempts: int = field(default=3, metadata=_m(min=1, max=100))
+    retry_initial_delay_ms: int = field(default=1000, metadata=_m(min=1, max=_HOUR_MS))
+    retry_max_delay_ms: int = field(default=30000, metadata=_m(min=1, max=_HOUR_MS))
+    # an answer that takes over an hour is no answer
+    request_timeout_secs: int = field(default=30, metadata=_m(min=1, max=_HOUR_SECS))
+    # answers in a row that change a log's health; past 1000 it would never change
+    healthy_threshold: int = field(default=2, metadata=_m(min=1, max=1000))
+    unhealthy_threshold: int = field(default=5, metadata=_m(min=1, max=1000))
+    health_check_interval_secs: int = field(default=60, metadata=_m(min=1, max=_DAY_SECS))
     # null disables the state file: every start is then a fresh start at the tree head.
     state_file: str | None = field(default=DEFAULT_STATE_FILE, metadata=_m(check=_nonempty_problem))
-    batch_size: int = field(default=256, metadata=_m(min=1))
-    poll_interval_ms: int = field(default=1000, metadata=_m(min=1))
+    # entries asked for per get-entries; logs answer at most a few thousand
+    batch_size: int = field(default=256, metadata=_m(min=1, max=10_000))
+    poll_interval_ms: int = field(default=1000, metadata=_m(min=1, max=_HOUR_MS))
     # certlake additions (names as in later certstream-server-rust releases where they exist).
     user_agent: str | None = field(default=None, metadata=_m(check=_nonempty_problem))
-    log_refresh_interval_secs: int = field(default=3600, metadata=_m(min=1))
+    log_refresh_interval_secs: int = field(default=3600, metadata=_m(min=1, max=_WEEK_SECS))
     # Spacing an operator's requests start at (0: 50 requests/s); the rate then adapts to what
-    # the operator allows, learned from its answers.
-    default_operator_rate_limit_ms: int = field(default=500, metadata=_m(min=0))
+    # the operator allows, learned from its answers. A minute apart is the slowest useful pace.
+    default_operator_rate_limit_ms: int = field(default=500, metadata=_m(min=0, max=60_000))
     # A handful: more connections per client address is what operators throttle first.
-    default_operator_max_in_flight: int = field(default=4, metadata=_m(min=1, max=64))
+    default_operator_max_in_flight: int = field(default=4, metadata=_m(min=1, max=_MAX_IN_FLIGHT))
     # Per-operator overrides, keyed by the operator's name in the log list (any case).
     operators: dict[str, OperatorConfig] = field(default_factory=dict)
 
@@ -224,23 +253,25 @@ class CtLogConfig:
 class StreamConfig:
     """Fan-out to clients (certlake only)."""
 
-    heartbeat_interval_secs: int = field(default=15, metadata=_m(min=1))
+    # an hour without a sign of life and proxies have long closed the connection
+    heartbeat_interval_secs: int = field(default=15, metadata=_m(min=1, max=_HOUR_SECS))
     # messages queued per client before dropping
-    client_queue_size: int = field(default=10000, metadata=_m(min=1))
+    client_queue_size: int = field(default=10000, metadata=_m(min=1, max=_MILLION))
     # messages kept for `?since=`; 0 disables resume
-    resume_ring_size: int = field(default=10000, metadata=_m(min=0))
-    ping_interval_secs: int = field(default=30, metadata=_m(min=1))
+    resume_ring_size: int = field(default=10000, metadata=_m(min=0, max=_MILLION))
+    ping_interval_secs: int = field(default=30, metadata=_m(min=1, max=_HOUR_SECS))
     # no heartbeat delivered for this long
-    slow_client_timeout_secs: int = field(default=300, metadata=_m(min=1))
+    slow_client_timeout_secs: int = field(default=300, metadata=_m(min=1, max=_DAY_SECS))
     # certificates remembered per `?dedupe=1` client
-    dedupe_window: int = field(default=10000, metadata=_m(min=1))
+    dedupe_window: int = field(default=10000, metadata=_m(min=1, max=_MILLION))
 
 
 @dataclass(frozen=True, slots=True)
 class ConnectionLimitConfig:
     enabled: bool = False
-    max_connections: int = field(default=10000, metadata=_m(min=1))
-    per_ip_limit: int | None = field(default=None, metadata=_m(min=1))
+    # a million open sockets is past what one process's file descriptors allow
+    max_connections: int = field(default=10000, metadata=_m(min=1, max=_MILLION))
+    per_ip_limit: int | None = field(default=None, metadata=_m(min=1, max=_MILLION))
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,53 +279,56 @@ class RateLimitConfig:
     """Token buckets per tier (free, or tokens listed in auth.standard/premium_tokens)."""
 
     enabled: bool = False
-    free_max_tokens: float = field(default=100.0, metadata=_m(gt=0))
-    free_refill_rate: float = field(default=10.0, metadata=_m(gt=0))
-    free_burst: float = field(default=20.0, metadata=_m(gt=0))
-    standard_max_tokens: float = field(default=500.0, metadata=_m(gt=0))
-    standard_refill_rate: float = field(default=50.0, metadata=_m(gt=0))
-    standard_burst: float = field(default=100.0, metadata=_m(gt=0))
-    premium_max_tokens: float = field(default=2000.0, metadata=_m(gt=0))
-    premium_refill_rate: float = field(default=200.0, metadata=_m(gt=0))
-    premium_burst: float = field(default=500.0, metadata=_m(gt=0))
-    window_seconds: int = field(default=60, metadata=_m(min=1))
-    window_max_requests: int = field(default=1000, metadata=_m(min=1))
-    burst_window_seconds: int = field(default=10, metadata=_m(min=1))
+    # Requests (tokens) and requests per second: a million from one client is no limit at all.
+    free_max_tokens: float = field(default=100.0, metadata=_m(gt=0, max=_MILLION))
+    free_refill_rate: float = field(default=10.0, metadata=_m(gt=0, max=_MILLION))
+    free_burst: float = field(default=20.0, metadata=_m(gt=0, max=_MILLION))
+    standard_max_tokens: float = field(default=500.0, metadata=_m(gt=0, max=_MILLION))
+    standard_refill_rate: float = field(default=50.0, metadata=_m(gt=0, max=_MILLION))
+    standard_burst: float = field(default=100.0, metadata=_m(gt=0, max=_MILLION))
+    premium_max_tokens: float = field(default=2000.0, metadata=_m(gt=0, max=_MILLION))
+    premium_refill_rate: float = field(default=200.0, metadata=_m(gt=0, max=_MILLION))
+    premium_burst: float = field(default=500.0, metadata=_m(gt=0, max=_MILLION))
+    window_seconds: int = field(default=60, metadata=_m(min=1, max=_DAY_SECS))
+    # over a window of up to a day: a thousand million is past any client's need
+    window_max_requests: int = field(default=1000, metadata=_m(min=1, max=1_000_000_000))
+    burst_window_seconds: int = field(default=10, metadata=_m(min=1, max=_DAY_SECS))
 
 
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
     enabled: bool = False
-    tokens: tuple[str, ...] = field(default=(), metadata=_m(check=_nonempty_problem, secret=True))
+    tokens: tuple[str, ...] = field(default=(), metadata=_m(check=_token_problem, secret=True))
     header_name: str = field(default="Authorization", metadata=_m(check=_header_problem))
     standard_tokens: tuple[str, ...] = field(
-        default=(), metadata=_m(check=_nonempty_problem, secret=True)
+        default=(), metadata=_m(check=_token_problem, secret=True)
     )
     premium_tokens: tuple[str, ...] = field(
-        default=(), metadata=_m(check=_nonempty_problem, secret=True)
+        default=(), metadata=_m(check=_token_problem, secret=True)
     )
 
 
 @dataclass(frozen=True, slots=True)
 class ApiConfig:
     # entries kept for /api/cert lookups
-    cache_capacity: int = field(default=10000, metadata=_m(min=1))
+    cache_capacity: int = field(default=10000, metadata=_m(min=1, max=_MILLION))
 
 
 @dataclass(frozen=True, slots=True)
 class DeltaSinkConfig:
     enabled: bool = False
     table_path: str = field(default=DEFAULT_TABLE_PATH, metadata=_m(check=table_path_problem))
-    batch_size: int = field(default=10000, metadata=_m(min=1))
-    flush_interval_secs: int = field(default=30, metadata=_m(min=1))
+    batch_size: int = field(default=10000, metadata=_m(min=1, max=_MILLION))
+    flush_interval_secs: int = field(default=30, metadata=_m(min=1, max=_DAY_SECS))
     # zstd level 3 (zstd's own default): level 9 halves the sink's throughput for ~8% smaller
     # files (docs/benchmarks.md, "sink").
     compression_level: int = field(default=3, metadata=_m(min=1, max=22))
     # certlake additions: the bound on records held while writes fail, and background compaction.
     # ~6 KB a realistic row in memory: 200,000 rows is about 1.2 GB before entries are dropped
-    # (and recorded for backfill).
-    max_buffer_records: int = field(default=200_000, metadata=_m(min=1))
-    compaction_interval_secs: int = field(default=3600, metadata=_m(min=0))  # 0 disables compaction
+    # (and recorded for backfill); the bound, 10 million, is some 60 GB.
+    max_buffer_records: int = field(default=200_000, metadata=_m(min=1, max=10 * _MILLION))
+    # 0 disables compaction
+    compaction_interval_secs: int = field(default=3600, metadata=_m(min=0, max=_WEEK_SECS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,12 +358,14 @@ class StorageConfig:
 class BackfillConfig:
     """Batch backfill settings for `certlake backfill` (certlake only)."""
 
-    workers: int = field(default=8, metadata=_m(min=1))  # concurrent fetch tasks over all logs
-    per_log_workers: int = field(default=2, metadata=_m(min=1))  # concurrent fetch tasks on one log
-    # work ranges larger than this are split
-    range_split_size: int = field(default=100_000, metadata=_m(min=1))
-    retry_max_attempts: int = field(default=10, metadata=_m(min=1))
-    retry_max_delay_ms: int = field(default=60_000, metadata=_m(min=1))
+    # concurrent fetch tasks over all logs: 16 operators at the in-flight bound each
+    workers: int = field(default=8, metadata=_m(min=1, max=16 * _MAX_IN_FLIGHT))
+    # concurrent fetch tasks on one log
+    per_log_workers: int = field(default=2, metadata=_m(min=1, max=_MAX_IN_FLIGHT))
+    # work ranges larger than this are split; ten thousand million is beyond any log's size
+    range_split_size: int = field(default=100_000, metadata=_m(min=1, max=10_000_000_000))
+    retry_max_attempts: int = field(default=10, metadata=_m(min=1, max=1000))
+    retry_max_delay_ms: int = field(default=60_000, metadata=_m(min=1, max=_HOUR_MS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,7 +375,8 @@ class Config:
     port: int = field(default=8080, metadata=_m(min=0, max=65535))
     log_level: str = field(default="info", metadata=_m(normalize=str.lower, choices=tuple(LEVELS)))
     log_format: str = field(default="text", metadata=_m(choices=FORMATS))
-    buffer_size: int = field(default=1000, metadata=_m(min=1))
+    # certstream-server-rust's broadcast buffer; certlake sizes its queues with `stream.*`
+    buffer_size: int = field(default=1000, metadata=_m(min=1, max=_MILLION))
     ct_logs_url: str = field(default=DEFAULT_CT_LOGS_URL, metadata=_m(check=_list_url_problem))
     tls_cert: str | None = field(default=None, metadata=_m(check=_nonempty_problem))
     tls_key: str | None = field(default=None, metadata=_m(check=_nonempty_problem))
@@ -552,6 +589,8 @@ def _type_words(tp: Any, meta: Mapping[str, Any]) -> str:
         lo, hi, gt = meta.get("min"), meta.get("max"), meta.get("gt")
         if lo is not None and hi is not None:
             words += f" from {_num(lo)} to {_num(hi)}"
+        elif gt is not None and hi is not None:
+            words += f" > {_num(gt)} and <= {_num(hi)}"
         elif lo is not None:
             words += f" >= {_num(lo)}"
         elif gt is not None:
@@ -564,8 +603,11 @@ def _type_words(tp: Any, meta: Mapping[str, Any]) -> str:
 
 
 def _check_number(value: float, meta: Mapping[str, Any]) -> bool:
+    """Within the field's bounds. NaN compares false with everything, so would pass every bound,
+    and infinity means "no limit" where a limit was asked for: both are refused first. (An int is
+    finite, and may be too large for the float that `math.isfinite` would make of it.)"""
     lo, hi, gt = meta.get("min"), meta.get("max"), meta.get("gt")
-    return not (
+    return (isinstance(value, int) or math.isfinite(value)) and not (
         (lo is not None and value < lo)
         or (hi is not None and value > hi)
         or (gt is not None and value <= gt)
@@ -607,7 +649,8 @@ def _convert(tp: Any, value: object, path: KeyPath, meta: Mapping[str, Any], ctx
             return _INVALID
     elif base is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            if _check_number(float(value), meta):
+            # checked before float(): an int too large for a float would raise OverflowError
+            if _check_number(value, meta):
                 return float(value)
             ctx.bad_value(path, value, _type_words(tp, meta))
             return _INVALID
@@ -691,6 +734,8 @@ def _build(cls: Any, raw: object, path: KeyPath, ctx: _Ctx) -> object:
 
 _TRUE: Final = frozenset({"true", "1", "yes", "on"})
 _FALSE: Final = frozenset({"false", "0", "no", "off"})
+_ENV_INT: Final = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_ENV_FLOAT: Final = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?", re.ASCII)
 
 
 def _parse_env(tp: Any, text: str) -> tuple[object, str | None]:
@@ -706,16 +751,17 @@ def _parse_env(tp: Any, text: str) -> tuple[object, str | None]:
         if low in _TRUE or low in _FALSE:
             return low in _TRUE, None
         return None, "true or false (also 1/0, yes/no, on/off)"
+    # int() and float() also take digits of other scripts (`８０８０`), `_` separators, `nan` and
+    # `inf`; a number in the environment is plain ASCII digits, as in the YAML file.
     if base is int:
-        try:
-            return int(stripped, 10), None
-        except ValueError:
-            return None, "an integer"
+        if _ENV_INT.fullmatch(stripped):
+            with contextlib.suppress(ValueError):  # past int()'s digit limit: not an integer here
+                return int(stripped), None
+        return None, "an integer"
     if base is float:
-        try:
-            return float(stripped), None
-        except ValueError:
-            return None, "a number"
+        if _ENV_FLOAT.fullmatch(stripped):
+            return float(stripped), None  # `1e999` gives inf, which the bounds check refuses
+        return None, "a number"
     return text, None
 
 

@@ -81,7 +81,13 @@ class TokenTable:
         """
         if token is None:
             return None
-        candidate = token.encode()
+        try:
+            candidate = token.encode()
+        except UnicodeEncodeError:
+            # aiohttp keeps header bytes that are not UTF-8 as lone surrogates; no configured
+            # token (UTF-8 text, checked by the schema) can equal them. Returning early tells an
+            # attacker nothing about the known tokens.
+            return None
         found: Tier | None = None
         # Entries go from the lowest tier up, so a token listed twice gets its highest tier.
         for known, tier in self._entries:
