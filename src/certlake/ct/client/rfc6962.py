@@ -10,9 +10,10 @@ import orjson
 from certlake.ct.client.http import CTHttp, OperatorBudget
 from certlake.ct.client.reader import Batch, FetchedEntry, Unparseable
 from certlake.ct.entry import LogSource
-from certlake.ct.errors import FetchError
+from certlake.ct.errors import AnswerTooLarge, FetchError, Limit
 from certlake.ct.keys import SignatureError
 from certlake.ct.leaf import decode_rfc6962_entry
+from certlake.ct.limits import SMALL_ANSWER, check_entries_answer
 from certlake.ct.sth import SignedTreeHead, verify_sth
 from certlake.ct.tls import DecodeError
 
@@ -84,7 +85,7 @@ class Rfc6962Log:
 
     async def get_sth(self) -> SignedTreeHead:
         """The current signed tree head, verified when the log's key is known."""
-        body = await self._http.get(self._api + "get-sth", budget=self._budget)
+        body = await self._http.get(self._api + "get-sth", budget=self._budget, limits=SMALL_ANSWER)
         try:
             sth = SignedTreeHead.from_json(orjson.loads(body))
         except (orjson.JSONDecodeError, ValueError) as e:
@@ -103,11 +104,16 @@ class Rfc6962Log:
         """Raw (leaf_input, extra_data) pairs for [start, end]; at least one, never more than asked.
 
         An empty array or more entries than asked is a bad response (Cert Spotter rejects both).
+        More is not trimmed to what was asked: a log that serves more than the range it was asked
+        for has shown that it does not honour the range, so no position in its answer can be
+        trusted. Such an answer is refused before it is parsed when its JSON could not even fit.
         """
         body = await self._http.get(
             self._api + "get-entries", params={"start": start, "end": end}, budget=self._budget
         )
         where = f"get-entries [{start}, {end}] from {self.source.url}"
+        asked = end - start + 1
+        check_entries_answer(body, asked, where)
         try:
             entries = orjson.loads(body)["entries"]
             raw = [
@@ -121,8 +127,10 @@ class Rfc6962Log:
             raise FetchError(f"malformed {where}: {type(e).__name__} {e}", 200) from None
         if not raw:
             raise FetchError(f"empty {where}", 200)
-        if len(raw) > end - start + 1:
-            raise FetchError(f"{where} returned {len(raw)} entries", 200)
+        if len(raw) > asked:
+            raise AnswerTooLarge(
+                f"{where} returned {len(raw)} entries, more than asked", Limit.ENTRIES, asked
+            )
         return raw
 
     async def read(self, start: int, end: int, tree_size: int) -> Batch:
