@@ -23,11 +23,12 @@ from certlake.ct.errors import AnswerTooLarge, FetchError, Limit
 
 KiB = 1 << 10
 MiB = 1 << 20
-# The largest real answers (1,000 big entries) with room to spare.
+# The largest real answers (1,000 big entries) fit, the 256 asked by default 4 times over.
 DEFAULT_MAX_RESPONSE_BYTES = 16 * MiB
-# What bounds the memory one answer takes; 4 times the largest real answer, so that a log whose
-# answers grow (longer chains, a higher cap) is not cut off.
-DEFAULT_MAX_DECOMPRESSED_BYTES = 64 * MiB
+# What one answer may cost in memory, a bomb included; every request in flight may cost it at
+# once (4 per operator by default: 128 MiB, which kept `certlake serve` under 240 MB when all
+# four were bombs). Twice the largest real answer, 9 times the default's.
+DEFAULT_MAX_DECOMPRESSED_BYTES = 32 * MiB
 
 _RESPONSE_KEY = "ct_log.max_response_bytes"
 _DECOMPRESSED_KEY = "ct_log.max_decompressed_bytes"
@@ -36,6 +37,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 # zlib's automatic header detection: gzip, or zlib-wrapped deflate (`Content-Encoding: deflate`).
 _AUTO_WBITS = 32 + zlib.MAX_WBITS
 _COMPRESSED = frozenset({"gzip", "x-gzip", "deflate"})
+_PIECE = 256 * KiB
 
 # A get-entries element is 3 JSON values (an object and two strings); the rest leaves room for
 # a few members a log may add. The answer around them is an object and an array.
@@ -129,7 +131,11 @@ class BoundedBody:
                 Limit.BODY,
                 bound.bytes,
             )
-        self._decoded(chunk if self._encoded is None else self._encoded.feed(chunk))
+        if self._encoded is None:
+            self._decoded(chunk)
+            return
+        for piece in self._encoded.feed(chunk):
+            self._decoded(piece)
 
     def body(self) -> bytes:
         """The decoded body, once every chunk has been fed."""
@@ -149,7 +155,11 @@ class BoundedBody:
             self._head = None
             if data.startswith(GZIP_MAGIC):
                 self._sniffed = _Gunzip(self._url, self._limits.decompressed)
-        self._keep(data if self._sniffed is None else self._sniffed.feed(data))
+        if self._sniffed is None:
+            self._keep(data)
+            return
+        for piece in self._sniffed.feed(data):
+            self._keep(piece)
 
     def _keep(self, data: bytes) -> None:
         self._size += len(data)
@@ -161,7 +171,9 @@ class BoundedBody:
 
 class _Gunzip:
     """Streaming gzip (or zlib) decoding whose output is bounded: it never produces more than the
-    bound and one byte, however far its input would expand."""
+    bound and one byte, however far its input would expand. The output comes in pieces of at
+    most `_PIECE` bytes, which are kept as they are: a bomb's expansion is never one allocation
+    of the bound's size, or copied whole."""
 
     def __init__(self, url: str, bound: Bound) -> None:
         self._url = url
@@ -170,8 +182,8 @@ class _Gunzip:
         self._out = 0
         self._fed = False
 
-    def feed(self, data: bytes) -> bytes:
-        parts = []
+    def feed(self, data: bytes) -> list[bytes]:
+        pieces = []
         while data:
             if self._z.eof:
                 # Another member may follow (gzip allows several; `gzip.decompress` also skips
@@ -182,17 +194,18 @@ class _Gunzip:
                 self._z = zlib.decompressobj(_AUTO_WBITS)
             self._fed = True
             try:
-                # Output stops one byte past the room left: enough to know the bound is passed.
-                out = self._z.decompress(data, self._bound.bytes - self._out + 1)
+                # Output stops one byte past the room left at most: enough to know the bound is
+                # passed.
+                out = self._z.decompress(data, min(self._bound.bytes - self._out + 1, _PIECE))
             except zlib.error as e:
                 raise _corrupt(self._url, str(e)) from None
             self._out += len(out)
             if self._out > self._bound.bytes:
                 raise _over_decompressed(self._url, self._bound)
-            parts.append(out)
-            # Below the output cap all input is consumed; what follows a member's end is next.
-            data = self._z.unused_data if self._z.eof else b""
-        return b"".join(parts)
+            pieces.append(out)
+            # The input left when the piece was full, or what follows the end of a member.
+            data = self._z.unused_data if self._z.eof else self._z.unconsumed_tail
+        return pieces
 
     def finish(self) -> None:
         if self._fed and not self._z.eof:
