@@ -42,4 +42,4 @@ class AnswerTooLarge(FetchError):
     def __init__(self, message: str, limit: Limit, bound: int) -> None:
         super().__init__(message, 200)
         self.limit = limit
-        self.bound = bound
+        self.bound = bound  # bytes, or for `Limit.ENTRIES` the entries asked

@@ -83,7 +83,7 @@ def _bytes(bound: Bound) -> int:
     return bound.bytes
 
 
-def size_text(n: int) -> str:
+def _size_text(n: int) -> str:
     for unit, size in (("GiB", 1 << 30), ("MiB", MiB), ("KiB", KiB)):
         if n >= size and n % size == 0:
             return f"{n // size} {unit}"
@@ -115,8 +115,8 @@ class BoundedBody:
         bound = self._limits.response
         if length is not None and length > bound.bytes:
             raise AnswerTooLarge(
-                f"answer from {self._url} announces {size_text(length)}, over "
-                f"{size_text(bound.bytes)} on the wire ({bound.name}); not read",
+                f"answer from {self._url} announces {_size_text(length)}, over "
+                f"{_size_text(bound.bytes)} on the wire ({bound.name}); not read",
                 Limit.BODY,
                 bound.bytes,
             )
@@ -126,7 +126,7 @@ class BoundedBody:
         bound = self._limits.response
         if self._wire > bound.bytes:
             raise AnswerTooLarge(
-                f"answer from {self._url} is over {size_text(bound.bytes)} on the wire "
+                f"answer from {self._url} is over {_size_text(bound.bytes)} on the wire "
                 f"({bound.name}); stopped reading there",
                 Limit.BODY,
                 bound.bytes,
@@ -229,7 +229,7 @@ def error_start(raw: bytes, content_encoding: str | None, n: int) -> bytes:
 
 def _over_decompressed(url: str, bound: Bound) -> AnswerTooLarge:
     return AnswerTooLarge(
-        f"answer from {url} is over {size_text(bound.bytes)} once decompressed ({bound.name}); "
+        f"answer from {url} is over {_size_text(bound.bytes)} once decompressed ({bound.name}); "
         "stopped decompressing there",
         Limit.DECOMPRESSED,
         bound.bytes,

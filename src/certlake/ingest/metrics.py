@@ -29,7 +29,8 @@ class IngestMetrics:
         self.over_limit = Counter(
             "certlake_answers_over_limit",
             "Answers from a log refused for passing a bound (limit=body: bytes on the wire, "
-            "decompressed: bytes once gunzipped, entries: more than asked); also fetch errors",
+            "decompressed: bytes once gunzipped, entries: more than asked); each is also one of "
+            "certlake_fetch_errors",
             ["log", "limit"],
             registry=registry,
         )
