@@ -183,29 +183,34 @@ class _Gunzip:
         self._fed = False
 
     def feed(self, data: bytes) -> list[bytes]:
-        pieces = []
-        while data:
+        pieces: list[bytes] = []
+        while True:
             if self._z.eof:
                 # Another member may follow (gzip allows several; `gzip.decompress` also skips
                 # zero padding between them).
                 data = data.lstrip(b"\0")
                 if not data:
-                    break
+                    return pieces
                 self._z = zlib.decompressobj(_AUTO_WBITS)
-            self._fed = True
+            self._fed = self._fed or bool(data)
+            # At most one byte past the room left: enough to know the bound is passed.
+            most = min(self._bound.bytes - self._out + 1, _PIECE)
             try:
-                # Output stops one byte past the room left at most: enough to know the bound is
-                # passed.
-                out = self._z.decompress(data, min(self._bound.bytes - self._out + 1, _PIECE))
+                out = self._z.decompress(data, most)
             except zlib.error as e:
                 raise _corrupt(self._url, str(e)) from None
             self._out += len(out)
             if self._out > self._bound.bytes:
                 raise _over_decompressed(self._url, self._bound)
-            pieces.append(out)
-            # The input left when the piece was full, or what follows the end of a member.
-            data = self._z.unused_data if self._z.eof else self._z.unconsumed_tail
-        return pieces
+            if out:
+                pieces.append(out)
+            if self._z.eof:
+                data = self._z.unused_data
+            elif self._z.unconsumed_tail or len(out) == most:
+                # A full piece can leave output inside zlib even once all the input is taken.
+                data = self._z.unconsumed_tail
+            else:
+                return pieces
 
     def finish(self) -> None:
         if self._fed and not self._z.eof:
