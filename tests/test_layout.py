@@ -31,6 +31,7 @@ PURE = [
     "certlake.ct.pacing",
     "certlake.ct.lag",
     "certlake.ct.errors",
+    "certlake.ct.limits",
     "certlake.certs.message",
     "certlake.certs.certificate",
     "certlake.certs.der",

@@ -7,71 +7,14 @@ and restart resumes from the state file without skipping an index.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
-import orjson
-
 from certlake.lake.table import read_skipped
+from support.live import full_stream, get_json, grow, heads_known, logs_at, set_faults
 from support.procs import Procs, read_state, server_config
 from support.waiting import until
-
-Seen = list[tuple[str, int]]
-
-
-@contextlib.asynccontextmanager
-async def full_stream(base: str) -> AsyncIterator[Seen]:
-    """Collect (log url, index) of every certificate on /full-stream while the block runs."""
-    seen: Seen = []
-    session = aiohttp.ClientSession()
-    ws = await session.ws_connect(base.replace("http", "ws", 1) + "/full-stream", heartbeat=None)
-
-    async def reader() -> None:
-        async for msg in ws:
-            doc = orjson.loads(msg.data)
-            if doc["message_type"] == "certificate_update":
-                seen.append((doc["data"]["source"]["url"], doc["data"]["cert_index"]))
-
-    task = asyncio.create_task(reader())
-    try:
-        yield seen
-    finally:
-        # Frames already received are read to the end (the server may be dead by now: what
-        # it sent before dying must still count), then the reader is stopped.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(task), 1.0)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
-            await task
-        await ws.close()
-        await session.close()
-
-
-async def _json(url: str) -> dict:  # type: ignore[type-arg]
-    async with aiohttp.ClientSession() as s, s.get(url) as r:
-        return await r.json()  # type: ignore[no-any-return]
-
-
-async def _grow(testlog: str, n: int) -> None:
-    async with aiohttp.ClientSession() as s, s.post(f"{testlog}/admin/grow?n={n}") as r:
-        assert r.status == 200, await r.text()
-
-
-async def _set_faults(testlog: str, faults: list[str]) -> None:
-    async with (
-        aiohttp.ClientSession() as s,
-        s.post(f"{testlog}/admin/faults", json={"faults": faults}) as r,
-    ):
-        assert r.status == 200, await r.text()
-
-
-async def _logs_at(server: str) -> dict[str, int | None]:
-    doc = await _json(f"{server}/api/logs")
-    return {log["url"]: log["cursor"] for log in doc["logs"]}
 
 
 async def test_every_index_reaches_a_full_stream_client_exactly_once_despite_faults(
@@ -88,13 +31,13 @@ async def test_every_index_reaches_a_full_stream_client_exactly_once_despite_fau
         "--fault", "502:0.1", "--fault", "drop:0.05",
     )
     server = procs.serve(server_config(tmp_path, f"{testlog.url}/log_list.json"))
-    await until(lambda: _heads_known(server.url, 2), 30, "both watchers at the tree head")
-    start = await _logs_at(server.url)
+    await until(lambda: heads_known(server.url, 2), 30, "both watchers at the tree head")
+    start = await logs_at(server.url)
     assert set(start.values()) == {40}  # a fresh start begins at the tree head
 
     async with full_stream(server.url) as seen:
         for _ in range(4):
-            await _grow(testlog.url, 150)
+            await grow(testlog.url, 150)
             await asyncio.sleep(random.uniform(0.1, 0.5))
         final = 40 + 4 * 150
 
@@ -108,18 +51,10 @@ async def test_every_index_reaches_a_full_stream_client_exactly_once_despite_fau
     assert max(counts.values()) == 1, [k for k, v in counts.items() if v > 1][:5]
     for url in start:
         assert sorted(i for u, i in seen if u == url) == list(range(40, final))
-    stats = await _json(f"{testlog.url}/admin/stats")
+    stats = await get_json(f"{testlog.url}/admin/stats")
     injected = stats["faults"]
     assert injected.get("short", 0) > 0 and injected.get("429", 0) > 0
     assert injected.get("503", 0) > 0
-
-
-async def _heads_known(server: str, n: int) -> bool:
-    try:
-        cursors = await _logs_at(server)
-    except aiohttp.ClientError:
-        return False
-    return len(cursors) == n and all(c is not None for c in cursors.values())
 
 
 async def test_kill_9_and_restart_resumes_from_the_state_file_without_a_gap(
@@ -128,8 +63,8 @@ async def test_kill_9_and_restart_resumes_from_the_state_file_without_a_gap(
     testlog = procs.testlog("--initial-size", "10", "--rate", "150", "--seed", "12")
     config = server_config(tmp_path, f"{testlog.url}/log_list.json")
     server = procs.serve(config)
-    await until(lambda: _heads_known(server.url, 2), 30, "watchers started")
-    first_cursor = await _logs_at(server.url)
+    await until(lambda: heads_known(server.url, 2), 30, "watchers started")
+    first_cursor = await logs_at(server.url)
 
     async with full_stream(server.url) as before:
         await asyncio.sleep(random.uniform(2.0, 4.0))
@@ -139,13 +74,13 @@ async def test_kill_9_and_restart_resumes_from_the_state_file_without_a_gap(
     await asyncio.sleep(1.0)  # the log keeps growing while the server is down
     # The log answers nothing until the new client is connected, so that the client sees the
     # very first entry the restarted server streams.
-    await _set_faults(testlog.url, ["503:1"])
+    await set_faults(testlog.url, ["503:1"])
     server = procs.serve(config)
     async with full_stream(server.url) as after:
-        await until(lambda: _heads_known(server.url, 2), 30, "watchers restarted")
-        resumed = await _logs_at(server.url)
+        await until(lambda: heads_known(server.url, 2), 30, "watchers restarted")
+        resumed = await logs_at(server.url)
         assert resumed == {u: s["current_index"] for u, s in saved.items()}
-        await _set_faults(testlog.url, [])
+        await set_faults(testlog.url, [])
         target = {u: max(c or 0, saved[u]["current_index"]) + 300 for u, c in resumed.items()}
 
         async def caught_up() -> bool:
@@ -180,17 +115,17 @@ async def test_a_bad_element_costs_only_itself_on_the_stream_and_in_the_archive(
                     "flush_interval_secs": 1, "compaction_interval_secs": 0},
     )  # fmt: skip
     server = procs.serve(config)
-    await until(lambda: _heads_known(server.url, 2), 30, "both watchers at the tree head")
-    urls = sorted(await _logs_at(server.url))
+    await until(lambda: heads_known(server.url, 2), 30, "both watchers at the tree head")
+    urls = sorted(await logs_at(server.url))
     bad = {"rfc6962": {40: "null", 73: "base64", 127: "no-extra", 160: "framing"},
            "static": {300: "leaf-index"}}  # fmt: skip
-    await _set_faults(
+    await set_faults(
         testlog.url,
         [f"corrupt:at={i},mode={m},log={name}" for name, at in bad.items() for i, m in at.items()],
     )
     final = 40 + 400
     async with full_stream(server.url) as seen:
-        await _grow(testlog.url, 400)
+        await grow(testlog.url, 400)
 
         async def all_there() -> bool:
             return len(seen) >= 2 * 400 - 5

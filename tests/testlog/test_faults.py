@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from email.utils import parsedate_to_datetime
 
 import pytest
@@ -9,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from certlake.testlog.faults import (
+    BodyMode,
     CorruptMode,
     DropMode,
     Endpoint,
@@ -16,6 +18,9 @@ from certlake.testlog.faults import (
     FaultKind,
     FaultPlan,
     FaultSpecError,
+    Oversize,
+    gzip_padded,
+    padded,
 )
 
 NOW = 1_700_000_000.0
@@ -53,6 +58,13 @@ def test_options_round_trip_through_json() -> None:
         "503:endpoint=get-everything",
         "429:p=0.1,p=0.2",
         "429:retry_after=soon",
+        "400:retry_after=1",
+        "gzip-bomb:size=0",
+        "gzip-bomb:size=3X",
+        "gzip-bomb:size=-1M",
+        "gzip-bomb:mode=length",
+        "huge-body:mode=sideways",
+        "huge-body:rate=fast",
     ],
 )
 def test_bad_specs_are_rejected_with_a_typed_error(spec: str) -> None:
@@ -151,3 +163,55 @@ def test_replace_resets_counts_and_seed() -> None:
         {"kind": "429", "p": 1.0, "n": 1, "retry_after": "1", "remaining": 1}
     ]
     assert plan.decide(Endpoint.GET_STH, "x", NOW).status == 429
+
+
+@pytest.mark.parametrize("code", [400, 404, 500])
+def test_client_and_server_error_storms(code: int) -> None:
+    plan = FaultPlan([Fault.from_spec(f"{code}:n=2,endpoint=get-entries")])
+    assert plan.decide(Endpoint.GET_STH, "x", NOW).status is None
+    actions = [plan.decide(Endpoint.GET_ENTRIES, "x", NOW) for _ in range(3)]
+    assert [a.status for a in actions] == [code, code, None]
+    assert actions[0].headers == {}  # no Retry-After: nothing tells a reader when to come back
+
+
+def test_oversize_faults_default_sizes_and_options() -> None:
+    bomb = Fault.from_spec("gzip-bomb:endpoint=data-tile")
+    assert bomb.kind is FaultKind.GZIP_BOMB
+    assert bomb.oversize() == Oversize(4 << 30, gzip=True)
+    huge = Fault.from_spec("huge-body:size=300M,mode=length,rate=64K")
+    assert huge.oversize() == Oversize(300 << 20, gzip=False, declared=True, rate=64 << 10)
+    assert huge.body_mode is BodyMode.LENGTH
+    assert Fault.from_spec("huge-body").oversize() == Oversize(512 << 20, gzip=False)
+    assert Fault.from_spec("gzip-bomb:size=1g").oversize() == Oversize(1 << 30, gzip=True)
+    assert Fault.from_spec("503").oversize() is None
+    for fault in (bomb, huge):
+        assert Fault.from_json(fault.to_json()) == fault
+
+
+def test_an_oversize_fault_ends_the_roll() -> None:
+    plan = FaultPlan([Fault.from_spec("huge-body:size=2M"), Fault.from_spec("503")])
+    action = plan.decide(Endpoint.GET_ENTRIES, "x", NOW)
+    assert action.oversize == Oversize(2 << 20, gzip=False)
+    assert action.status is None
+    assert action.fired == [FaultKind.HUGE_BODY]
+
+
+@given(plain=st.binary(max_size=200), size=st.integers(0, 1 << 16), chunk=st.integers(1, 4096))
+def test_padding_follows_the_answer(plain: bytes, size: int, chunk: int) -> None:
+    parts = list(padded(plain, size, chunk))
+    assert b"".join(parts) == plain + b" " * max(0, size - len(plain))
+    assert max(map(len, parts[1:]), default=0) <= chunk
+
+
+@given(plain=st.binary(max_size=200), size=st.integers(0, 3 << 20))
+def test_the_bomb_is_valid_gzip_of_the_padded_answer(plain: bytes, size: int) -> None:
+    want = plain + b" " * max(0, size - len(plain))
+    assert gzip.decompress(b"".join(gzip_padded(plain, size))) == want
+
+
+def test_a_bomb_is_small_on_the_wire_and_made_lazily() -> None:
+    parts = gzip_padded(b'{"entries": []}', 1 << 30)
+    first = [next(parts) for _ in range(64)]  # the header, then 63 MiB of spaces
+    assert sum(map(len, first)) < 64 << 10
+    wire = sum(len(p) for p in parts) + sum(map(len, first))
+    assert wire < 2 << 20  # 1 GiB in under 2 MiB

@@ -7,12 +7,14 @@ import base64
 import gzip
 import hashlib
 import time
+import zlib
 from collections.abc import AsyncIterator
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+import orjson
 import pytest
 from cryptography import x509
 
@@ -380,7 +382,7 @@ async def test_429_with_retry_after_seconds_then_date(
     assert (await _stats(http, srv))["faults"]["429"] == 2
 
 
-@pytest.mark.parametrize("code", [503, 502, 504])
+@pytest.mark.parametrize("code", [503, 502, 504, 500, 400, 404])
 async def test_server_errors(http: aiohttp.ClientSession, srv: TestLogServer, code: int) -> None:
     await _set_faults(http, srv, f"{code}:n=2,endpoint=data-tile")
     assert (await _raw(http, srv.rfc6962_url + "/ct/v1/get-sth"))[0] == 200
@@ -451,6 +453,71 @@ async def test_corrupt_entries_rfc6962_and_tile(
         assert (await resp.json())["faults"] == []
     _, body, _ = await _raw(http, f"{srv.static_url}/{data_tile_path(1)}")
     decode_data_tile(gzip.decompress(body), 1, 256)
+
+
+async def _head_of_body(
+    http: aiohttp.ClientSession, url: str, n: int
+) -> tuple[bytes, dict[str, str]]:
+    """The first `n` bytes on the wire (at least) of an answer; then the reader hangs up."""
+    async with http.get(url, auto_decompress=False) as resp:
+        assert resp.status == 200
+        got = b""
+        while len(got) < n:
+            chunk = await resp.content.readany()
+            assert chunk, "the body ended early"
+            got += chunk
+        return got, dict(resp.headers)
+
+
+async def test_gzip_bombs_on_get_entries_and_data_tiles(
+    http: aiohttp.ClientSession, srv: TestLogServer
+) -> None:
+    entries_url = srv.rfc6962_url + "/ct/v1/get-entries?start=0&end=9"
+    tile_url = f"{srv.static_url}/{data_tile_path(0)}"
+    real_entries = (await _raw(http, entries_url))[1]
+    real_tile = gzip.decompress((await _raw(http, tile_url))[1])
+    await _set_faults(http, srv, "gzip-bomb:endpoint=get-entries,endpoint=data-tile")
+    for url, real in ((entries_url, real_entries), (tile_url, real_tile)):
+        wire, headers = await _head_of_body(http, url, 256 << 10)
+        assert headers["Content-Encoding"] == "gzip"
+        assert "Content-Length" not in headers
+        # Decoded a MiB at a time, so that the test itself holds no bomb.
+        z = zlib.decompressobj(31)
+        head = z.decompress(wire, len(real) + 1024)
+        assert head.startswith(real) and head[len(real) :].strip(b" ") == b""
+        expanded = len(head)
+        while z.unconsumed_tail:
+            expanded += len(z.decompress(z.unconsumed_tail, 1 << 20))
+        assert expanded > 100 << 20  # from a quarter of a MiB
+    # Bombs are whole answers: one of 3 MiB is the real answer and valid JSON.
+    await _set_faults(http, srv, "gzip-bomb:size=3M,endpoint=get-entries")
+    _, body, _ = await _raw(http, entries_url)
+    assert len(gzip.decompress(body)) == 3 << 20
+    assert orjson.loads(gzip.decompress(body)) == orjson.loads(real_entries)
+    assert (await _stats(http, srv))["faults"]["gzip-bomb"] == 3
+    # The server is still well after readers hung up on it.
+    assert (await _raw(http, srv.rfc6962_url + "/ct/v1/get-sth"))[0] == 200
+
+
+async def test_huge_bodies_are_streamed_and_may_be_announced_or_paced(
+    http: aiohttp.ClientSession, srv: TestLogServer
+) -> None:
+    url = srv.rfc6962_url + "/ct/v1/get-entries?start=0&end=9"
+    real = (await _raw(http, url))[1]
+    await _set_faults(http, srv, "huge-body:n=1", "huge-body:n=1,size=300M,mode=length")
+    head, headers = await _head_of_body(http, url, 2 << 20)
+    assert "Content-Length" not in headers and "Content-Encoding" not in headers
+    assert head.startswith(real) and head[len(real) :].strip(b" ") == b""
+    _, headers = await _head_of_body(http, url, 1)
+    assert headers["Content-Length"] == str(300 << 20)
+    await _set_faults(http, srv, "huge-body:size=1M")
+    _, body, _ = await _raw(http, url)
+    assert len(body) == 1 << 20 and orjson.loads(body) == orjson.loads(real)
+    await _set_faults(http, srv, "huge-body:size=300K,rate=1M")
+    started = time.monotonic()
+    assert len((await _raw(http, url))[1]) == 300 << 10
+    assert time.monotonic() - started >= 0.25
+    assert (await _stats(http, srv))["faults"]["huge-body"] == 4
 
 
 async def test_faults_from_the_constructor_are_deterministic(http: aiohttp.ClientSession) -> None:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from certlake.ct.limits import DEFAULT_MAX_DECOMPRESSED_BYTES, DEFAULT_MAX_RESPONSE_BYTES, MiB
 from certlake.ct.urls import normalize_url
 from certlake.logsetup import FORMATS, LEVELS
 
@@ -247,6 +248,12 @@ class CtLogConfig:
     default_operator_max_in_flight: int = field(default=4, metadata=_m(min=1, max=_MAX_IN_FLIGHT))
     # Per-operator overrides, keyed by the operator's name in the log list (any case).
     operators: dict[str, OperatorConfig] = field(default_factory=dict)
+    # Bounds on one answer of a log (`ct/limits.py` has the real sizes they are drawn from): bytes
+    # on the wire, and bytes once gunzipped. An answer past one is an error, retried like any.
+    max_response_bytes: int = field(default=DEFAULT_MAX_RESPONSE_BYTES, metadata=_m(min=MiB))
+    max_decompressed_bytes: int = field(
+        default=DEFAULT_MAX_DECOMPRESSED_BYTES, metadata=_m(min=MiB)
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from certlake.config import Config
 from certlake.ct.client.http import CTHttp, OperatorBudget
 from certlake.ct.client.static import IssuerCache
 from certlake.ct.entry import LogSource
-from certlake.ct.errors import FetchError
+from certlake.ct.errors import AnswerTooLarge, FetchError
 from certlake.ct.health import Health, LogHealth
 from certlake.ct.loglist import LogInfo
 from certlake.ingest.discovery import discover_logs
@@ -130,6 +130,8 @@ class Fleet:
     def _count_error(self, url: str, error: FetchError) -> None:
         status = "none" if error.status is None else str(error.status)
         self.metrics.fetch_errors.labels(url, status).inc()
+        if isinstance(error, AnswerTooLarge):
+            self.metrics.over_limit.labels(url, error.limit.value).inc()
 
     # --- running --------------------------------------------------------------------------------
 

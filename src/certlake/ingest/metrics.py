@@ -26,6 +26,14 @@ class IngestMetrics:
             ["log", "status"],
             registry=registry,
         )
+        self.over_limit = Counter(
+            "certlake_answers_over_limit",
+            "Answers from a log refused for passing a bound (limit=body: bytes on the wire, "
+            "decompressed: bytes once gunzipped, entries: more than asked); each is also one of "
+            "certlake_fetch_errors",
+            ["log", "limit"],
+            registry=registry,
+        )
         self.tree_size = Gauge(
             "certlake_log_tree_size", "Latest tree size seen", ["log"], registry=registry
         )

@@ -12,6 +12,7 @@ from certlake.ct.client.reader import LogReader
 from certlake.ct.client.rfc6962 import Rfc6962Log
 from certlake.ct.client.static import IssuerCache, StaticLog
 from certlake.ct.entry import LogKind
+from certlake.ct.limits import ReadLimits
 from certlake.ct.loglist import ConfiguredLog, LogInfo
 from certlake.ct.pacing import PacingLimits
 
@@ -31,9 +32,14 @@ def config_logs(config: Config) -> tuple[list[ConfiguredLog], list[ConfiguredLog
 
 
 def http_client(ct: CtLogConfig) -> CTHttp:
-    """The HTTP client every command reads logs with: the configured timeout, and the configured
-    User-Agent (an operator's contact, which log operators ask for) or certlake's own."""
-    return CTHttp(timeout=ct.request_timeout_secs, user_agent=ct.user_agent or USER_AGENT)
+    """The HTTP client every command reads logs with: the configured timeout and bounds on an
+    answer, and the configured User-Agent (an operator's contact, which log operators ask for)
+    or certlake's own."""
+    return CTHttp(
+        timeout=ct.request_timeout_secs,
+        user_agent=ct.user_agent or USER_AGENT,
+        limits=ReadLimits.configured(ct.max_response_bytes, ct.max_decompressed_bytes),
+    )
 
 
 def ct_log_retry_policy(ct: CtLogConfig) -> RetryPolicy:

@@ -7,6 +7,8 @@ is the probability. The same options are accepted as a JSON object by the admin 
     429:n=3,retry_after=date+2   the next 3 requests get 429, Retry-After an HTTP date 2 s ahead
     503:0.2,endpoint=get-entries 20% of get-entries requests get 503
     502 / 504                    as 503
+    400 / 404 / 500:n=20         the next 20 requests get that status, without Retry-After (a
+                                 storm of client or server errors)
     short:0.5,to=10              half the get-entries responses of more than 10 entries hold 10
     short:1                      every get-entries response is cut to a random shorter length
     slow:0.1,delay=2             10% of requests wait 2 s before answering
@@ -20,6 +22,14 @@ is the probability. The same options are accepted as a JSON object by the admin 
     corrupt:at=5,mode=null       get-entries: entry 5's leaf_input is null
     corrupt:at=5,mode=no-extra   get-entries: entry 5 has no extra_data member
     corrupt:at=5,mode=leaf-index data tiles: entry 5 claims the next leaf_index (framing intact)
+    gzip-bomb:endpoint=data-tile data tiles padded with spaces to 4 GiB and sent gzip-encoded:
+                                 about 4 MB on the wire (size=1G for another size; K, M, G)
+    huge-body:size=300M          answers padded with spaces to 300 MiB (512 MiB by default) and
+                                 sent as they are, without a Content-Length; mode=length announces
+                                 it, rate=64K sends 64 KiB per second
+
+The padding of `gzip-bomb` and `huge-body` follows the real answer, so a JSON answer stays valid:
+a reader without bounds would take it. Both are made as they are sent, never held whole.
 
 Common options: `p` (probability, default 1), `n` (the fault fires at most n times, then expires),
 `endpoint=` and `log=` (repeatable) restrict the requests it applies to (the log list is reached
@@ -32,7 +42,9 @@ from __future__ import annotations
 
 import enum
 import random
-from collections.abc import Mapping, Sequence
+import struct
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import TypeVar
@@ -51,6 +63,11 @@ class FaultKind(enum.Enum):
     SLOW = "slow"
     DROP = "drop"
     CORRUPT = "corrupt"
+    BAD_REQUEST = "400"
+    NOT_FOUND = "404"
+    SERVER_ERROR = "500"
+    GZIP_BOMB = "gzip-bomb"
+    HUGE_BODY = "huge-body"
 
 
 class Endpoint(enum.Enum):
@@ -86,12 +103,21 @@ class CorruptMode(enum.Enum):
     LEAF_INDEX = "leaf-index"
 
 
+class BodyMode(enum.Enum):
+    CHUNKED = "chunked"  # no Content-Length: the reader learns the size only by reading
+    LENGTH = "length"  # Content-Length announced up front
+
+
 _STATUS = {
     FaultKind.RATE_LIMITED: 429,
     FaultKind.UNAVAILABLE: 503,
     FaultKind.BAD_GATEWAY: 502,
     FaultKind.GATEWAY_TIMEOUT: 504,
+    FaultKind.BAD_REQUEST: 400,
+    FaultKind.NOT_FOUND: 404,
+    FaultKind.SERVER_ERROR: 500,
 }
+_DEFAULT_SIZE = {FaultKind.GZIP_BOMB: 4 << 30, FaultKind.HUGE_BODY: 512 << 20}
 _COMMON_KEYS = {"p", "n", "endpoint", "log"}
 _KIND_KEYS: dict[FaultKind, set[str]] = {
     FaultKind.RATE_LIMITED: {"retry_after"},
@@ -102,13 +128,20 @@ _KIND_KEYS: dict[FaultKind, set[str]] = {
     FaultKind.SLOW: {"delay"},
     FaultKind.DROP: {"mode"},
     FaultKind.CORRUPT: {"at", "mode"},
+    FaultKind.BAD_REQUEST: set(),
+    FaultKind.NOT_FOUND: set(),
+    FaultKind.SERVER_ERROR: set(),
+    FaultKind.GZIP_BOMB: {"size"},
+    FaultKind.HUGE_BODY: {"size", "mode", "rate"},
 }
 _REPEATABLE = {"endpoint", "log", "at"}
 _MODES: dict[FaultKind, type[enum.Enum]] = {
     FaultKind.DROP: DropMode,
     FaultKind.CORRUPT: CorruptMode,
+    FaultKind.HUGE_BODY: BodyMode,
 }
-_M = TypeVar("_M", DropMode, CorruptMode)
+_M = TypeVar("_M", DropMode, CorruptMode, BodyMode)
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +159,16 @@ class RetryAfter:
 
 
 @dataclass(frozen=True, slots=True)
+class Oversize:
+    """An answer blown up to `size` bytes (`gzip-bomb`, `huge-body`)."""
+
+    size: int
+    gzip: bool  # sent gzip-encoded (a bomb) rather than as it is
+    declared: bool = False  # Content-Length sent up front
+    rate: int | None = None  # bytes per second on the wire; None: as fast as the reader reads
+
+
+@dataclass(frozen=True, slots=True)
 class Fault:
     kind: FaultKind
     p: float = 1.0
@@ -138,6 +181,15 @@ class Fault:
     drop_mode: DropMode = DropMode.BEFORE
     corrupt_at: frozenset[int] = frozenset()
     corrupt_mode: CorruptMode = CorruptMode.DER
+    size: int | None = None  # gzip-bomb and huge-body: bytes once padded
+    body_mode: BodyMode = BodyMode.CHUNKED
+    rate: int | None = None
+
+    def oversize(self) -> Oversize | None:
+        if self.size is None:
+            return None
+        declared = self.body_mode is BodyMode.LENGTH
+        return Oversize(self.size, self.kind is FaultKind.GZIP_BOMB, declared, self.rate)
 
     def applies(self, endpoint: Endpoint, log: str | None) -> bool:
         # The log list stands in for gstatic.com, which does not rate-limit: faults reach it only
@@ -168,6 +220,12 @@ class Fault:
         if self.kind is FaultKind.CORRUPT:
             out["at"] = sorted(self.corrupt_at)
             out["mode"] = self.corrupt_mode.value
+        if self.size is not None:
+            out["size"] = self.size
+        if self.kind is FaultKind.HUGE_BODY:
+            out["mode"] = self.body_mode.value
+        if self.rate is not None:
+            out["rate"] = self.rate
         return out
 
     @classmethod
@@ -231,6 +289,7 @@ class Fault:
         mode = one("mode")
         drop_mode = _parse_mode(kind, DropMode, mode, DropMode.BEFORE)
         corrupt_mode = _parse_mode(kind, CorruptMode, mode, CorruptMode.DER)
+        size = _parse_size(kind, "size", one("size")) or _DEFAULT_SIZE.get(kind)
         return cls(
             kind=kind,
             p=p,
@@ -243,6 +302,9 @@ class Fault:
             drop_mode=drop_mode,
             corrupt_at=at,
             corrupt_mode=corrupt_mode,
+            size=size,
+            body_mode=_parse_mode(kind, BodyMode, mode, BodyMode.CHUNKED),
+            rate=_parse_size(kind, "rate", one("rate")),
         )
 
 
@@ -261,6 +323,19 @@ def _parse_int(kind: FaultKind, key: str, text: str | None, minimum: int) -> int
     if not (text.isascii() and text.isdigit()) or int(text) < minimum:
         raise FaultSpecError(f"fault {kind.value}: {key}={text!r} is not an integer >= {minimum}")
     return int(text)
+
+
+def _parse_size(kind: FaultKind, key: str, text: str | None) -> int | None:
+    """Bytes: a whole number, optionally with K, M or G (binary multiples)."""
+    if text is None:
+        return None
+    digits, unit = (text[:-1], text[-1].lower()) if text[-1:].isalpha() else (text, "")
+    if unit not in _SIZE_UNITS or not (digits.isascii() and digits.isdigit()) or int(digits) < 1:
+        raise FaultSpecError(
+            f"fault {kind.value}: {key}={text!r} is not a size in bytes "
+            "(a whole number >= 1, optionally with K, M or G)"
+        )
+    return int(digits) * _SIZE_UNITS[unit]
 
 
 def _parse_mode(kind: FaultKind, modes: type[_M], text: str | None, default: _M) -> _M:
@@ -303,6 +378,7 @@ class Action:
     delay: float = 0.0
     drop: DropMode | None = None
     entries: int | None = None  # get-entries: serve only this many
+    oversize: Oversize | None = None
     fired: list[FaultKind] = field(default_factory=list)
 
 
@@ -343,8 +419,8 @@ class FaultPlan:
     ) -> Action:
         """Roll every applicable fault for one request at wall-clock time `now`.
 
-        The first status or drop fault that fires ends the roll (one response can carry one
-        status); delays add up; `short` needs `batch`, the number of entries the response would
+        The first status, drop or oversize fault that fires ends the roll (one response can carry
+        one status); delays add up; `short` needs `batch`, the number of entries the response would
         hold, and fires only when it can actually take entries away (batch > its `to`, or >= 2).
         """
         action = Action()
@@ -371,6 +447,9 @@ class FaultPlan:
             elif fault.kind is FaultKind.DROP:
                 action.drop = fault.drop_mode
                 return action
+            elif (oversize := fault.oversize()) is not None:
+                action.oversize = oversize
+                return action
             else:
                 action.status = _STATUS[fault.kind]
                 if fault.retry_after is not None:
@@ -385,3 +464,40 @@ class FaultPlan:
             if fault.kind is FaultKind.CORRUPT and (not fault.logs or log in fault.logs):
                 out.update(dict.fromkeys(fault.corrupt_at, fault.corrupt_mode))
         return out
+
+
+_PAD_CHUNK = 1 << 20
+# A gzip member header: deflate, no flags, no time, maximum compression, unknown OS.
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"
+
+
+def padded(plain: bytes, size: int, chunk: int = _PAD_CHUNK) -> Iterator[bytes]:
+    """`plain`, then spaces up to `size` bytes in all, at most `chunk` bytes at a time."""
+    yield plain
+    full, rest = divmod(max(0, size - len(plain)), chunk)
+    block = b" " * chunk
+    for _ in range(full):
+        yield block
+    if rest:
+        yield block[:rest]
+
+
+def gzip_padded(plain: bytes, size: int) -> Iterator[bytes]:
+    """`padded(plain, size)` as one gzip member, made as it is sent. Each MiB of spaces
+    compresses once, to about 1 KB, and those bytes are sent again for every MiB: a full flush
+    resets the compressor, so each MiB's deflate blocks stand alone. The CRC is computed at the
+    end, only for a reader that gets there."""
+    full, rest = divmod(max(0, size - len(plain)), _PAD_CHUNK)
+    spaces = b" " * _PAD_CHUNK
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    yield _GZIP_HEADER + deflate.compress(plain) + deflate.flush(zlib.Z_FULL_FLUSH)
+    if full:
+        block = deflate.compress(spaces) + deflate.flush(zlib.Z_FULL_FLUSH)
+        for _ in range(full):
+            yield block
+    yield deflate.compress(spaces[:rest]) + deflate.flush()
+    crc = zlib.crc32(plain)
+    for _ in range(full):
+        crc = zlib.crc32(spaces, crc)
+    crc = zlib.crc32(spaces[:rest], crc)
+    yield struct.pack("<II", crc, (len(plain) + full * _PAD_CHUNK + rest) & 0xFFFFFFFF)

@@ -36,6 +36,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import gzip
 import hashlib
 import time
 from collections import Counter
@@ -69,6 +70,9 @@ from certlake.testlog.faults import (
     FaultKind,
     FaultPlan,
     FaultSpecError,
+    Oversize,
+    gzip_padded,
+    padded,
 )
 from certlake.testlog.log import (
     DATA_TILE_CACHE_BYTES,
@@ -418,6 +422,8 @@ class TestLogServer:
                 reply = _text(f"{e}\n", 400)
             except TileNotFound as e:
                 reply = _text(f"{e}\n", 404)
+        if action.oversize is not None and reply.status == 200:
+            return await _oversized(request, reply, action.oversize)
         if action.drop is DropMode.MID:
             resp = web.StreamResponse(status=reply.status, headers=reply.headers)
             resp.content_type = reply.content_type
@@ -643,6 +649,33 @@ class TestLogServer:
             }
             for name, log in self.logs.items()
         }
+
+
+async def _oversized(request: web.Request, reply: Reply, oversize: Oversize) -> web.StreamResponse:
+    """`reply` blown up as `oversize` says, sent for as long as the reader takes it (a reader
+    that hangs up at its bound is what this fault is for)."""
+    plain = reply.body
+    if reply.headers.get("Content-Encoding") == "gzip":
+        plain = gzip.decompress(plain)  # a data tile: it is padded before it is compressed
+    resp = web.StreamResponse(headers={"Content-Type": reply.content_type})
+    if oversize.gzip:
+        resp.headers["Content-Encoding"] = "gzip"
+        parts = gzip_padded(plain, oversize.size)
+    elif oversize.rate is None:
+        parts = padded(plain, oversize.size)
+    else:
+        # A paced body goes out a tenth of its second's worth at a time.
+        parts = padded(plain, oversize.size, max(1, oversize.rate // 10))
+    if oversize.declared:
+        resp.content_length = max(oversize.size, len(plain))
+    await resp.prepare(request)
+    with contextlib.suppress(ConnectionError):
+        for part in parts:
+            await resp.write(part)
+            if oversize.rate is not None:
+                await asyncio.sleep(len(part) / oversize.rate)
+        await resp.write_eof()
+    return resp
 
 
 def _hang_up(request: web.Request) -> None:

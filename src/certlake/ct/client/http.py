@@ -1,18 +1,17 @@
 """The HTTP shell every CT read goes through: one aiohttp session, a User-Agent with a contact
-URL, per-operator politeness (an adaptive rate and a bound on requests in flight), and errors
-mapped to `FetchError`.
+URL, per-operator politeness (an adaptive rate and a bound on requests in flight), bounded
+answers, and errors mapped to `FetchError`.
 
-aiohttp is the asyncio HTTP client here because the server side of certlake uses it too and it
-decodes `Content-Encoding: gzip` itself; static-ct logs may send gzip without being asked, so a
-body that still starts with the gzip magic is gunzipped as well.
+Every answer is bounded (`ct/limits.py`): on the wire, once decompressed, and in time (the
+session's total timeout covers the body too). aiohttp's own decompression is off because it has
+no bound; bodies are gunzipped here as they arrive, by `Content-Encoding` or by the gzip magic
+number (static-ct logs may send gzip without saying so).
 """
 
 from __future__ import annotations
 
 import asyncio
-import gzip
 import time
-import zlib
 from collections.abc import Callable, Mapping
 from types import TracebackType
 
@@ -21,12 +20,15 @@ import aiohttp
 from certlake import __version__
 from certlake.ct.backoff import parse_retry_after
 from certlake.ct.errors import FetchError, NotFound
+from certlake.ct.limits import BoundedBody, ReadLimits, error_start
 from certlake.ct.pacing import Outcome, Pacer, PacerSnapshot, PacingLimits, outcome_of
 
 # Skylight and other log front ends treat clients without a contact in the UA as anonymous and
 # squeeze them into one shared rate limit (Skylight: 75 req/s for all of them).
 USER_AGENT = f"certlake/{__version__} (+https://github.com/certlake/certlake)"
-_GZIP_MAGIC = b"\x1f\x8b"
+# Of an error answer, only its start is read (the status is what matters) and less is quoted.
+_ERROR_BYTES = 64 * 1024
+_SNIPPET = 120
 
 
 class OperatorBudget:
@@ -83,17 +85,26 @@ class OperatorBudget:
 class CTHttp:
     """A shared HTTP client for CT logs. Use as an async context manager."""
 
-    def __init__(self, timeout: float = 30.0, user_agent: str = USER_AGENT) -> None:
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+    def __init__(
+        self,
+        timeout: float = 30.0,
+        user_agent: str = USER_AGENT,
+        limits: ReadLimits | None = None,
+    ) -> None:
+        """`timeout` is each request's deadline, body included; `limits` bound each answer (the
+        defaults of `ReadLimits` unless given)."""
+        self._deadline = timeout
         self._headers = {"User-Agent": user_agent, "Accept-Encoding": "gzip, identity"}
+        self.limits = limits or ReadLimits()
         self._session: aiohttp.ClientSession | None = None
         self._budgets: dict[str, OperatorBudget] = {}
 
     async def __aenter__(self) -> CTHttp:
         self._session = aiohttp.ClientSession(
-            timeout=self._timeout,
+            timeout=aiohttp.ClientTimeout(total=self._deadline),
             headers=self._headers,
             connector=aiohttp.TCPConnector(limit=256, limit_per_host=32),
+            auto_decompress=False,
         )
         return self
 
@@ -126,16 +137,19 @@ class CTHttp:
         url: str,
         params: Mapping[str, str | int] | None = None,
         budget: OperatorBudget | None = None,
+        limits: ReadLimits | None = None,
     ) -> bytes:
         """GET `url`; the body on 200, else `FetchError` (`NotFound` for 404) carrying the status
-        and any Retry-After. Timeouts and connection failures are `FetchError` without status."""
+        and any Retry-After. Timeouts and connection failures are `FetchError` without status; an
+        answer past `self.limits` (or the tighter `limits` given) is `AnswerTooLarge`."""
         if self._session is None:
             raise RuntimeError("CTHttp used outside its context")
+        bounds = self.limits if limits is None else self.limits.within(limits)
         if budget is None:
-            return await self._get_mapped(url, params)
+            return await self._get_mapped(url, params, bounds)
         started = await budget.acquire()
         try:
-            body = await self._get_mapped(url, params)
+            body = await self._get_mapped(url, params, bounds)
         except FetchError as e:
             budget.release(started, outcome_of(e.status, timed_out=e.timed_out), e.retry_after)
             raise
@@ -145,34 +159,42 @@ class CTHttp:
         budget.release(started, Outcome.OK)
         return body
 
-    async def _get_mapped(self, url: str, params: Mapping[str, str | int] | None) -> bytes:
+    async def _get_mapped(
+        self, url: str, params: Mapping[str, str | int] | None, limits: ReadLimits
+    ) -> bytes:
         try:
-            return await self._get(url, params)
+            return await self._get(url, params, limits)
         except FetchError:
             raise
         except TimeoutError:
-            raise FetchError(f"timeout reading {url}", timed_out=True) from None
+            raise FetchError(
+                f"timeout reading {url}: no whole answer within {self._deadline:g} s "
+                "(ct_log.request_timeout_secs)",
+                timed_out=True,
+            ) from None
         except (aiohttp.ClientError, OSError) as e:
             raise FetchError(f"{type(e).__name__} reading {url}: {e}") from None
 
-    async def _get(self, url: str, params: Mapping[str, str | int] | None) -> bytes:
+    async def _get(
+        self, url: str, params: Mapping[str, str | int] | None, limits: ReadLimits
+    ) -> bytes:
         assert self._session is not None
         async with self._session.get(url, params=params) as resp:
-            body = await resp.read()
             if resp.status == 200:
-                return _maybe_gunzip(body, url)
+                body = BoundedBody(str(resp.url), limits, resp.headers.get("Content-Encoding"))
+                body.announced(resp.content_length)
+                async for chunk in resp.content.iter_any():
+                    body.feed(chunk)
+                return body.body()
             retry_after = parse_retry_after(resp.headers.get("Retry-After"), time.time())
-            snippet = body[:120].decode("utf-8", "replace").strip()
+            snippet = (await _error_start(resp)).decode("utf-8", "replace").strip()
             message = f"HTTP {resp.status} from {resp.url}: {snippet}"
             if resp.status == 404:
                 raise NotFound(message, 404)
             raise FetchError(message, resp.status, retry_after)
 
 
-def _maybe_gunzip(body: bytes, url: str) -> bytes:
-    if not body.startswith(_GZIP_MAGIC):
-        return body
-    try:
-        return gzip.decompress(body)
-    except (OSError, EOFError, zlib.error) as e:
-        raise FetchError(f"corrupt gzip body from {url}: {e}", 200) from None
+async def _error_start(resp: aiohttp.ClientResponse) -> bytes:
+    return error_start(
+        await resp.content.read(_ERROR_BYTES), resp.headers.get("Content-Encoding"), _SNIPPET
+    )

@@ -7,8 +7,9 @@ import orjson
 from certlake.ct.client.http import CTHttp, OperatorBudget
 from certlake.ct.client.reader import Batch, RawEntry
 from certlake.ct.entry import LogSource
-from certlake.ct.errors import FetchError
+from certlake.ct.errors import AnswerTooLarge, FetchError, Limit
 from certlake.ct.keys import SignatureError
+from certlake.ct.limits import SMALL_ANSWER, check_entries_answer
 from certlake.ct.sth import SignedTreeHead, verify_sth
 
 
@@ -76,7 +77,7 @@ class Rfc6962Log:
 
     async def get_sth(self) -> SignedTreeHead:
         """The current signed tree head, verified when the log's key is known."""
-        body = await self._http.get(self._api + "get-sth", budget=self._budget)
+        body = await self._http.get(self._api + "get-sth", budget=self._budget, limits=SMALL_ANSWER)
         try:
             sth = SignedTreeHead.from_json(orjson.loads(body))
         except (orjson.JSONDecodeError, ValueError) as e:
@@ -98,11 +99,16 @@ class Rfc6962Log:
         Only the answer's shape is checked here: an empty array or more entries than asked is a
         bad response (Cert Spotter rejects both), and so is anything but an `entries` array. What
         one element holds is decoded later, element by element (`reader.settle`).
+        More is not trimmed to what was asked: a log that serves more than the range it was asked
+        for has shown that it does not honour the range, so no position in its answer can be
+        trusted. Such an answer is refused before it is parsed when its JSON could not even fit.
         """
         body = await self._http.get(
             self._api + "get-entries", params={"start": start, "end": end}, budget=self._budget
         )
         where = f"get-entries [{start}, {end}] from {self.source.url}"
+        asked = end - start + 1
+        check_entries_answer(body, asked, where)
         try:
             entries = orjson.loads(body)["entries"]
         except (orjson.JSONDecodeError, KeyError, TypeError) as e:
@@ -111,8 +117,10 @@ class Rfc6962Log:
             raise FetchError(f"malformed {where}: entries is a JSON {type(entries).__name__}", 200)
         if not entries:
             raise FetchError(f"empty {where}", 200)
-        if len(entries) > end - start + 1:
-            raise FetchError(f"{where} returned {len(entries)} entries", 200)
+        if len(entries) > asked:
+            raise AnswerTooLarge(
+                f"{where} returned {len(entries)} entries, more than asked", Limit.ENTRIES, asked
+            )
         return [
             (e.get("leaf_input"), e.get("extra_data")) if isinstance(e, dict) else (e, None)
             for e in entries

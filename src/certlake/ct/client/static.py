@@ -11,6 +11,7 @@ from certlake.ct.client.reader import Batch, FetchedEntry, Unparseable
 from certlake.ct.entry import LogSource
 from certlake.ct.errors import FetchError, NotFound
 from certlake.ct.keys import SignatureError
+from certlake.ct.limits import SMALL_ANSWER
 from certlake.ct.merkle import TILE_WIDTH
 from certlake.ct.tile import BadTileLeaf, TileLeaf, data_tile_path, decode_data_tile_prefix
 
@@ -85,7 +86,9 @@ class StaticLog:
         return f"{self.source.url}/{data_tile_path(index // TILE_WIDTH)}"
 
     async def checkpoint(self) -> Checkpoint:
-        body = await self._http.get(self.source.url + "/checkpoint", budget=self._budget)
+        body = await self._http.get(
+            self.source.url + "/checkpoint", budget=self._budget, limits=SMALL_ANSWER
+        )
         try:
             if self._key is not None and self._origin is not None:
                 return verify_checkpoint(body, self._origin, self._key)
@@ -113,7 +116,7 @@ class StaticLog:
         if der is not None:
             return der
         url = f"{self.source.url}/issuer/{fingerprint.hex()}"
-        der = await self._http.get(url, budget=self._budget)
+        der = await self._http.get(url, budget=self._budget, limits=SMALL_ANSWER)
         if hashlib.sha256(der).digest() != fingerprint:
             raise FetchError(f"issuer {url} does not match its fingerprint", 200)
         self._issuers.put(fingerprint, der)
