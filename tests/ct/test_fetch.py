@@ -227,12 +227,14 @@ def test_a_bad_element_in_any_position_costs_only_itself(bg: BackgroundTestLog) 
 
 
 def test_a_wrong_leaf_index_in_a_tile_costs_only_that_entry(bg: BackgroundTestLog) -> None:
-    _set_faults(bg, ["corrupt:at=300,at=511,mode=leaf-index"])
+    _set_faults(bg, ["corrupt:at=300,at=511,mode=leaf-index", "corrupt:at=400,mode=issuer"])
     try:
         items = asyncio.run(_collect(bg.server, LogKind.STATIC, 260, 530))
     finally:
         _set_faults(bg, [])
     assert [i.index for i in items] == list(range(260, 531))
     bad = [i for i in items if isinstance(i, Unparseable)]
-    assert [i.index for i in bad] == [300, 511]
+    assert [i.index for i in bad] == [300, 400, 511]
     assert "claims leaf_index 301" in bad[0].error
+    # An issuer the log answers 404 for is its answer for good: that entry, not a stalled log.
+    assert "issuer not found" in bad[1].error

@@ -22,6 +22,7 @@ is the probability. The same options are accepted as a JSON object by the admin 
     corrupt:at=5,mode=null       get-entries: entry 5's leaf_input is null
     corrupt:at=5,mode=no-extra   get-entries: entry 5 has no extra_data member
     corrupt:at=5,mode=leaf-index data tiles: entry 5 claims the next leaf_index (framing intact)
+    corrupt:at=5,mode=issuer     data tiles: entry 5 names an issuer the log does not serve
     gzip-bomb:endpoint=data-tile data tiles padded with spaces to 4 GiB and sent gzip-encoded:
                                  about 4 MB on the wire (size=1G for another size; K, M, G)
     huge-body:size=300M          answers padded with spaces to 300 MiB (512 MiB by default) and
@@ -101,6 +102,7 @@ class CorruptMode(enum.Enum):
     NO_EXTRA = "no-extra"
     # A data tile entry whose leaf_index extension is wrong (get-entries: served as it is).
     LEAF_INDEX = "leaf-index"
+    ISSUER = "issuer"  # a data tile entry naming an issuer fingerprint the log never served
 
 
 class BodyMode(enum.Enum):

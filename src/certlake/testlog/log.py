@@ -27,6 +27,9 @@ from certlake.ct.tile import TILE_WIDTH, encode_tile_leaf, leaf_index_extension
 from certlake.testlog.faults import CorruptMode
 from certlake.testlog.signer import LogSigner
 
+# The fingerprint a `corrupt:mode=issuer` entry names: no issuer of the test log has it.
+_UNKNOWN_ISSUER = b"\xee" * 32
+
 # One server's data-tile cache, divided among its static logs: enough for the tiles a client
 # reads while tailing the logs or backfilling a window, small enough not to matter on a laptop
 # (a full tile is ~0.3-0.6 MB compressed).
@@ -318,7 +321,7 @@ class TestLog:
             ts,
             cert.entry_type,
             cert.cert_der,
-            cert.chain_fingerprints,
+            (_UNKNOWN_ISSUER,) if mode is CorruptMode.ISSUER else cert.chain_fingerprints,
             cert.tbs,
             cert.issuer_key_hash,
         )

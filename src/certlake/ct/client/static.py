@@ -144,9 +144,15 @@ class StaticLog:
             if isinstance(leaf, BadTileLeaf):
                 items.append(Unparseable(leaf.index, leaf.error))
                 continue
-            items.append(
-                FetchedEntry(leaf.to_entry(await self._chain(leaf)), self.cert_link(leaf.index))
-            )
+            try:
+                chain = await self._chain(leaf)
+            except NotFound as e:
+                # Issuers are immutable and must be served for every entry that names them: a
+                # 404 is the log's answer for good (a corrupt entry can name garbage issuers
+                # and still decode), so it costs this entry, not the log's progress.
+                items.append(Unparseable(leaf.index, f"issuer not found: {e}"))
+                continue
+            items.append(FetchedEntry(leaf.to_entry(chain), self.cert_link(leaf.index)))
         for index in range(max(start, base + len(leaves)), last + 1):
             items.append(Unparseable(index, f"data tile {n}: {error}"))
         return items
