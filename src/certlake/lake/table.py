@@ -18,14 +18,14 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
-from deltalake.exceptions import DeltaError, TableNotFoundError
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.fs import DeltaStorageHandler
 
 from certlake.lake.location import local_path
@@ -47,6 +47,12 @@ STORAGE_ERRORS: Final = (DeltaError, OSError, pa.ArrowException)
 
 class TableUnreadableError(ValueError):
     """A Delta table exists at the location but cannot be read (damaged log, missing file...)."""
+
+
+class CursorConflictError(Exception):
+    """Another writer committed the cursor of one of this commit's logs after the snapshot the
+    commit was planned on (delta-rs: "Concurrent transaction failed"). Nothing was written by
+    this attempt; plan it again on a newer snapshot."""
 
 
 def table_uri(path: str) -> str:
@@ -117,6 +123,10 @@ class ArchiveTable:
         self.storage_options = storage_options
         self._writer = writer_properties(compression_level)
         self._compression_level = compression_level
+        # Live cursors as of snapshot `_cursors_at`: reading one costs a log replay (~5 ms with
+        # a checkpoint), and a commit touches dozens of logs.
+        self._cursors: dict[str, int | None] = {}
+        self._cursors_at = self.version
 
     @classmethod
     def open(
@@ -165,26 +175,52 @@ class ArchiveTable:
     def version(self) -> int:
         return int(self._dt.version())
 
-    def committed_cursor(self, source_url: str) -> int | None:
-        """The live cursor of `source_url` recorded in the table (reads the log: I/O)."""
-        value = self._dt.transaction_version(app_id(source_url))
-        return None if value is None else int(value)
+    def refresh(self) -> None:
+        """Move to the newest snapshot (commits of other writers included)."""
+        self._dt.update_incremental()
+
+    def cursors(self, source_urls: Collection[str]) -> dict[str, int | None]:
+        """Each log's live cursor in this snapshot (None: never committed); reads the log for
+        those not known at this version yet."""
+        version = self.version
+        if version != self._cursors_at:  # the table moved: any cursor may have
+            self._cursors, self._cursors_at = {}, version
+        for url in source_urls:
+            if url not in self._cursors:
+                value = self._dt.transaction_version(app_id(url))
+                self._cursors[url] = None if value is None else int(value)
+        return {url: self._cursors[url] for url in source_urls}
 
     def append(
         self, batch: pa.Table | pa.RecordBatch, *, versions: Mapping[str, int], commit_id: str
     ) -> None:
         """One commit: `batch` (may be empty) and a transaction identifier per log in `versions`.
-        `commit_id` is stored in the commit info so that `landed` can find it."""
-        write_deltalake(
-            self._dt,
-            batch,
-            mode="append",
-            writer_properties=self._writer,
-            commit_properties=CommitProperties(
-                custom_metadata={COMMIT_ID_KEY: commit_id},
-                app_transactions=[Transaction(app_id(url), v) for url, v in versions.items()],
-            ),
-        )
+        `commit_id` is stored in the commit info so that `landed` can find it.
+
+        Raises `CursorConflictError` when a commit made since this snapshot carries the cursor of
+        a log in `versions`: delta-rs checks every commit it finds in the way against the
+        transaction identifiers this one carries, so a cursor read in this snapshot is still the
+        table's when the commit lands, on local and s3:// tables alike."""
+        before = self.version
+        try:
+            write_deltalake(
+                self._dt,
+                batch,
+                mode="append",
+                writer_properties=self._writer,
+                commit_properties=CommitProperties(
+                    custom_metadata={COMMIT_ID_KEY: commit_id},
+                    app_transactions=[Transaction(app_id(url), v) for url, v in versions.items()],
+                ),
+            )
+        except CommitFailedError as exc:
+            if "Concurrent transaction" in str(exc):
+                raise CursorConflictError(str(exc)) from exc
+            raise
+        if self.version == before + 1 and self._cursors_at == before:
+            # Nothing came between the snapshot and this commit: the known cursors still hold.
+            self._cursors.update(versions)
+            self._cursors_at = before + 1
 
     def landed(self, commit_id: str, since_version: int) -> bool:
         """After an append that raised: reopen the table and tell whether a commit with
@@ -292,4 +328,4 @@ def cursors_in(table: ArchiveTable | None, source_urls: Sequence[str]) -> dict[s
     """Each log's live cursor in an open table (all None when there is no table)."""
     if table is None:
         return dict.fromkeys(source_urls)
-    return {url: table.committed_cursor(url) for url in source_urls}
+    return table.cursors(source_urls)
