@@ -4,16 +4,25 @@ moved one of them since, and it is planned again without what the other writer a
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from deltalake import DeltaTable
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from prometheus_client import CollectorRegistry
 
 from certlake.lake.rows import messages_to_batch
-from certlake.lake.table import ArchiveTable, CursorConflictError, read_skipped
+from certlake.lake.schema import ARCHIVE_SCHEMA
+from certlake.lake.table import (
+    COMPACTION_LEASE,
+    ArchiveTable,
+    CursorConflictError,
+    compact,
+    read_skipped,
+)
 from certlake.lake.txn import SkipKind, app_id
 
 from .conftest import LOG_A, LOG_B, MakeMessages
@@ -99,3 +108,65 @@ async def test_a_commit_that_loses_the_race_is_planned_again_without_the_rivals_
 
 async def test_two_sinks_on_one_table_archive_each_index_once(tmp_path: Path) -> None:
     await two_sinks_on_one_table(str(tmp_path / "archive"), None)
+
+
+def _small_files(uri: str, messages: MakeMessages, n: int) -> None:
+    table = ArchiveTable.open_or_create(uri)
+    for i in range(n):
+        batch = messages_to_batch(messages(10 * i, 10 * i + 10))
+        table.append(batch, versions={LOG_A: 10 * i + 10}, commit_id=f"c{i}")
+
+
+def _lease(uri: str, until_ms: int) -> None:
+    """Another writer's compaction lease, as it records it."""
+    write_deltalake(
+        uri,
+        ARCHIVE_SCHEMA.empty_table(),
+        mode="append",
+        commit_properties=CommitProperties(
+            app_transactions=[Transaction(COMPACTION_LEASE, until_ms)]
+        ),
+    )
+
+
+def _operations(uri: str) -> list[str]:
+    return [c["operation"] for c in DeltaTable(uri).history()]
+
+
+def test_compaction_waits_its_turn_while_another_writer_holds_the_lease(
+    tmp_path: Path, messages: MakeMessages
+) -> None:
+    uri = str(tmp_path / "archive")
+    _small_files(uri, messages, 5)
+    _lease(uri, int(time.time() * 1000) + 60_000)
+    assert compact(uri, None, 3) is None
+    assert "OPTIMIZE" not in _operations(uri)
+    _lease(uri, int(time.time() * 1000))  # handed back
+    metrics = compact(uri, None, 3)
+    assert metrics is not None and metrics["numFilesRemoved"] == 5
+    assert _operations(uri).count("OPTIMIZE") == 1
+    # This compaction handed the lease back too.
+    assert DeltaTable(uri).transaction_version(COMPACTION_LEASE) <= time.time() * 1000
+
+
+def test_two_writers_compacting_at_once_duplicate_nothing(
+    tmp_path: Path, messages: MakeMessages
+) -> None:
+    # Two servers' compactors, in two threads (delta-rs lets two concurrent compactions of the
+    # same files both commit: without the lease, every row rewritten would be there twice).
+    uri = str(tmp_path / "archive")
+    _small_files(uri, messages, 40)
+    start = threading.Barrier(2)
+    results: list[object] = []
+
+    def compactor() -> None:
+        start.wait()
+        results.append(compact(uri, None, 3))
+
+    threads = [threading.Thread(target=compactor) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert table_keys(uri) == [(LOG_A, i) for i in range(400)]
+    assert 1 <= _operations(uri).count("OPTIMIZE") <= 2 and any(results)

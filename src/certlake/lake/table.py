@@ -14,6 +14,7 @@ only for stores without conditional writes; then only one writer may commit at a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -41,6 +42,11 @@ from certlake.lake.txn import SkipKind, SkippedRange, app_id
 log = logging.getLogger(__name__)
 
 COMMIT_ID_KEY: Final = "certlake.commit"
+# The transaction identifier whose version says until when (Unix ms) a writer compacts the table
+# (`compact`). Not a log's cursor: those are `certlake:<url>`. An hour: far longer than a
+# compaction takes, and a lease left by a writer that died only costs one compaction round.
+COMPACTION_LEASE: Final = "certlake.compaction-lease"
+COMPACTION_LEASE_MS: Final = 3_600_000
 # What a failing read or write of a table raises: delta-rs, the store, or Arrow decoding a file.
 STORAGE_ERRORS: Final = (DeltaError, OSError, pa.ArrowException)
 
@@ -50,9 +56,10 @@ class TableUnreadableError(ValueError):
 
 
 class CursorConflictError(Exception):
-    """Another writer committed the cursor of one of this commit's logs after the snapshot the
-    commit was planned on (delta-rs: "Concurrent transaction failed"). Nothing was written by
-    this attempt; plan it again on a newer snapshot."""
+    """Another writer committed one of this commit's transaction identifiers (a log's cursor,
+    the compaction lease) after the snapshot the commit was planned on (delta-rs: "Concurrent
+    transaction failed"). Nothing was written by this attempt; plan it again on a newer
+    snapshot."""
 
 
 def table_uri(path: str) -> str:
@@ -202,21 +209,13 @@ class ArchiveTable:
         transaction identifiers this one carries, so a cursor read in this snapshot is still the
         table's when the commit lands, on local and s3:// tables alike."""
         before = self.version
-        try:
-            write_deltalake(
-                self._dt,
-                batch,
-                mode="append",
-                writer_properties=self._writer,
-                commit_properties=CommitProperties(
-                    custom_metadata={COMMIT_ID_KEY: commit_id},
-                    app_transactions=[Transaction(app_id(url), v) for url, v in versions.items()],
-                ),
-            )
-        except CommitFailedError as exc:
-            if "Concurrent transaction" in str(exc):
-                raise CursorConflictError(str(exc)) from exc
-            raise
+        _append(
+            self._dt,
+            batch,
+            {app_id(url): v for url, v in versions.items()},
+            custom_metadata={COMMIT_ID_KEY: commit_id},
+            writer=self._writer,
+        )
         if self.version == before + 1 and self._cursors_at == before:
             # Nothing came between the snapshot and this commit: the known cursors still hold.
             self._cursors.update(versions)
@@ -237,6 +236,33 @@ class ArchiveTable:
         # deltalake 1.6.6 holds the GIL while `history` reads the log (a few small objects);
         # this runs only after a failed commit when other commits followed it.
         return any(c.get(COMMIT_ID_KEY) == commit_id for c in self._dt.history(limit=newer))
+
+
+def _append(
+    table: DeltaTable,
+    batch: pa.Table | pa.RecordBatch,
+    transactions: Mapping[str, int],
+    *,
+    writer: WriterProperties,
+    custom_metadata: dict[str, str] | None = None,
+) -> None:
+    """Append `batch` with a transaction identifier per app id of `transactions`; raises
+    `CursorConflictError` when a commit made since `table`'s snapshot carries one of them."""
+    try:
+        write_deltalake(
+            table,
+            batch,
+            mode="append",
+            writer_properties=writer,
+            commit_properties=CommitProperties(
+                custom_metadata=custom_metadata,
+                app_transactions=[Transaction(app, v) for app, v in transactions.items()],
+            ),
+        )
+    except CommitFailedError as exc:
+        if "Concurrent transaction" in str(exc):
+            raise CursorConflictError(str(exc)) from exc
+        raise
 
 
 def record_skipped(
@@ -276,15 +302,54 @@ def compact(
     """Merge small files and remove files no longer referenced (after the default retention of
     7 days, so readers of older versions are not broken). Uses its own handle: appends committed
     meanwhile do not conflict with it (delta-rs checks and retries), so writers never wait.
-    None when there is no table yet."""
+    None when there is no table yet, or when another writer is compacting it.
+
+    Never two at once, even from two processes (two servers on one table): delta-rs 1.6.6 lets
+    two concurrent compactions of the same files both commit (removes with dataChange=false are
+    not treated as conflicting, and `optimize` drops the transaction identifiers it is given),
+    which duplicates every row they rewrote. So a compaction first takes a lease recorded in the
+    table itself (see `_take_compaction_lease`), which works on s3:// as on local disk."""
     table = open_table(uri, storage_options)
     if table is None:
         return None
-    metrics: dict[str, Any] = table.optimize.compact(
-        writer_properties=writer_properties(compression_level)
-    )
-    metrics["vacuumed"] = len(table.vacuum(dry_run=False))
+    writer = writer_properties(compression_level)
+    if not _take_compaction_lease(table, writer):
+        log.info("another writer is compacting the table; skipped", extra={"table": uri})
+        return None
+    try:
+        metrics: dict[str, Any] = table.optimize.compact(writer_properties=writer)
+        metrics["vacuumed"] = len(table.vacuum(dry_run=False))
+    finally:
+        # Handed back at once, so that the next compaction, whoever runs it, need not wait for
+        # the lease to run out; a lease taken meanwhile by another (after this one ran out) stays.
+        with contextlib.suppress(CursorConflictError):
+            _mark_compaction_lease(table, _now_ms(), writer)
     return metrics
+
+
+def _take_compaction_lease(table: DeltaTable, writer: WriterProperties) -> bool:
+    """Record in the table that this writer compacts it for the next `COMPACTION_LEASE_MS`: an
+    empty commit whose transaction identifier `COMPACTION_LEASE` holds the lease's end (Unix
+    ms). False when a lease not yet over is in the snapshot, or when another writer's lease was
+    committed after it (delta-rs refuses this commit then: the same check that keeps two writers'
+    cursors apart)."""
+    now = _now_ms()
+    held_until = table.transaction_version(COMPACTION_LEASE)
+    if held_until is not None and held_until > now:
+        return False
+    try:
+        _mark_compaction_lease(table, now + COMPACTION_LEASE_MS, writer)
+    except CursorConflictError:
+        return False
+    return True
+
+
+def _mark_compaction_lease(table: DeltaTable, until_ms: int, writer: WriterProperties) -> None:
+    _append(table, ARCHIVE_SCHEMA.empty_table(), {COMPACTION_LEASE: until_ms}, writer=writer)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def delete_table(uri: str, storage_options: Mapping[str, str] | None) -> int:
