@@ -298,3 +298,24 @@ def test_kill_9_during_saves_never_leaves_a_damaged_file(tmp_path: Path) -> None
         assert len({s.current_index for s in logs.values()}) == 1
         # a temp file from the interrupted save is cleaned up by load
         assert sorted(p.name for p in tmp_path.iterdir()) == ["certstream_state.json"]
+
+
+def test_load_keeps_the_temp_file_of_a_save_in_progress_in_another_process(
+    tmp_path: Path,
+) -> None:
+    # A rolling restart: the new server loads the state file while the old one is saving it.
+    path = tmp_path / "certstream_state.json"
+    path.write_bytes(RUST_FILE)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        saving = tmp_path / f".{path.name}.{other.pid}.k2j4h1x9.tmp"
+        saving.write_bytes(b"half a save")
+        crashed = tmp_path / f".{path.name}.abc.tmp"  # no pid: not known to be anyone's
+        crashed.write_bytes(b"")
+        StateStore.load(path)
+        assert saving.exists() and not crashed.exists()
+    finally:
+        other.kill()
+        other.wait()
+    StateStore.load(path)  # its writer is gone now: a crashed save
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["certstream_state.json"]

@@ -62,11 +62,15 @@ async def test_kill_9_and_restart_resumes_from_the_state_file_without_a_gap(
 ) -> None:
     testlog = procs.testlog("--initial-size", "10", "--rate", "150", "--seed", "12")
     config = server_config(tmp_path, f"{testlog.url}/log_list.json")
+    # The log answers nothing until the client is connected: a fresh start begins at the tree
+    # head it reads, and whatever is streamed before the client subscribes never reaches it (on
+    # a loaded machine the connection can take longer than the first fetch).
+    await set_faults(testlog.url, ["503:1"])
     server = procs.serve(config)
-    await until(lambda: heads_known(server.url, 2), 30, "watchers started")
-    first_cursor = await logs_at(server.url)
-
     async with full_stream(server.url) as before:
+        await set_faults(testlog.url, [])
+        await until(lambda: heads_known(server.url, 2), 30, "watchers started")
+        first_cursor = await logs_at(server.url)
         await asyncio.sleep(random.uniform(2.0, 4.0))
         server.kill9()
     saved = read_state(tmp_path)["logs"]

@@ -12,7 +12,7 @@ from support.s3 import S3Server
 from support.waiting import until
 
 from .conftest import LOG_A, LOG_B, MakeMessages
-from .helpers import make_sink, table_keys
+from .helpers import make_sink, table_keys, two_sinks_on_one_table
 
 
 async def test_s3_create_append_read_back_and_transaction_versions(
@@ -87,3 +87,11 @@ async def test_s3_unsafe_rename_compacts_in_the_writers_turn(
     assert table_keys(uri, options) == [(LOG_A, i) for i in range(20)]
     operations = [c["operation"] for c in DeltaTable(uri, storage_options=options).history()]
     assert operations.count("OPTIMIZE") == 1
+
+
+async def test_s3_two_sinks_on_one_table_archive_each_index_once(
+    s3_server: S3Server, s3_bucket: str
+) -> None:
+    # Conditional puts make each commit atomic; the transaction identifiers make two writers'
+    # commits exactly-once between them.
+    await two_sinks_on_one_table(f"s3://{s3_bucket}/certstream", s3_server.options())

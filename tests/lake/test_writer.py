@@ -18,7 +18,7 @@ from certlake.lake.txn import SkipKind, SkippedRange, app_id
 from support.waiting import until
 
 from .conftest import LOG_A, MakeMessages
-from .helpers import broken_log, make_sink, make_writer, table_keys
+from .helpers import broken_log, broken_partition, make_sink, make_writer, table_keys
 
 
 @pytest.fixture
@@ -84,8 +84,9 @@ async def test_skipped_ranges_are_recorded_once_before_their_commit(
     await writer.put(_built(split_malformed(messages(0, 5))[0]))
     await until(lambda: writer.stats.commits == 1, within=20)
     bad = SkippedRange(LOG_A, 5, 6, SkipKind.UNPARSEABLE, "data tile 0: truncated")
-    with broken_log(path):
-        await writer.put(_built(split_malformed(messages(7, 12))[0], bad))
+    rows = messages(7, 12)
+    with broken_partition(path, time.strftime("%Y-%m-%d", time.gmtime(rows[0].seen))):
+        await writer.put(_built(split_malformed(rows)[0], bad))
         await until(lambda: writer.stats.errors >= 2, within=20)
         # The rows' commit keeps failing; the record of the range is already there, once.
         assert read_skipped(str(path)) == [bad]

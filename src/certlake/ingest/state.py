@@ -126,7 +126,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     is removed and the old file is untouched.
     """
     directory = path.parent
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -138,6 +138,22 @@ def write_atomic(path: Path, data: bytes) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(directory)
+
+
+def _saving_now(temp: Path, path: Path) -> bool:
+    """Whether `temp` is a save of `path` in progress in another running process: its pid is in
+    the name (`write_atomic`). Two servers share a state file while a rolling restart overlaps
+    them, and the new one must not delete the temp file the old one is about to rename."""
+    pid = temp.name[len(path.name) + 2 :].split(".", 1)[0]
+    if not pid.isdigit() or int(pid) in (0, os.getpid()):
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, under another user
+        return True
+    return True
 
 
 def _move_aside(path: Path) -> Path:
@@ -172,6 +188,8 @@ class StateStore:
         store = cls(path)
         target = store.path
         for stale in target.parent.glob(f".{target.name}.*.tmp"):
+            if _saving_now(stale, target):
+                continue
             # left by a save interrupted by a crash; the real file is intact by construction
             with contextlib.suppress(FileNotFoundError):
                 stale.unlink()

@@ -10,12 +10,17 @@ lost or written twice.
   commit id across attempts, and after a failure the table is asked whether that commit landed
   anyway (`ArchiveTable.landed`): a timeout can lose the reply of a commit that succeeded, and
   sending it again would write its rows twice.
+- Each attempt is planned (`_prepare`) on the newest snapshot of the table: another writer (a
+  second `serve` on the same table, as in a rolling restart) may have committed some of the same
+  logs meanwhile. A commit that loses that race to the other writer (`CursorConflictError`) is
+  planned again at once, without back-off: it is not a failure.
 - Skipped ranges go to the side table before the commit that covers them: a crash in between
   leaves them recorded twice at worst, never covered and unrecorded.
 - `close()` retries a failing chunk for `close_timeout` seconds, then gives up on what is left.
 
 A subclass says what its buffer holds: how a chunk is taken from it (`_take`, event loop), what
-the chunk commits (`_prepare`, writer thread, once) and what its landing changes (`_land`).
+the chunk commits (`_prepare`, writer thread, at each attempt) and what its landing changes
+(`_land`).
 """
 
 from __future__ import annotations
@@ -35,7 +40,13 @@ from typing import Generic, TypeVar
 import pyarrow as pa
 
 from certlake.ct.backoff import RetryPolicy
-from certlake.lake.table import ArchiveTable, record_skipped, table_storage_options, table_uri
+from certlake.lake.table import (
+    ArchiveTable,
+    CursorConflictError,
+    record_skipped,
+    table_storage_options,
+    table_uri,
+)
 from certlake.lake.txn import SkippedRange
 
 log = logging.getLogger(__name__)
@@ -61,9 +72,9 @@ class Chunk:
     rows: int  # rows among them
     commit_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     failures: int = 0
-    # Filled in the writer thread on the first attempt:
-    commit: Commit | None = None
-    skipped_recorded: bool = False
+    # Filled in the writer thread:
+    commit: Commit | None = None  # what the latest attempt commits
+    recorded: list[SkippedRange] = field(default_factory=list)  # in the side table already
     base_version: int | None = None  # table version before the first commit attempt
 
 
@@ -84,6 +95,7 @@ class CommitStats:
     rows_written: int = 0
     commits: int = 0
     errors: int = 0  # failed write attempts
+    conflicts: int = 0  # attempts planned again because another writer committed first
     last_error: str | None = None
 
 
@@ -154,7 +166,8 @@ class Committer(ABC, Generic[C]):
 
     @abstractmethod
     def _prepare(self, table: ArchiveTable, chunk: C) -> Commit:
-        """What `chunk` commits (writer thread, on its first attempt)."""
+        """What `chunk` commits given the table's current snapshot (writer thread, at each
+        attempt)."""
 
     @abstractmethod
     async def _land(self, chunk: C, seconds: float) -> None:
@@ -169,6 +182,9 @@ class Committer(ABC, Generic[C]):
 
     def _failed(self) -> None:
         """A write attempt failed (it is counted in `stats` already)."""
+
+    def _conflicted(self) -> None:
+        """An attempt lost to another writer's commit (it is counted in `stats` already)."""
 
     # --- the writer task ------------------------------------------------------------------------
 
@@ -216,6 +232,16 @@ class Committer(ABC, Generic[C]):
             started = time.perf_counter()
             try:
                 await self._in_writer(self._commit, chunk)
+            except CursorConflictError as exc:
+                self.stats.conflicts += 1
+                self._conflicted()
+                log.info(
+                    "another writer committed to these logs first; planning the commit again",
+                    extra={"table": self.uri, "rows": chunk.rows, "error": str(exc)[:200]},
+                )
+                if self._closing and time.monotonic() >= self._close_deadline:
+                    return False
+                continue
             except Exception as exc:  # any storage or delta-rs failure: keep the rows, retry
                 chunk.failures += 1
                 self.stats.errors += 1
@@ -264,14 +290,19 @@ class Committer(ABC, Generic[C]):
                 self.uri, storage_options=self.storage_options, compression_level=self._level
             )
         table = self._table
-        if chunk.commit is None:
-            chunk.commit = self._prepare(table, chunk)
-        commit = chunk.commit
         if chunk.base_version is not None and table.landed(chunk.commit_id, chunk.base_version):
             return
-        if commit.skipped and not chunk.skipped_recorded:
-            record_skipped(self.uri, self.storage_options, commit.skipped)
-            chunk.skipped_recorded = True
+        # Planned on the newest snapshot, and checked against it when committing (see
+        # `ArchiveTable.append`): what another writer archived since is left out, never
+        # written twice.
+        table.refresh()
+        chunk.commit = commit = self._prepare(table, chunk)
+        # Ranges an earlier attempt of this chunk recorded are not recorded again (a plan made
+        # on a newer snapshot can only clip them; readers take the union of what is recorded).
+        unrecorded = [r for r in commit.skipped if r not in chunk.recorded]
+        if unrecorded:
+            record_skipped(self.uri, self.storage_options, unrecorded)
+            chunk.recorded.extend(unrecorded)
         if not commit.versions and commit.batch.num_rows == 0:
             return
         if chunk.base_version is None:

@@ -14,7 +14,10 @@ Nothing offered is lost silently:
 
 Exactly once: each commit carries the per-log cursor as a Delta transaction identifier (see
 `txn.py`), rows below a log's committed cursor are not written again, and `committed_cursor`
-tells the state writer how far the state file may claim.
+tells the state writer how far the state file may claim. Every commit is planned against the
+cursors of the snapshot it is committed on, and delta-rs refuses it if another writer moved one
+of them meanwhile (then it is planned again): two servers writing one table (a rolling restart
+that starts the new one before stopping the old) archive each index once between them.
 """
 
 from __future__ import annotations
@@ -80,15 +83,19 @@ class SinkMetrics:
         self.compactions = Counter(
             "certlake_sink_compactions", "Compaction runs, by result", ["result"], registry=registry
         )
+        self.conflicts = Counter(
+            "certlake_sink_commit_conflicts",
+            "Commits planned again because another writer had committed the same logs first",
+            registry=registry,
+        )
 
 
 @dataclass(slots=True, kw_only=True)
 class _Chunk(Chunk):
     items: list[CertMessage | SkippedRange]
-    known: dict[str, int | None]  # committed cursors known when it was taken
-    # Filled in the writer thread on the first attempt:
+    # Filled in the writer thread at each attempt:
     plan: CommitPlan | None = None
-    read: dict[str, int | None] = field(default_factory=dict)  # cursors read from the table
+    cursors: dict[str, int | None] = field(default_factory=dict)  # what it was planned against
 
 
 @dataclass(slots=True)
@@ -281,9 +288,7 @@ class DeltaSink(Committer[_Chunk]):
                 items.append(item)
                 rows += 1
             taken += 1
-        urls = {i.source_url for i in items}
-        known = {u: self._committed[u] for u in urls if u in self._committed}
-        return _Chunk(items=items, taken=taken, rows=rows, known=known)
+        return _Chunk(items=items, taken=taken, rows=rows)
 
     async def _land(self, chunk: _Chunk, seconds: float) -> None:
         plan, commit = chunk.plan, chunk.commit
@@ -291,8 +296,8 @@ class DeltaSink(Committer[_Chunk]):
         self.metrics.flush_seconds.observe(seconds)
         del self._buf[: chunk.taken]
         self.metrics.buffer.set(self._rows)
-        for url, value in chunk.read.items():
-            self._committed.setdefault(url, value)
+        # The table's cursors, moved by this commit or by another writer's: how far it holds.
+        self._committed.update(chunk.cursors)
         self._committed.update(plan.versions)
         written = commit.batch.num_rows
         self.stats.rows_written += written
@@ -320,6 +325,9 @@ class DeltaSink(Committer[_Chunk]):
     def _failed(self) -> None:
         self.metrics.errors.inc()
 
+    def _conflicted(self) -> None:
+        self.metrics.conflicts.inc()
+
     async def _stopping(self) -> None:
         if self._compactor is not None:
             self._compactor.cancel()
@@ -342,9 +350,9 @@ class DeltaSink(Committer[_Chunk]):
         return cursors_in(self._table, urls)
 
     def _prepare(self, table: ArchiveTable, chunk: _Chunk) -> Commit:
-        missing = [u for u in {i.source_url for i in chunk.items} if u not in chunk.known]
-        chunk.read = {url: table.committed_cursor(url) for url in missing}
-        plan = plan_commit(chunk.items, {**chunk.known, **chunk.read})
+        # The snapshot's cursors, not this process's: another writer may have moved them.
+        chunk.cursors = table.cursors(list(dict.fromkeys(i.source_url for i in chunk.items)))
+        plan = plan_commit(chunk.items, chunk.cursors)
         batch, malformed = split_malformed(plan.rows)
         plan.add_malformed(malformed)
         chunk.plan = plan

@@ -14,18 +14,19 @@ only for stores without conditional writes; then only one writer may commit at a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
-from deltalake.exceptions import DeltaError, TableNotFoundError
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.fs import DeltaStorageHandler
 
 from certlake.lake.location import local_path
@@ -41,12 +42,24 @@ from certlake.lake.txn import SkipKind, SkippedRange, app_id
 log = logging.getLogger(__name__)
 
 COMMIT_ID_KEY: Final = "certlake.commit"
+# The transaction identifier whose version says until when (Unix ms) a writer compacts the table
+# (`compact`). Not a log's cursor: those are `certlake:<url>`. An hour: far longer than a
+# compaction takes, and a lease left by a writer that died only costs one compaction round.
+COMPACTION_LEASE: Final = "certlake.compaction-lease"
+COMPACTION_LEASE_MS: Final = 3_600_000
 # What a failing read or write of a table raises: delta-rs, the store, or Arrow decoding a file.
 STORAGE_ERRORS: Final = (DeltaError, OSError, pa.ArrowException)
 
 
 class TableUnreadableError(ValueError):
     """A Delta table exists at the location but cannot be read (damaged log, missing file...)."""
+
+
+class CursorConflictError(Exception):
+    """Another writer committed one of this commit's transaction identifiers (a log's cursor,
+    the compaction lease) after the snapshot the commit was planned on (delta-rs: "Concurrent
+    transaction failed"). Nothing was written by this attempt; plan it again on a newer
+    snapshot."""
 
 
 def table_uri(path: str) -> str:
@@ -117,6 +130,10 @@ class ArchiveTable:
         self.storage_options = storage_options
         self._writer = writer_properties(compression_level)
         self._compression_level = compression_level
+        # Live cursors as of snapshot `_cursors_at`: reading one costs a log replay (~5 ms with
+        # a checkpoint), and a commit touches dozens of logs.
+        self._cursors: dict[str, int | None] = {}
+        self._cursors_at = self.version
 
     @classmethod
     def open(
@@ -165,26 +182,44 @@ class ArchiveTable:
     def version(self) -> int:
         return int(self._dt.version())
 
-    def committed_cursor(self, source_url: str) -> int | None:
-        """The live cursor of `source_url` recorded in the table (reads the log: I/O)."""
-        value = self._dt.transaction_version(app_id(source_url))
-        return None if value is None else int(value)
+    def refresh(self) -> None:
+        """Move to the newest snapshot (commits of other writers included)."""
+        self._dt.update_incremental()
+
+    def cursors(self, source_urls: Collection[str]) -> dict[str, int | None]:
+        """Each log's live cursor in this snapshot (None: never committed); reads the log for
+        those not known at this version yet."""
+        version = self.version
+        if version != self._cursors_at:  # the table moved: any cursor may have
+            self._cursors, self._cursors_at = {}, version
+        for url in source_urls:
+            if url not in self._cursors:
+                value = self._dt.transaction_version(app_id(url))
+                self._cursors[url] = None if value is None else int(value)
+        return {url: self._cursors[url] for url in source_urls}
 
     def append(
         self, batch: pa.Table | pa.RecordBatch, *, versions: Mapping[str, int], commit_id: str
     ) -> None:
         """One commit: `batch` (may be empty) and a transaction identifier per log in `versions`.
-        `commit_id` is stored in the commit info so that `landed` can find it."""
-        write_deltalake(
+        `commit_id` is stored in the commit info so that `landed` can find it.
+
+        Raises `CursorConflictError` when a commit made since this snapshot carries the cursor of
+        a log in `versions`: delta-rs checks every commit it finds in the way against the
+        transaction identifiers this one carries, so a cursor read in this snapshot is still the
+        table's when the commit lands, on local and s3:// tables alike."""
+        before = self.version
+        _append(
             self._dt,
             batch,
-            mode="append",
-            writer_properties=self._writer,
-            commit_properties=CommitProperties(
-                custom_metadata={COMMIT_ID_KEY: commit_id},
-                app_transactions=[Transaction(app_id(url), v) for url, v in versions.items()],
-            ),
+            {app_id(url): v for url, v in versions.items()},
+            custom_metadata={COMMIT_ID_KEY: commit_id},
+            writer=self._writer,
         )
+        if self.version == before + 1 and self._cursors_at == before:
+            # Nothing came between the snapshot and this commit: the known cursors still hold.
+            self._cursors.update(versions)
+            self._cursors_at = before + 1
 
     def landed(self, commit_id: str, since_version: int) -> bool:
         """After an append that raised: reopen the table and tell whether a commit with
@@ -201,6 +236,33 @@ class ArchiveTable:
         # deltalake 1.6.6 holds the GIL while `history` reads the log (a few small objects);
         # this runs only after a failed commit when other commits followed it.
         return any(c.get(COMMIT_ID_KEY) == commit_id for c in self._dt.history(limit=newer))
+
+
+def _append(
+    table: DeltaTable,
+    batch: pa.Table | pa.RecordBatch,
+    transactions: Mapping[str, int],
+    *,
+    writer: WriterProperties,
+    custom_metadata: dict[str, str] | None = None,
+) -> None:
+    """Append `batch` with a transaction identifier per app id of `transactions`; raises
+    `CursorConflictError` when a commit made since `table`'s snapshot carries one of them."""
+    try:
+        write_deltalake(
+            table,
+            batch,
+            mode="append",
+            writer_properties=writer,
+            commit_properties=CommitProperties(
+                custom_metadata=custom_metadata,
+                app_transactions=[Transaction(app, v) for app, v in transactions.items()],
+            ),
+        )
+    except CommitFailedError as exc:
+        if "Concurrent transaction" in str(exc):
+            raise CursorConflictError(str(exc)) from exc
+        raise
 
 
 def record_skipped(
@@ -240,15 +302,54 @@ def compact(
     """Merge small files and remove files no longer referenced (after the default retention of
     7 days, so readers of older versions are not broken). Uses its own handle: appends committed
     meanwhile do not conflict with it (delta-rs checks and retries), so writers never wait.
-    None when there is no table yet."""
+    None when there is no table yet, or when another writer is compacting it.
+
+    Never two at once, even from two processes (two servers on one table): delta-rs 1.6.6 lets
+    two concurrent compactions of the same files both commit (removes with dataChange=false are
+    not treated as conflicting, and `optimize` drops the transaction identifiers it is given),
+    which duplicates every row they rewrote. So a compaction first takes a lease recorded in the
+    table itself (see `_take_compaction_lease`), which works on s3:// as on local disk."""
     table = open_table(uri, storage_options)
     if table is None:
         return None
-    metrics: dict[str, Any] = table.optimize.compact(
-        writer_properties=writer_properties(compression_level)
-    )
-    metrics["vacuumed"] = len(table.vacuum(dry_run=False))
+    writer = writer_properties(compression_level)
+    if not _take_compaction_lease(table, writer):
+        log.info("another writer is compacting the table; skipped", extra={"table": uri})
+        return None
+    try:
+        metrics: dict[str, Any] = table.optimize.compact(writer_properties=writer)
+        metrics["vacuumed"] = len(table.vacuum(dry_run=False))
+    finally:
+        # Handed back at once, so that the next compaction, whoever runs it, need not wait for
+        # the lease to run out; a lease taken meanwhile by another (after this one ran out) stays.
+        with contextlib.suppress(CursorConflictError):
+            _mark_compaction_lease(table, _now_ms(), writer)
     return metrics
+
+
+def _take_compaction_lease(table: DeltaTable, writer: WriterProperties) -> bool:
+    """Record in the table that this writer compacts it for the next `COMPACTION_LEASE_MS`: an
+    empty commit whose transaction identifier `COMPACTION_LEASE` holds the lease's end (Unix
+    ms). False when a lease not yet over is in the snapshot, or when another writer's lease was
+    committed after it (delta-rs refuses this commit then: the same check that keeps two writers'
+    cursors apart)."""
+    now = _now_ms()
+    held_until = table.transaction_version(COMPACTION_LEASE)
+    if held_until is not None and held_until > now:
+        return False
+    try:
+        _mark_compaction_lease(table, now + COMPACTION_LEASE_MS, writer)
+    except CursorConflictError:
+        return False
+    return True
+
+
+def _mark_compaction_lease(table: DeltaTable, until_ms: int, writer: WriterProperties) -> None:
+    _append(table, ARCHIVE_SCHEMA.empty_table(), {COMPACTION_LEASE: until_ms}, writer=writer)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def delete_table(uri: str, storage_options: Mapping[str, str] | None) -> int:
@@ -292,4 +393,4 @@ def cursors_in(table: ArchiveTable | None, source_urls: Sequence[str]) -> dict[s
     """Each log's live cursor in an open table (all None when there is no table)."""
     if table is None:
         return dict.fromkeys(source_urls)
-    return {url: table.committed_cursor(url) for url in source_urls}
+    return table.cursors(source_urls)
