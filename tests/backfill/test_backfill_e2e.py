@@ -334,6 +334,28 @@ def test_unparseable_entries_are_recorded_and_not_holes(lake: Lake) -> None:
     assert "total: 0 missing entries" in gaps.stdout
 
 
+def test_staging_holding_only_undecodable_entries_merges_and_they_stop_being_holes(
+    lake: Lake,
+) -> None:
+    rfc = lake.log.rfc6962.url
+    lake.punch(rfc, [44])
+    lake.ceilings(rfc6962=SIZE)
+    lake.log.faults("corrupt:at=44,log=rfc6962")
+    staging = lake.tmp / "staging"
+    assert lake.run("backfill", "--staging-path", str(staging)).returncode == 0
+    lake.log.faults()
+    # Staging has no rows, only the record of 44; main alone still misses it.
+    assert len(lake.keys(staging)) == 0 and len(read_skipped(str(staging))) == 1
+    assert "total: 1 missing entries" in lake.run("gaps").stdout
+    merged = lake.run("merge", "--staging-path", str(staging))
+    assert merged.returncode == 0, merged.stderr[-3000:]
+    assert "nothing to merge" not in merged.stdout + merged.stderr
+    assert not staging.exists()
+    (recorded,) = [r for r in read_skipped(str(lake.main)) if r.start <= 44 <= r.end]
+    assert recorded.kind is SkipKind.UNPARSEABLE
+    assert "total: 0 missing entries" in lake.run("gaps").stdout
+
+
 # --- interruption ---------------------------------------------------------------------------------
 
 

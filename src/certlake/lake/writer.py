@@ -13,7 +13,7 @@ retried for `close_timeout` seconds; the rows left then are reported by `buffere
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,8 +22,7 @@ import pyarrow as pa
 from certlake.lake.committer import Chunk, Commit, Committer, WriterSettings
 from certlake.lake.schema import ARCHIVE_SCHEMA
 from certlake.lake.table import ArchiveTable
-from certlake.lake.txn import SkippedRange
-from certlake.ranges import union_ranges
+from certlake.lake.txn import SkippedRange, coalesce_skipped
 
 
 class Rows(Protocol):
@@ -40,22 +39,6 @@ class Rows(Protocol):
 class _Chunk(Chunk):
     tables: list[pa.Table]
     skipped: list[SkippedRange]
-
-
-def coalesce_skipped(ranges: Iterable[SkippedRange]) -> list[SkippedRange]:
-    """Adjacent or overlapping ranges of one log and kind merged (the first reason kept)."""
-    groups: dict[tuple[str, str], list[SkippedRange]] = {}
-    for r in sorted(ranges, key=lambda r: (r.source_url, r.kind.value, r.start)):
-        groups.setdefault((r.source_url, r.kind.value), []).append(r)
-    out: list[SkippedRange] = []
-    for group in groups.values():
-        reasons: dict[int, str] = {}
-        for r in group:
-            reasons.setdefault(r.start, r.reason)
-        url, kind = group[0].source_url, group[0].kind
-        merged = union_ranges((r.start, r.end) for r in group)
-        out.extend(SkippedRange(url, start, end, kind, reasons[start]) for start, end in merged)
-    return out
 
 
 class RowWriter(Committer[_Chunk]):

@@ -1,8 +1,10 @@
 """`certlake merge --staging-path P`: move a staging table's rows into the main table.
 
 Every staging row whose `(source_url, cert_index)` is not in main is appended to main; the rest
-is skipped, and duplicates inside staging collapse to one row (which one: `mergekeys`). Then the
-staging table is deleted.
+is skipped, and duplicates inside staging collapse to one row (which one: `mergekeys`). Staging's
+record of the indices its backfill passed without a row (`_certlake_skipped`: undecodable
+entries) is added to main's, less what main records already — also when it is all staging holds.
+Then the staging table is deleted.
 
 How it stays safe at any size:
 
@@ -71,6 +73,7 @@ from certlake.lake.table import (
     table_storage_options,
     table_uri,
 )
+from certlake.lake.txn import skips_to_add
 from certlake.merge.keys import MergeKeyError, WindowKeys
 
 log = logging.getLogger(__name__)
@@ -111,6 +114,10 @@ class MergeSummary:
     batches: int = 0  # commits to main
     windows: int = 0
     main_files_read: int = 0  # summed over windows
+    # Records of indices passed without a row (undecodable entries) in staging's side table,
+    # and the ranges of them recorded in main's (what main did not record already).
+    skip_records: int = 0
+    skip_records_added: int = 0
     main_created: bool = False
     staging_deleted: bool = False
     seconds: float = 0.0
@@ -280,7 +287,11 @@ class _Merge:
                 f"staging {self.staging_uri} has the Delta table id of the main table "
                 f"{self.main_uri}: it is main under another name, or a copy of it"
             )
-        if _staging_rows(staging.stats) == 0:
+        # Staging's record of the indices its backfill passed without a row (undecodable
+        # entries) travels with its rows: gap detection over main would list them for ever.
+        skips = read_skipped(self.staging_uri, self.staging_options)
+        summary.skip_records = len(skips)
+        if _staging_rows(staging.stats) == 0 and not skips:
             summary.outcome = "empty staging"
             return
         if main is None:
@@ -295,16 +306,23 @@ class _Merge:
         writer = main.archive(self.level)
         for units in _staging_windows(staging, self.window_rows):
             self._window(units, main, writer, staging.table_id)
-        skipped = read_skipped(self.staging_uri, self.staging_options)
-        if skipped:
-            record_skipped(self.main_uri, self.main_options, skipped)
+        if skips:
+            added = skips_to_add(skips, read_skipped(self.main_uri, self.main_options))
+            if added:
+                record_skipped(self.main_uri, self.main_options, added)
+            summary.skip_records_added = len(added)
         self.deleting = True
         deleted = delete_table(self.staging_uri, self.staging_options)
         summary.staging_deleted = True
         summary.outcome = "merged"
         log.info(
             "staging table deleted",
-            extra={"staging": self.staging_uri, "files": deleted, "skip_records": len(skipped)},
+            extra={
+                "staging": self.staging_uri,
+                "files": deleted,
+                "skip_records": summary.skip_records,
+                "skip_records_added": summary.skip_records_added,
+            },
         )
 
     def _open_main(self) -> TableFiles | None:
@@ -482,6 +500,8 @@ def _report(summary: MergeSummary) -> None:
         "skipped_duplicates": summary.skipped_duplicates,
         "batches": summary.batches,
         "main_files_read": summary.main_files_read,
+        "skip_records": summary.skip_records,
+        "skip_records_added": summary.skip_records_added,
     }
     if summary.outcome == "merged":
         log.info("merge complete", extra=figures)
@@ -489,7 +509,8 @@ def _report(summary: MergeSummary) -> None:
             f"merge complete: total_inserted={summary.total_inserted} "
             f"total_skipped={summary.total_skipped} "
             f"(already in main {summary.skipped_in_main}, duplicates within staging "
-            f"{summary.skipped_duplicates}) total_staging_rows={summary.total_staging_rows}; "
+            f"{summary.skipped_duplicates}) total_staging_rows={summary.total_staging_rows} "
+            f"skip_records={summary.skip_records} (added to main {summary.skip_records_added}); "
             f"staging {summary.staging} deleted",
             flush=True,
         )
