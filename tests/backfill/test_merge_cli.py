@@ -1,10 +1,11 @@
-"""`certlake merge` as a real process: a real SIGINT in the middle of a merge (AC4.4, HV3), and
-memory that does not grow with the staging table."""
+"""`certlake merge` as a real process: a real SIGINT in the middle of a merge (AC4.4, HV3), a
+delta-rs panic kept off stderr, and memory that does not grow with the staging table."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -118,6 +119,38 @@ def test_error_ac4_4_hv3_sigint_mid_merge_leaves_staging_intact_and_rerun_comple
     assert doc["skipped_in_main"] == 1000 + committed
     assert doc["total_staging_rows"] == 20_000
     assert not staging.exists()
+
+
+def test_a_rust_panic_is_one_log_line_and_the_merge_fails_with_its_error(tmp_path: Path) -> None:
+    """Main cannot take staging's rows: a file stands where their partition directory would
+    be (a read-only table does the same for a user other than root). delta-rs panics in a
+    worker thread ("Already shut down") and its call raises the I/O error."""
+    main, staging = tmp_path / "main", tmp_path / "staging"
+    write_deltalake(
+        str(main),
+        messages_to_batch([make_message(i, LOG_A, 1_700_000_000.0) for i in range(5)]),
+        partition_by=list(PARTITION_BY),
+    )
+    write_staging(staging, 40, 40)  # seen 2025-10-09
+    (main / "seen_date=2025-10-09").write_text("in the way")
+    before = snapshot(staging)
+    cfg = config_file(tmp_path, main, batch_size=400)
+    result = subprocess.run(
+        [CERTLAKE, "merge", "--config", str(cfg), "--staging-path", str(staging)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        env={**os.environ, "RUST_BACKTRACE": "1"},
+    )
+    assert result.returncode == 1, result.stderr
+    for rust in ("panicked at", "stack backtrace", "RUST_BACKTRACE", "Already shut down\n"):
+        assert rust not in result.stderr, result.stderr
+    [panic] = [x for x in result.stderr.splitlines() if "delta-rs panicked" in x]
+    assert "panic=" in panic and "rust_thread=tokio-rt-worker" in panic
+    [failed] = [x for x in result.stderr.splitlines() if "merge failed" in x]
+    assert "Not a directory" in failed and "intact" in failed
+    assert snapshot(staging) == before
 
 
 def peak_rss_of_merge(tmp_path: Path, rows: int) -> int:

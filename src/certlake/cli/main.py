@@ -107,6 +107,14 @@ def _load(config_file: Path | None, log_level: str | None) -> LoadedConfig:
     return LoadedConfig(config, loaded.path)
 
 
+def _contain_panics() -> None:
+    """For the commands that use delta-rs: the panic reports of its worker threads become log
+    lines (`lake/panics.py`). Before `_load`, whose log handler takes the new `sys.stderr`."""
+    from certlake.lake import panics
+
+    panics.contain()
+
+
 def _exit(result: int | Coroutine[Any, Any, int]) -> NoReturn:
     """Exit with the command's code, running it first when it is a coroutine."""
     sys.exit(result if isinstance(result, int) else asyncio.run(result))
@@ -130,6 +138,7 @@ def cli() -> None:
 )
 def serve(config_file: Path | None, log_level: str | None, demo: bool) -> None:
     """Watch the logs, stream to clients, archive if delta_sink.enabled."""
+    _contain_panics()
     config = _load(config_file, log_level).config
     from certlake.cli.serve import run_serve
 
@@ -153,6 +162,7 @@ def backfill(
     summary_json: Path | None,
 ) -> None:
     """Fetch what the archive is missing, write it, exit."""
+    _contain_panics()
     config = _load(config_file, log_level).config
     from certlake.cli.backfill import run_backfill
 
@@ -182,6 +192,7 @@ def merge(
     if staging_path is None:
         click.echo(MERGE_NEEDS_STAGING, err=True)
         sys.exit(EXIT_USAGE)
+    _contain_panics()
     config = _load(config_file, log_level).config
     from certlake.cli.merge import run_merge
 
@@ -203,6 +214,7 @@ def gaps(
     staging_path: str | None,
 ) -> None:
     """Print, per log, what backfill would fetch; fetch nothing."""
+    _contain_panics()
     config = _load(config_file, log_level).config
     from certlake.cli.backfill import run_gaps
 
