@@ -117,7 +117,17 @@ def _contain_panics() -> None:
 
 def _exit(result: int | Coroutine[Any, Any, int]) -> NoReturn:
     """Exit with the command's code, running it first when it is a coroutine."""
-    sys.exit(result if isinstance(result, int) else asyncio.run(result))
+    from certlake.stopping import exit_if_abandoned
+
+    async def leaving(command: Coroutine[Any, Any, int]) -> int:
+        code = await command
+        # While the loop runs: closing it waits for its threads, one a stop left running too.
+        exit_if_abandoned(code)
+        return code
+
+    code = result if isinstance(result, int) else asyncio.run(leaving(result))
+    exit_if_abandoned(code)  # a thread left running would hold the interpreter's exit
+    sys.exit(code)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
