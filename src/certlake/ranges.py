@@ -18,6 +18,26 @@ def union_ranges(ranges: Iterable[Range]) -> list[Range]:
     return out
 
 
+def subtract_ranges(ranges: Iterable[Range], taken: Iterable[Range]) -> list[Range]:
+    """The indices of `ranges` that no range of `taken` covers, as coalesced ranges."""
+    cut = union_ranges(taken)
+    out: list[Range] = []
+    first = 0  # the first range of `cut` that can still overlap: both lists are sorted
+    for start, end in union_ranges(ranges):
+        while first < len(cut) and cut[first][1] < start:
+            first += 1
+        lo = start
+        for cut_start, cut_end in cut[first:]:
+            if cut_start > end:
+                break
+            if cut_start > lo:
+                out.append((lo, cut_start - 1))
+            lo = max(lo, cut_end + 1)
+        if lo <= end:
+            out.append((lo, end))
+    return out
+
+
 def range_text(r: Range) -> str:
     """`52-60`, or `40` for a range of one index."""
     return str(r[0]) if r[0] == r[1] else f"{r[0]}-{r[1]}"

@@ -164,9 +164,11 @@ class Lake:
         return path
 
     @staticmethod
-    def keys(table: Path | str) -> Counter[Key]:
+    def keys(table: Path | str, storage_options: dict[str, str] | None = None) -> Counter[Key]:
         """How often each (source_url, cert_index) is in the table."""
-        t = DeltaTable(str(table)).to_pyarrow_table(columns=["source_url", "cert_index"])
+        t = DeltaTable(str(table), storage_options=storage_options).to_pyarrow_table(
+            columns=["source_url", "cert_index"]
+        )
         return Counter(zip(t["source_url"].to_pylist(), t["cert_index"].to_pylist(), strict=True))
 
     @staticmethod

@@ -11,6 +11,7 @@ import select
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,11 @@ import yaml
 from deltalake import DeltaTable, write_deltalake
 
 from certlake.lake.schema import ARCHIVE_SCHEMA
-from certlake.lake.table import read_skipped
+from certlake.lake.table import ArchiveTable, read_skipped
 from certlake.lake.txn import SkipKind
 from certlake.testlog.faults import Endpoint, FaultKind
 from support.procs import CERTLAKE
+from support.s3 import S3Server
 
 from .conftest import SIZE, Lake
 
@@ -345,6 +347,28 @@ def test_unparseable_entries_are_recorded_and_not_holes(lake: Lake, kind: str, m
     assert "total: 0 missing entries" in gaps.stdout
 
 
+def test_staging_holding_only_undecodable_entries_merges_and_they_stop_being_holes(
+    lake: Lake,
+) -> None:
+    rfc = lake.log.rfc6962.url
+    lake.punch(rfc, [44])
+    lake.ceilings(rfc6962=SIZE)
+    lake.log.faults("corrupt:at=44,log=rfc6962")
+    staging = lake.tmp / "staging"
+    assert lake.run("backfill", "--staging-path", str(staging)).returncode == 0
+    lake.log.faults()
+    # Staging has no rows, only the record of 44; main alone still misses it.
+    assert len(lake.keys(staging)) == 0 and len(read_skipped(str(staging))) == 1
+    assert "total: 1 missing entries" in lake.run("gaps").stdout
+    merged = lake.run("merge", "--staging-path", str(staging))
+    assert merged.returncode == 0, merged.stderr[-3000:]
+    assert "nothing to merge" not in merged.stdout + merged.stderr
+    assert not staging.exists()
+    (recorded,) = [r for r in read_skipped(str(lake.main)) if r.start <= 44 <= r.end]
+    assert recorded.kind is SkipKind.UNPARSEABLE
+    assert "total: 0 missing entries" in lake.run("gaps").stdout
+
+
 # --- interruption ---------------------------------------------------------------------------------
 
 
@@ -380,6 +404,180 @@ def test_signal_mid_run_flushes_exits_1_and_a_rerun_completes(lake: Lake, sig: i
     assert lake.run("backfill").returncode == 0
     expect_complete(lake, lake.main, rfc, 0, SIZE - 1)
     expect_complete(lake, lake.main, static, 0, SIZE - 1)
+
+
+# A stopped job has this long after the signal (`stopping.STOP_GRACE`, 5 s, to write what it
+# holds), plus the interpreter's own exit; a service manager's stop timeout is 10 s and up.
+STOPS_WITHIN = 8.0
+
+
+def signal_when(
+    lake: Lake, args: list[str], ready: Callable[[str], bool], sig: int = signal.SIGTERM
+) -> tuple[int, float, str]:
+    """Run `certlake backfill ARGS`, send `sig` once `ready(stderr so far)`; the exit code,
+    the seconds from the signal to the exit, and stderr."""
+    stderr = lake.tmp / "stderr.log"
+    with stderr.open("w") as err:
+        proc = subprocess.Popen(
+            [CERTLAKE, "backfill", *args], stdout=subprocess.DEVNULL, stderr=err, cwd=lake.tmp
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while not ready(stderr.read_text()):
+                assert proc.poll() is None and time.monotonic() < deadline, stderr.read_text()
+                time.sleep(0.05)
+            signalled = time.monotonic()
+            proc.send_signal(sig)
+            code = proc.wait(timeout=120)
+            took = time.monotonic() - signalled
+        finally:
+            proc.kill()
+            proc.wait()
+    return code, took, stderr.read_text()
+
+
+def left_over(doc: dict[str, Any], url: str) -> tuple[set[int], set[int]]:
+    """A log's indices listed as not fetched, and as fetched but not written."""
+    entry = log_entry(doc, url)
+    unfetched = {i for u in entry["unfetched"] for i in range(u["start"], u["end"] + 1)}
+    unwritten = {i for u in entry["unwritten"] for i in range(u["start"], u["end"] + 1)}
+    return unfetched, unwritten
+
+
+def test_sigterm_while_commits_keep_failing_stops_within_seconds_listing_every_range(
+    lake: Lake,
+) -> None:
+    rfc = lake.log.rfc6962.url
+    lake.punch(rfc, [*range(10, 1010)])
+    lake.ceilings(rfc6962=SIZE)
+    # An unwritable target, for root as well: staging opens, but the name of its next commit
+    # is taken by a directory, so every commit fails ("Failed to commit transaction").
+    staging = lake.tmp / "staging"
+    ArchiveTable.open_or_create(str(staging))
+    (staging / "_delta_log" / "00000000000000000001.json").mkdir()
+    # Back-off up to 60 s between attempts, as configured by default.
+    config = lake.config(
+        delta_sink={"batch_size": 50},
+        backfill={"per_log_workers": 1, "retry_max_delay_ms": 60_000},
+    )
+    summary = lake.tmp / "summary.json"
+    args = ["--config", str(config), "--staging-path", str(staging)]
+    code, took, stderr = signal_when(
+        lake,
+        [*args, "--summary-json", str(summary)],
+        lambda err: err.count("archive write failed") >= 3,
+    )
+    print(f"stopped {took:.2f} s after SIGTERM")
+    assert code == 1, stderr[-3000:]
+    assert took < STOPS_WITHIN, stderr[-3000:]
+    doc = summary_of(summary)
+    assert doc["interrupted"] and doc["records_written"] == 0
+    assert "Failed to commit transaction" in doc["write_error"]
+    unfetched, unwritten = left_over(doc, rfc)
+    # Every missing index is listed, once: fetched and not written, or not fetched.
+    assert unwritten and not unfetched & unwritten
+    assert unfetched | unwritten == set(range(10, 1010))
+    assert doc["entries_unwritten"] == len(unwritten) == doc["entries_fetched"]
+    assert rfc not in doc["logs_completed"]
+    line = next(x for x in stderr.splitlines() if "fetched entries not written" in x)
+    assert f"log={rfc}" in line and "ranges=10-" in line
+
+
+def test_sigterm_while_a_log_answers_503_with_retry_after_an_hour_stops_within_seconds(
+    lake: Lake,
+) -> None:
+    rfc = lake.log.rfc6962.url
+    lake.punch(rfc, [*range(10, 1010)])
+    lake.ceilings(rfc6962=SIZE)
+    summary = lake.tmp / "summary.json"
+    config = lake.config(backfill={"retry_max_delay_ms": 60_000})
+    lake.log.faults("503:1,log=rfc6962,endpoint=get-entries,retry_after=3600")
+    code, took, stderr = signal_when(
+        lake,
+        ["--config", str(config), "--summary-json", str(summary)],
+        lambda err: lake.log.fired(FaultKind.UNAVAILABLE) >= 1,
+    )
+    print(f"stopped {took:.2f} s after SIGTERM")
+    assert code == 1 and took < STOPS_WITHIN, stderr[-3000:]
+    doc = summary_of(summary)
+    unfetched, unwritten = left_over(doc, rfc)
+    assert unfetched == set(range(10, 1010)) and not unwritten
+    reasons = {u["reason"] for u in log_entry(doc, rfc)["unfetched"]}
+    assert any("while retrying (HTTP 503" in r for r in reasons), reasons
+
+
+def test_sigterm_while_planning_waits_on_a_retry_after_stops_within_seconds(lake: Lake) -> None:
+    """`--to head` asks each log for its tree head; both answer 503 with an hour to wait."""
+    summary = lake.tmp / "summary.json"
+    config = lake.config(backfill={"retry_max_delay_ms": 60_000})
+    lake.log.faults(
+        "503:1,endpoint=get-sth,retry_after=3600", "503:1,endpoint=checkpoint,retry_after=3600"
+    )
+    code, took, stderr = signal_when(
+        lake,
+        ["--config", str(config), "--to", "head", "--summary-json", str(summary)],
+        lambda err: lake.log.fired(FaultKind.UNAVAILABLE) >= 1,
+    )
+    print(f"stopped {took:.2f} s after SIGTERM")
+    assert code == 1 and took < STOPS_WITHIN, stderr[-3000:]
+    doc = summary_of(summary)
+    assert doc["interrupted"] and doc["records_written"] == 0 and doc["logs"] == []
+    assert lake.log.requests(*ENTRY_READS) == 0
+
+
+def test_sigterm_while_the_store_does_not_answer_stops_within_seconds(
+    lake: Lake, s3_server: S3Server, s3_bucket: str
+) -> None:
+    """A staging table on S3 whose server stops answering (SIGSTOP) after the first commit:
+    the next commit hangs in delta-rs (object_store retries for minutes), so it is left
+    behind."""
+    rfc = lake.log.rfc6962.url
+    lake.punch(rfc, [*range(10, 1010)])
+    lake.ceilings(rfc6962=SIZE)
+    options = s3_server.options()
+    s3 = {
+        "endpoint": options["AWS_ENDPOINT_URL"],
+        "region": options["AWS_REGION"],
+        "access_key_id": options["AWS_ACCESS_KEY_ID"],
+        "secret_access_key": options["AWS_SECRET_ACCESS_KEY"],
+        "allow_http": True,
+    }
+    config = lake.config(
+        delta_sink={"batch_size": 50}, backfill={"retry_max_delay_ms": 60_000}, storage={"s3": s3}
+    )
+    staging = f"s3://{s3_bucket}/staging"
+    summary = lake.tmp / "summary.json"
+    args = ["--config", str(config), "--staging-path", staging, "--summary-json", str(summary)]
+
+    def committed_then_pause(err: str) -> bool:
+        listing = s3_server.client().list_objects_v2(Bucket=s3_bucket, Prefix="staging/_delta_log/")
+        if not any(o["Key"].endswith("001.json") for o in listing.get("Contents", [])):
+            return False
+        s3_server.pause()
+        time.sleep(1.5)  # the next commit is on its way, and stuck
+        return True
+
+    try:
+        code, took, stderr = signal_when(lake, args, committed_then_pause)
+    finally:
+        s3_server.resume()
+    print(f"stopped {took:.2f} s after SIGTERM")
+    assert code == 1 and took < STOPS_WITHIN, stderr[-3000:]
+    assert "closing gave up on a commit still running" in stderr
+    assert "left running after the stop" in stderr
+    doc = summary_of(summary)
+    assert doc["interrupted"]
+    unfetched, unwritten = left_over(doc, rfc)
+    # What did not land is listed; a commit left running may have landed since.
+    assert not unfetched & unwritten
+    assert unfetched | unwritten | set(range(10, 10 + doc["records_written"])) >= set(
+        range(10, 1010)
+    )
+    result = lake.run("backfill", *args[2:4], config=config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    keys = Lake.keys(staging, s3_server.options())
+    assert {i for (u, i) in keys if u == rfc} == set(range(10, 1010))
+    assert all(n == 1 for n in keys.values())
 
 
 # --- inputs that stop the job ---------------------------------------------------------------------

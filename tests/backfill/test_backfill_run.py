@@ -112,8 +112,12 @@ def test_exit_code_is_0_only_when_everything_was_fetched_and_written() -> None:
     left.add_unfetched(4, 9, "gave up: HTTP 503")
     assert _summary(done, left).exit_code == 1
     assert [o.url for o in _summary(done, left).failed] == ["https://b"]
+    unwritten = LogOutcome("https://c", None, missing=10, ranges=1, fetched=10, ranges_done=1)
+    unwritten.unwritten = [(0, 2), (7, 9)]
+    assert _summary(done, unwritten).exit_code == 1
+    assert [o.url for o in _summary(done, unwritten).failed] == ["https://c"]
+    assert _summary(done, unwritten).to_json()["entries_unwritten"] == 6
     for broken in (
-        Summary("catch-up", None, "/t", False, logs=[done], unwritten=3),
         Summary("catch-up", None, "/t", False, logs=[done], interrupted=True),
         Summary("catch-up", None, "/t", False, logs=[done], write_error="disk full"),
     ):

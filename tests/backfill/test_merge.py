@@ -18,11 +18,12 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
+from certlake.backfill.presence import plan_gaps
 from certlake.cli.merge import run_merge
 from certlake.config import Config, DeltaSinkConfig
 from certlake.lake.rows import messages_to_batch
 from certlake.lake.schema import ARCHIVE_SCHEMA, PARTITION_BY
-from certlake.lake.table import read_skipped, record_skipped
+from certlake.lake.table import ArchiveTable, read_skipped, record_skipped
 from certlake.lake.txn import SkipKind, SkippedRange
 from certlake.merge.run import merge_command
 from lake.conftest import LOG_A, LOG_B, make_message
@@ -383,18 +384,62 @@ def test_main_pruning_reads_only_files_that_can_hold_the_keys(
     assert len(indices(str(main))) == 2001
 
 
-def test_skipped_range_records_move_to_main(tmp_path: Path) -> None:
-    main = write(tmp_path / "main", rows([1]))
-    staging = write(tmp_path / "staging", rows([2, 4]))
-    record_skipped(staging, None, [SkippedRange(LOG_A, 3, 3, SkipKind.UNPARSEABLE, "bad DER")])
-    assert merge_command(main, staging) == 0
-    [moved] = read_skipped(main)
-    assert (moved.source_url, moved.start, moved.end, moved.kind) == (
-        LOG_A,
-        3,
-        3,
-        SkipKind.UNPARSEABLE,
-    )
+def missing_in_main(main: str, ceiling: int) -> list[tuple[int, int]]:
+    """What gap detection over main alone lists for LOG_A below `ceiling`, from 0."""
+    plan = plan_gaps(main, None, {LOG_A: ceiling}, 0)
+    return [r for g in plan.logs if g.url == LOG_A for r in g.missing]
+
+
+def unparseable(start: int, end: int, url: str = LOG_A) -> SkippedRange:
+    return SkippedRange(url, start, end, SkipKind.UNPARSEABLE, f"bad DER at {start}")
+
+
+def test_skipped_range_records_move_to_main_once_with_the_rows(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    main = write(tmp_path / "main", rows([0, 1, 9]))
+    record_skipped(main, None, [unparseable(3, 4)])  # main already records 3 and 4
+    staging = write(tmp_path / "staging", rows([2, 6, 8]))
+    record_skipped(staging, None, [unparseable(3, 5), unparseable(7, 7), unparseable(5, 5, LOG_B)])
+    assert missing_in_main(main, 10) == [(2, 2), (5, 8)]
+    summary = tmp_path / "s.json"
+    assert merge_command(main, staging, summary_json=summary) == 0
+    assert indices(main) == [0, 1, 2, 6, 8, 9]
+    recorded = sorted((r.source_url, r.start, r.end) for r in read_skipped(main))
+    # 3-4 was in main already: only what main lacked was added, each index once.
+    assert recorded == [(LOG_A, 3, 4), (LOG_A, 5, 5), (LOG_A, 7, 7), (LOG_B, 5, 5)]
+    assert missing_in_main(main, 10) == []
+    doc = json.loads(summary.read_text())
+    assert (doc["skip_records"], doc["skip_records_added"]) == (3, 3)
+    [deleted] = records(caplog, "staging table deleted")
+    assert deleted.skip_records_added == 3
+    assert not os.path.exists(staging)
+
+
+def test_staging_holding_only_skip_records_is_merged_and_deleted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What a backfill leaves when every entry it fetched was undecodable: a staging table
+    with no rows, and its side table."""
+    main = write(tmp_path / "main", rows([0, 1, 5]))
+    staging = str(tmp_path / "staging")
+    ArchiveTable.open_or_create(staging)
+    record_skipped(staging, None, [unparseable(2, 4)])
+    assert missing_in_main(main, 6) == [(2, 4)]
+    summary = tmp_path / "s.json"
+    assert merge_command(main, staging, summary_json=summary) == 0
+    assert not records(caplog, "nothing to merge")
+    assert [(r.start, r.end, r.kind) for r in read_skipped(main)] == [(2, 4, SkipKind.UNPARSEABLE)]
+    assert missing_in_main(main, 6) == []
+    doc = json.loads(summary.read_text())
+    assert doc["outcome"] == "merged" and doc["total_staging_rows"] == 0
+    assert doc["staging_deleted"] is True and not os.path.exists(staging)
+    # Run again over a staging that repeats those records: main records them once still.
+    ArchiveTable.open_or_create(staging)
+    record_skipped(staging, None, [unparseable(2, 4)])
+    assert merge_command(main, staging, summary_json=summary) == 0
+    assert len(read_skipped(main)) == 1
+    assert json.loads(summary.read_text())["skip_records_added"] == 0
 
 
 # --- s3:// on a real S3-compatible server ---------------------------------------------------------

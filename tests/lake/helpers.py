@@ -37,10 +37,17 @@ def make_sink(path: str, registry: CollectorRegistry | None = None, **kw: object
     return DeltaSink(path, registry=registry or CollectorRegistry(), **options)  # type: ignore[arg-type]
 
 
-def make_writer(path: str, batch_size: int = 1000, close_timeout: float = 10.0) -> RowWriter:
+def make_writer(
+    path: str,
+    batch_size: int = 1000,
+    close_timeout: float = 10.0,
+    storage_options: dict[str, str] | None = None,
+) -> RowWriter:
     """The backfill writer with the sink tests' defaults: no timer flush, fast retries."""
     settings = WriterSettings(batch_size, 3600.0, 3, FAST_RETRY, close_timeout)
-    return RowWriter(path, storage_options=None, settings=settings, high_water=2 * batch_size)
+    return RowWriter(
+        path, storage_options=storage_options, settings=settings, high_water=2 * batch_size
+    )
 
 
 def table_keys(uri: str, storage_options: dict[str, str] | None = None) -> list[tuple[str, int]]:

@@ -1,4 +1,5 @@
-"""`plan_commit`: which rows a commit writes and which cursors it records."""
+"""`plan_commit`: which rows a commit writes and which cursors it records; and the arithmetic of
+skipped ranges (what a merge adds to main's record)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from certlake.certs.message import CertMessage
-from certlake.lake.txn import SkipKind, SkippedRange, app_id, plan_commit
+from certlake.lake.txn import SkipKind, SkippedRange, app_id, plan_commit, skips_to_add
+from certlake.ranges import subtract_ranges
 
 from .conftest import LOG_A, LOG_B, make_message
 
@@ -120,3 +122,37 @@ def test_every_index_below_the_new_cursor_is_committed_recorded_or_was_already(
             first.cert_index if isinstance(first, CertMessage) else first.start
         )  # fmt: skip
         assert covered == set(range(start, plan.versions[url]))
+
+
+def test_subtract_ranges_keeps_exactly_the_uncovered_indices() -> None:
+    ranges = [(0, 9), (20, 29), (31, 31), (40, 45)]
+    taken = [(3, 4), (8, 21), (25, 25), (31, 31), (44, 60), (-5, -1)]
+    expected = {i for lo, hi in ranges for i in range(lo, hi + 1)} - {
+        i for lo, hi in taken for i in range(lo, hi + 1)
+    }
+    got = subtract_ranges(ranges, taken)
+    assert got == [(0, 2), (5, 7), (22, 24), (26, 29), (40, 43)]
+    assert {i for lo, hi in got for i in range(lo, hi + 1)} == expected
+    assert subtract_ranges([(5, 9)], []) == [(5, 9)]
+    assert subtract_ranges([], [(1, 2)]) == []
+
+
+def test_skips_to_add_is_what_the_record_lacks_per_log_and_kind() -> None:
+    a, b = "https://a.example/", "https://b.example/"
+    staging = [
+        SkippedRange(a, 3, 5, SkipKind.UNPARSEABLE, "bad DER"),
+        SkippedRange(a, 6, 8, SkipKind.UNPARSEABLE, "bad leaf"),  # adjacent: coalesced
+        SkippedRange(a, 7, 7, SkipKind.MALFORMED, "too long"),
+        SkippedRange(b, 3, 5, SkipKind.UNPARSEABLE, "bad DER"),
+    ]
+    main = [
+        SkippedRange(a, 4, 4, SkipKind.UNPARSEABLE, "bad DER"),
+        SkippedRange(a, 7, 7, SkipKind.DROPPED, "buffer full"),  # another kind: no cover
+        SkippedRange(b, 0, 9, SkipKind.UNPARSEABLE, "bad DER"),
+    ]
+    assert skips_to_add(staging, main) == [
+        SkippedRange(a, 7, 7, SkipKind.MALFORMED, "too long"),
+        SkippedRange(a, 3, 3, SkipKind.UNPARSEABLE, "bad DER"),
+        SkippedRange(a, 5, 8, SkipKind.UNPARSEABLE, "bad DER"),
+    ]
+    assert skips_to_add(staging, [*main, *skips_to_add(staging, main)]) == []

@@ -1,8 +1,10 @@
 """The committer under both archive writers: a lost reply is looked up, not written again;
-skipped ranges are recorded once, before their commit; closing gives up after its timeout."""
+skipped ranges are recorded once, before their commit; closing gives up after its timeout, sooner
+when hurried, and on an attempt that does not return."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +17,7 @@ from certlake.backfill.build import BuiltRows
 from certlake.lake.rows import split_malformed
 from certlake.lake.table import ArchiveTable, read_skipped
 from certlake.lake.txn import SkipKind, SkippedRange, app_id
+from support.s3 import S3Server
 from support.waiting import until
 
 from .conftest import LOG_A, MakeMessages
@@ -112,3 +115,47 @@ async def test_close_gives_up_after_its_timeout_and_reports_what_is_left(
     assert writer.buffered == 3 and writer.stats.rows_written == 5
     assert writer.stats.last_error is not None
     assert table_keys(str(path)) == [(LOG_A, i) for i in range(5)]
+
+
+async def test_hurry_cuts_a_failing_close_short(tmp_path: Path, messages: MakeMessages) -> None:
+    path = tmp_path / "archive"
+    writer = make_writer(str(path), batch_size=5, close_timeout=600)
+    await writer.start()
+    await writer.put(_built(split_malformed(messages(0, 5))[0]))
+    await until(lambda: writer.stats.commits == 1, within=20)
+    bad = SkippedRange(LOG_A, 8, 9, SkipKind.UNPARSEABLE, "bad DER")
+    with broken_log(path):
+        await writer.put(_built(split_malformed(messages(5, 8))[0], bad))
+        closing = asyncio.create_task(writer.close())
+        await until(lambda: writer.stats.errors >= 2, within=20)  # closing retries
+        started = time.perf_counter()
+        writer.hurry(0.3)
+        await closing
+        assert time.perf_counter() - started < 3
+    assert writer.buffered == 3 and not writer.abandoned
+    # The range went to the side table before the commit failed: only the rows are left.
+    assert read_skipped(str(path)) == [bad]
+    assert writer.unwritten() == {LOG_A: [(5, 7)]}
+    assert table_keys(str(path)) == [(LOG_A, i) for i in range(5)]
+
+
+async def test_close_gives_up_on_an_attempt_that_does_not_return(
+    s3_server: S3Server, s3_bucket: str, messages: MakeMessages
+) -> None:
+    """The store stops answering (SIGSTOP) while a commit is on its way: delta-rs does not
+    return, so closing leaves the attempt to its thread at the deadline."""
+    uri, options = f"s3://{s3_bucket}/archive", s3_server.options()
+    writer = make_writer(uri, batch_size=5, close_timeout=1.0, storage_options=options)
+    await writer.start()
+    await writer.put(_built(split_malformed(messages(0, 5))[0]))
+    await until(lambda: writer.stats.commits == 1, within=20)
+    s3_server.pause()
+    try:
+        await writer.put(_built(split_malformed(messages(5, 10))[0]))
+        started = time.perf_counter()
+        await writer.close()
+        took = time.perf_counter() - started
+    finally:
+        s3_server.resume()
+    assert took < 2.5 and writer.abandoned
+    assert writer.stats.commits == 1 and writer.unwritten() == {LOG_A: [(5, 9)]}

@@ -22,6 +22,9 @@ Decisions:
   fetched and the run fails (exit 1) — the archive is incomplete and the operator can add the log
   to `custom_logs` / `static_logs`. This also covers a log list that cannot be fetched: the
   configured logs are still backfilled.
+- SIGINT/SIGTERM (`stop`): planning is abandoned at once, fetchers stop and hand over what
+  they fetched, and the writer has `stopping.STOP_GRACE` seconds to write it, whatever the
+  table's state (failing, or not answering); what is left is listed per log, as ranges.
 - Exit codes: 0 every missing range fetched and written; 1 anything left (listed), interrupted,
   a damaged state file, or a table that exists but cannot be read (main or staging: never
   silently taken as empty); 2 a table at the main or staging path that is not an archive table
@@ -43,7 +46,7 @@ from pathlib import Path
 from typing import Final
 
 from certlake.backfill.build import worker_init
-from certlake.backfill.fetcher import Fetchers, LogJob
+from certlake.backfill.fetcher import INTERRUPTED, Fetchers, LogJob
 from certlake.backfill.gaps import GapPlan, SkippedLog
 from certlake.backfill.presence import plan_gaps
 from certlake.backfill.progress import LOG_INTERVAL, is_terminal, live_display, log_lines
@@ -64,6 +67,7 @@ from certlake.lake.schema import ArchiveSchemaError
 from certlake.lake.table import TableUnreadableError, committed_cursors, table_uri
 from certlake.lake.writer import RowWriter
 from certlake.ranges import ranges_text
+from certlake.stopping import STOP_GRACE, Stopped, abandon, until_stopped
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +311,13 @@ async def _fetch_and_write(
 ) -> None:
     writer = make_writer(config, summary.target)
     try:
-        await writer.start()
+        await until_stopped(writer.start(), stop, f"opening the table {summary.target}")
+    except Stopped:  # the table does not answer; nothing was fetched yet
+        summary.interrupted = True
+        for job in jobs:
+            for start, end in job.items:
+                job.outcome.add_unfetched(start, end, INTERRUPTED)
+        return
     except Exception as exc:  # storage errors of any kind: nothing was fetched yet
         await writer.close()
         if isinstance(exc, ArchiveSchemaError):
@@ -342,15 +352,37 @@ async def _fetch_and_write(
         watching.cancel()
         if pool is not None:
             await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
-        await writer.close()
+        await _close(writer, stop)
         reporter.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reporter
     summary.interrupted = stop.is_set()
     summary.records_written = writer.stats.rows_written
-    summary.unwritten = writer.buffered
+    unwritten = writer.unwritten()
+    for outcome in summary.logs:
+        outcome.unwritten = unwritten.get(outcome.url, [])
     if summary.unwritten and summary.write_error is None:
-        summary.write_error = writer.stats.last_error
+        summary.write_error = writer.stats.last_error or (
+            "a commit was still running when closing gave up on it"
+            if writer.abandoned
+            else "closing ran out of time"
+        )
+
+
+async def _close(writer: RowWriter, stop: asyncio.Event) -> None:
+    """Close the writer. At the end of the input it retries a failing write for its close
+    timeout (minutes); once `stop` is set, before or during that, for `STOP_GRACE` seconds."""
+    closing = asyncio.ensure_future(writer.close())
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({closing, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if stopped.done():
+            writer.hurry(STOP_GRACE)
+        await closing
+    finally:
+        stopped.cancel()
+    if writer.abandoned:
+        abandon(f"a commit to {writer.uri}")
 
 
 async def backfill(
@@ -373,13 +405,16 @@ async def backfill(
         )
         return
     async with http_client(config.ct_log) as http:
-        plan, discovery, readable = await make_plan(
-            config, http, ceilings, summary.from_index, log_filter, staging_uri, to
-        )
-        summary.skipped = list(plan.skipped)
-        if stop.is_set():
+        try:
+            plan, discovery, readable = await until_stopped(
+                make_plan(config, http, ceilings, summary.from_index, log_filter, staging_uri, to),
+                stop,
+                "gap detection",
+            )
+        except Stopped:  # nothing was fetched: nothing to write
             summary.interrupted = True
             return
+        summary.skipped = list(plan.skipped)
         issuers = IssuerCache()
         unreadable = unreadable_reason(discovery)
         jobs: list[LogJob] = []
@@ -425,18 +460,24 @@ def report(summary: Summary) -> None:
             "elapsed_secs": round(summary.elapsed, 1),
         },
     )
-    for o in summary.failed:
-        log.error(
-            "entries not fetched",
-            extra={
-                "log": o.url,
-                "entries": o.unfetched_count,
-                "ranges": ranges_text(o.left(), SHOWN_RANGES),
-                "reasons": reasons_text(o),
-            },
-        )
-    if summary.unwritten:
-        log.error(
-            "fetched entries not written; the next run fetches them again",
-            extra={"entries": summary.unwritten, "error": summary.write_error},
-        )
+    for o in summary.logs:
+        if o.unfetched:
+            log.error(
+                "entries not fetched",
+                extra={
+                    "log": o.url,
+                    "entries": o.unfetched_count,
+                    "ranges": ranges_text(o.left(), SHOWN_RANGES),
+                    "reasons": reasons_text(o),
+                },
+            )
+        if o.unwritten:
+            log.error(
+                "fetched entries not written; the next run fetches them again",
+                extra={
+                    "log": o.url,
+                    "entries": o.unwritten_count,
+                    "ranges": ranges_text(o.unwritten, SHOWN_RANGES),
+                    "error": summary.write_error,
+                },
+            )

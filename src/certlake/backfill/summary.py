@@ -45,6 +45,7 @@ class LogOutcome:
     ranges_done: int = 0  # work items finished, fully or not
     retries: dict[str, int] = field(default_factory=dict)  # failed reads by HTTP status
     unfetched: list[Unfetched] = field(default_factory=list)
+    unwritten: list[Range] = field(default_factory=list)  # fetched, then not written
     # What the log is doing now, for the progress display: fetching, waiting on a 429 for N s,
     # retrying after a 503 ...
     status: str = "queued"
@@ -55,11 +56,15 @@ class LogOutcome:
 
     @property
     def complete(self) -> bool:
-        return not self.unfetched
+        return not self.unfetched and not self.unwritten
 
     @property
     def unfetched_count(self) -> int:
         return sum(u.count for u in self.unfetched)
+
+    @property
+    def unwritten_count(self) -> int:
+        return sum(end - start + 1 for start, end in self.unwritten)
 
     def add_unfetched(self, start: int, end: int, reason: str) -> None:
         if start <= end:
@@ -102,7 +107,6 @@ class Summary:
     logs: list[LogOutcome] = field(default_factory=list)
     skipped: list[SkippedLog] = field(default_factory=list)
     records_written: int = 0
-    unwritten: int = 0  # entries fetched but not written (the writer failed)
     write_error: str | None = None
     interrupted: bool = False
     elapsed: float = 0.0
@@ -120,6 +124,11 @@ class Summary:
     @property
     def fetched(self) -> int:
         return sum(o.fetched for o in self.logs)
+
+    @property
+    def unwritten(self) -> int:
+        """Entries fetched but not written (the writer failed, or the stop cut it short)."""
+        return sum(o.unwritten_count for o in self.logs)
 
     @property
     def exit_code(self) -> int:
@@ -166,6 +175,9 @@ def _log_json(o: LogOutcome) -> dict[str, object]:
         "unfetched": [
             {"start": u.start, "end": u.end, "count": u.count, "reason": u.reason}
             for u in sorted(o.unfetched, key=lambda u: u.start)
+        ],
+        "unwritten": [
+            {"start": start, "end": end, "count": end - start + 1} for start, end in o.unwritten
         ],
     }
 

@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 
 @contextlib.contextmanager
 def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
-    """SIGINT/SIGTERM set `stop`: fetching stops, what was fetched is written."""
+    """SIGINT/SIGTERM set `stop`: planning and fetching stop, what was fetched is written
+    (for at most `stopping.STOP_GRACE` seconds)."""
     loop = asyncio.get_running_loop()
 
     def handle(sig: signal.Signals) -> None:

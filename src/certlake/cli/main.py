@@ -110,9 +110,27 @@ def _load(
     return LoadedConfig(config, loaded.path)
 
 
+def _contain_panics() -> None:
+    """For the commands that use delta-rs: the panic reports of its worker threads become log
+    lines (`lake/panics.py`). Before `_load`, whose log handler takes the new `sys.stderr`."""
+    from certlake.lake import panics
+
+    panics.contain()
+
+
 def _exit(result: int | Coroutine[Any, Any, int]) -> NoReturn:
     """Exit with the command's code, running it first when it is a coroutine."""
-    sys.exit(result if isinstance(result, int) else asyncio.run(result))
+    from certlake.stopping import exit_if_abandoned
+
+    async def leaving(command: Coroutine[Any, Any, int]) -> int:
+        code = await command
+        # While the loop runs: closing it waits for its threads, one a stop left running too.
+        exit_if_abandoned(code)
+        return code
+
+    code = result if isinstance(result, int) else asyncio.run(leaving(result))
+    exit_if_abandoned(code)  # a thread left running would hold the interpreter's exit
+    sys.exit(code)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -133,6 +151,7 @@ def cli() -> None:
 )
 def serve(config_file: Path | None, log_level: str | None, demo: bool) -> None:
     """Watch the logs, stream to clients, archive if delta_sink.enabled."""
+    _contain_panics()
     # The demo writes its own state file under ./data, which it creates.
     config = _load(config_file, log_level, check_writes=not demo).config
     from certlake.cli.serve import run_serve
@@ -157,6 +176,7 @@ def backfill(
     summary_json: Path | None,
 ) -> None:
     """Fetch what the archive is missing, write it, exit."""
+    _contain_panics()
     config = _load(config_file, log_level).config
     from certlake.cli.backfill import run_backfill
 
@@ -186,6 +206,7 @@ def merge(
     if staging_path is None:
         click.echo(MERGE_NEEDS_STAGING, err=True)
         sys.exit(EXIT_USAGE)
+    _contain_panics()
     config = _load(config_file, log_level).config
     from certlake.cli.merge import run_merge
 
@@ -207,6 +228,7 @@ def gaps(
     staging_path: str | None,
 ) -> None:
     """Print, per log, what backfill would fetch; fetch nothing."""
+    _contain_panics()
     config = _load(config_file, log_level).config
     from certlake.cli.backfill import run_gaps
 

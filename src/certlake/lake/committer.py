@@ -16,7 +16,11 @@ lost or written twice.
   planned again at once, without back-off: it is not a failure.
 - Skipped ranges go to the side table before the commit that covers them: a crash in between
   leaves them recorded twice at worst, never covered and unrecorded.
-- `close()` retries a failing chunk for `close_timeout` seconds, then gives up on what is left.
+- `close()` retries a failing chunk for `close_timeout` seconds, then gives up on what is left;
+  `hurry(seconds)` (a stop signal) brings that deadline closer. An attempt still running at the
+  deadline (delta-rs cannot be interrupted: a store that does not answer) is abandoned in the
+  writer thread, where it lands whole or not at all; `abandoned` says so, and its rows count as
+  not written.
 
 A subclass says what its buffer holds: how a chunk is taken from it (`_take`, event loop), what
 the chunk commits (`_prepare`, writer thread, at each attempt) and what its landing changes
@@ -32,10 +36,11 @@ import random
 import time
 import uuid
 from abc import ABC, abstractmethod
+from asyncio import FIRST_COMPLETED
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import pyarrow as pa
 
@@ -127,9 +132,12 @@ class Committer(ABC, Generic[C]):
         self._name = thread_name
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
         self._wake = asyncio.Event()  # the buffer reached batch_size, or closing
-        self._stop = asyncio.Event()
+        # Set when closing begins or its deadline moves: waits look at the deadline again.
+        self._alarm = asyncio.Event()
         self._closing = False
         self._close_deadline = 0.0
+        self._hurry_deadline = float("inf")
+        self.abandoned = False  # closing gave up on an attempt still running (it may land)
         self._drain_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
@@ -143,8 +151,8 @@ class Committer(ABC, Generic[C]):
         if self._closing:
             return
         self._closing = True
-        self._close_deadline = time.monotonic() + self._close_timeout
-        self._stop.set()
+        self._close_deadline = min(time.monotonic() + self._close_timeout, self._hurry_deadline)
+        self._alarm.set()
         self._wake.set()
         await self._stopping()
         if self._task is not None:
@@ -152,7 +160,14 @@ class Committer(ABC, Generic[C]):
         else:  # never started: still write what was taken
             await self._drain(full_only=False, until_empty=True)
         self._closed()
-        self._executor.shutdown(wait=True)
+        self._executor.shutdown(wait=not self.abandoned)
+
+    def hurry(self, seconds: float) -> None:
+        """Closing, begun or to come, gives up on what is left `seconds` from now at the latest."""
+        self._hurry_deadline = min(self._hurry_deadline, time.monotonic() + seconds)
+        if self._closing:
+            self._close_deadline = min(self._close_deadline, self._hurry_deadline)
+            self._alarm.set()
 
     # --- what a subclass provides ---------------------------------------------------------------
 
@@ -229,9 +244,20 @@ class Committer(ABC, Generic[C]):
     async def _write(self, chunk: C) -> bool:
         """Write `chunk` until it lands (True), or the close timeout passes (False)."""
         while True:
+            if self._closing and time.monotonic() >= self._close_deadline:
+                return False
             started = time.perf_counter()
+            attempt = asyncio.ensure_future(self._in_writer(self._commit, chunk))
+            if not await self._until_deadline(attempt):
+                attempt.cancel()  # its thread runs on; nothing waits for its outcome any more
+                self.abandoned = True
+                log.warning(
+                    "closing gave up on a commit still running; it may yet land",
+                    extra={"table": self.uri, "rows": chunk.rows},
+                )
+                return False
             try:
-                await self._in_writer(self._commit, chunk)
+                attempt.result()
             except CursorConflictError as exc:
                 self.stats.conflicts += 1
                 self._conflicted()
@@ -239,9 +265,7 @@ class Committer(ABC, Generic[C]):
                     "another writer committed to these logs first; planning the commit again",
                     extra={"table": self.uri, "rows": chunk.rows, "error": str(exc)[:200]},
                 )
-                if self._closing and time.monotonic() >= self._close_deadline:
-                    return False
-                continue
+                continue  # the deadline is checked at the top
             except Exception as exc:  # any storage or delta-rs failure: keep the rows, retry
                 chunk.failures += 1
                 self.stats.errors += 1
@@ -256,21 +280,38 @@ class Committer(ABC, Generic[C]):
                         "error": str(exc)[:500],
                     },
                 )
-                if self._closing and time.monotonic() >= self._close_deadline:
-                    return False
                 # The exponent is capped: an outage can last for thousands of attempts.
                 delay = self._retry.delay(min(chunk.failures, 32), None, self._rng)
-                if self._closing:
-                    await asyncio.sleep(min(delay, self._close_deadline - time.monotonic()))
-                    continue
-                # Only closing cuts the back-off short; offers filling the buffer do not.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay)
+                # Only closing (and hurrying it) cuts the back-off short; offers filling the
+                # buffer do not.
+                pause = asyncio.ensure_future(asyncio.sleep(delay))
+                await self._until_deadline(pause, until_alarm=True)
+                pause.cancel()
                 continue
             self._inflight = None
             self._rows -= chunk.rows
             await self._land(chunk, time.perf_counter() - started)
             return True
+
+    async def _until_deadline(self, work: asyncio.Future[None], until_alarm: bool = False) -> bool:
+        """Wait until `work` is done (True) or, once closing, its deadline passes (False); with
+        `until_alarm`, also until closing begins or its deadline moves (False)."""
+        while not work.done():
+            timeout = None
+            if self._closing:
+                timeout = self._close_deadline - time.monotonic()
+                if timeout <= 0:
+                    return False
+            self._alarm.clear()
+            alarm = asyncio.ensure_future(self._alarm.wait())
+            waiting: set[asyncio.Future[Any]] = {work, alarm}
+            try:
+                done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=FIRST_COMPLETED)
+            finally:
+                alarm.cancel()
+            if until_alarm and alarm in done and work not in done:
+                return False
+        return True
 
     async def _in_writer(self, fn: Callable[..., _R], *args: object) -> _R:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from certlake.certs.message import CertMessage
+from certlake.ranges import Range, subtract_ranges, union_ranges
 
 APP_ID_PREFIX = "certlake:"
 
@@ -48,6 +49,38 @@ class SkippedRange:
     end: int  # inclusive
     kind: SkipKind
     reason: str
+
+
+def coalesce_skipped(ranges: Iterable[SkippedRange]) -> list[SkippedRange]:
+    """Adjacent or overlapping ranges of one log and kind merged (the first reason kept)."""
+    groups: dict[tuple[str, str], list[SkippedRange]] = {}
+    for r in sorted(ranges, key=lambda r: (r.source_url, r.kind.value, r.start)):
+        groups.setdefault((r.source_url, r.kind.value), []).append(r)
+    out: list[SkippedRange] = []
+    for group in groups.values():
+        reasons: dict[int, str] = {}
+        for r in group:
+            reasons.setdefault(r.start, r.reason)
+        url, kind = group[0].source_url, group[0].kind
+        merged = union_ranges((r.start, r.end) for r in group)
+        out.extend(SkippedRange(url, start, end, kind, reasons[start]) for start, end in merged)
+    return out
+
+
+def skips_to_add(
+    ranges: Iterable[SkippedRange], recorded: Iterable[SkippedRange]
+) -> list[SkippedRange]:
+    """What to record so that every index of `ranges` is recorded once: `ranges` coalesced per
+    log and kind, less the indices that `recorded` already holds for the same log and kind (a
+    merge moving staging's records into main, run again after a crash, adds nothing twice)."""
+    held: dict[tuple[str, SkipKind], list[Range]] = {}
+    for r in recorded:
+        held.setdefault((r.source_url, r.kind), []).append((r.start, r.end))
+    return [
+        SkippedRange(r.source_url, start, end, r.kind, r.reason)
+        for r in coalesce_skipped(ranges)
+        for start, end in subtract_ranges([(r.start, r.end)], held.get((r.source_url, r.kind), ()))
+    ]
 
 
 @dataclass(slots=True)

@@ -7,23 +7,24 @@ messages, and keeping none of the live sink's exactly-once bookkeeping: backfill
 live cursors, without transaction identifiers (docs/architecture.md, "Archive and state agree").
 
 Memory is bounded: `put` waits while `high_water` rows are buffered. When closing, failures are
-retried for `close_timeout` seconds; the rows left then are reported by `buffered`.
+retried for `close_timeout` seconds (less when hurried: a stop signal); what is left then is
+reported by `buffered` and, index by index, by `unwritten`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import pyarrow as pa
 
 from certlake.lake.committer import Chunk, Commit, Committer, WriterSettings
-from certlake.lake.schema import ARCHIVE_SCHEMA
+from certlake.lake.schema import ARCHIVE_SCHEMA, CERT_INDEX, SOURCE_URL
 from certlake.lake.table import ArchiveTable
-from certlake.lake.txn import SkippedRange
-from certlake.ranges import union_ranges
+from certlake.lake.txn import SkippedRange, coalesce_skipped
+from certlake.ranges import Range, union_ranges
 
 
 class Rows(Protocol):
@@ -40,22 +41,6 @@ class Rows(Protocol):
 class _Chunk(Chunk):
     tables: list[pa.Table]
     skipped: list[SkippedRange]
-
-
-def coalesce_skipped(ranges: Iterable[SkippedRange]) -> list[SkippedRange]:
-    """Adjacent or overlapping ranges of one log and kind merged (the first reason kept)."""
-    groups: dict[tuple[str, str], list[SkippedRange]] = {}
-    for r in sorted(ranges, key=lambda r: (r.source_url, r.kind.value, r.start)):
-        groups.setdefault((r.source_url, r.kind.value), []).append(r)
-    out: list[SkippedRange] = []
-    for group in groups.values():
-        reasons: dict[int, str] = {}
-        for r in group:
-            reasons.setdefault(r.start, r.reason)
-        url, kind = group[0].source_url, group[0].kind
-        merged = union_ranges((r.start, r.end) for r in group)
-        out.extend(SkippedRange(url, start, end, kind, reasons[start]) for start, end in merged)
-    return out
 
 
 class RowWriter(Committer[_Chunk]):
@@ -96,6 +81,25 @@ class RowWriter(Committer[_Chunk]):
         self._skipped.extend(built.skipped)
         if self._rows >= self._batch_size:
             self._wake.set()
+
+    def unwritten(self) -> dict[str, list[Range]]:
+        """Per log, the indices taken and not written: rows not committed, and skipped ranges
+        not recorded (a chunk abandoned in flight counts: it may or may not land)."""
+        tables = list(self._tables)
+        skipped = list(self._skipped)
+        chunk = self._inflight
+        if chunk is not None:
+            tables.extend(chunk.tables)
+            if not chunk.skipped_recorded:
+                skipped.extend(chunk.skipped)
+        spans: dict[str, list[Range]] = {}
+        for table in tables:
+            urls, indices = table.column(SOURCE_URL).to_pylist(), table.column(CERT_INDEX)
+            for url, index in zip(urls, indices.to_pylist(), strict=True):
+                spans.setdefault(url, []).append((index, index))
+        for r in skipped:
+            spans.setdefault(r.source_url, []).append((r.start, r.end))
+        return {url: union_ranges(ranges) for url, ranges in spans.items()}
 
     # --- the committer's hooks ------------------------------------------------------------------
 

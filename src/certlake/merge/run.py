@@ -1,8 +1,10 @@
 """`certlake merge --staging-path P`: move a staging table's rows into the main table.
 
 Every staging row whose `(source_url, cert_index)` is not in main is appended to main; the rest
-is skipped, and duplicates inside staging collapse to one row (which one: `mergekeys`). Then the
-staging table is deleted.
+is skipped, and duplicates inside staging collapse to one row (which one: `mergekeys`). Staging's
+record of the indices its backfill passed without a row (`_certlake_skipped`: undecodable
+entries) is added to main's, less what main records already — also when it is all staging holds.
+Then the staging table is deleted.
 
 How it stays safe at any size:
 
@@ -24,6 +26,11 @@ How it stays safe at any size:
   all in main) or nothing.
 - Nothing is touched when staging and main are the same table (under any spelling) or when their
   schemas differ: exit 2.
+- SIGINT/SIGTERM stop the merge at its next batch (exit 1, staging kept). The merge runs in a
+  thread of its own so that the signal is taken at once even while delta-rs works: a commit to a
+  store that does not answer is retried by object_store for minutes. One still running
+  `stopping.STOP_GRACE` seconds after the signal is abandoned (it lands whole or not at all; the
+  re-run skips what landed) and the process leaves without waiting for it.
 
 Main may receive appends from other writers meanwhile (the live sink); each window reads main as
 it is when the window starts. A writer that inserts a key of the current window between that
@@ -71,7 +78,9 @@ from certlake.lake.table import (
     table_storage_options,
     table_uri,
 )
+from certlake.lake.txn import skips_to_add
 from certlake.merge.keys import MergeKeyError, WindowKeys
+from certlake.stopping import STOP_GRACE, abandon
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +105,10 @@ class MergeError(RuntimeError):
     """A merge that started could not finish (staging changed under it, ...)."""
 
 
+class MergeInterrupted(Exception):
+    """A stop signal came: raised in the merge thread at the next batch, window or step."""
+
+
 @dataclass
 class MergeSummary:
     """What a merge did. Totals cover completed windows: `inserted + skipped == staging_rows`."""
@@ -111,6 +124,10 @@ class MergeSummary:
     batches: int = 0  # commits to main
     windows: int = 0
     main_files_read: int = 0  # summed over windows
+    # Records of indices passed without a row (undecodable entries) in staging's side table,
+    # and the ranges of them recorded in main's (what main did not record already).
+    skip_records: int = 0
+    skip_records_added: int = 0
     main_created: bool = False
     staging_deleted: bool = False
     seconds: float = 0.0
@@ -260,6 +277,11 @@ class _Merge:
         self.window_rows = window_rows
         self.summary = MergeSummary(self.staging_uri, self.main_uri)
         self.deleting = False
+        self.stop = threading.Event()  # set by a signal; the merge stops at its next step
+
+    def _check_stop(self) -> None:
+        if self.stop.is_set():
+            raise MergeInterrupted
 
     def run(self) -> None:
         summary = self.summary
@@ -280,7 +302,11 @@ class _Merge:
                 f"staging {self.staging_uri} has the Delta table id of the main table "
                 f"{self.main_uri}: it is main under another name, or a copy of it"
             )
-        if _staging_rows(staging.stats) == 0:
+        # Staging's record of the indices its backfill passed without a row (undecodable
+        # entries) travels with its rows: gap detection over main would list them for ever.
+        skips = read_skipped(self.staging_uri, self.staging_options)
+        summary.skip_records = len(skips)
+        if _staging_rows(staging.stats) == 0 and not skips:
             summary.outcome = "empty staging"
             return
         if main is None:
@@ -295,16 +321,24 @@ class _Merge:
         writer = main.archive(self.level)
         for units in _staging_windows(staging, self.window_rows):
             self._window(units, main, writer, staging.table_id)
-        skipped = read_skipped(self.staging_uri, self.staging_options)
-        if skipped:
-            record_skipped(self.main_uri, self.main_options, skipped)
+        self._check_stop()
+        if skips:
+            added = skips_to_add(skips, read_skipped(self.main_uri, self.main_options))
+            if added:
+                record_skipped(self.main_uri, self.main_options, added)
+            summary.skip_records_added = len(added)
         self.deleting = True
         deleted = delete_table(self.staging_uri, self.staging_options)
         summary.staging_deleted = True
         summary.outcome = "merged"
         log.info(
             "staging table deleted",
-            extra={"staging": self.staging_uri, "files": deleted, "skip_records": len(skipped)},
+            extra={
+                "staging": self.staging_uri,
+                "files": deleted,
+                "skip_records": summary.skip_records,
+                "skip_records_added": summary.skip_records_added,
+            },
         )
 
     def _open_main(self) -> TableFiles | None:
@@ -319,6 +353,7 @@ class _Merge:
     def _window(
         self, units: list[RowGroup], main: TableFiles, writer: ArchiveTable, staging_id: str
     ) -> None:
+        self._check_stop()
         keys = _window_keys(units)
         main.refresh()  # commits of earlier windows, and of other writers
         paths, main_files = _main_files(main, keys.segments(MAX_SEGMENTS))
@@ -389,6 +424,7 @@ class _Merge:
         return inserted
 
     def _commit(self, rows: pa.Table, writer: ArchiveTable, staging_id: str) -> int:
+        self._check_stop()
         batch = self.summary.batches + 1
         writer.append(
             rows.cast(ARCHIVE_SCHEMA),
@@ -404,10 +440,6 @@ class _Merge:
 
 
 # --- the command ----------------------------------------------------------------------------------
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def merge_command(
@@ -432,36 +464,81 @@ def merge_command(
     )
     summary = merge.summary
     log.info("merge starting", extra={"staging": merge.staging_uri, "main": merge.main_uri})
-    # SIGINT and SIGTERM abort the current batch where it stands: a Delta commit is atomic, so
-    # the batch either landed (the re-run skips it) or did not; staging is not deleted.
+    signalled: list[str] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if not signalled:
+            log.warning(
+                "signalled: the merge stops at its next batch",
+                extra={"signal": signal.Signals(signum).name, "grace_secs": STOP_GRACE},
+            )
+        signalled.append(signal.Signals(signum).name)
+        merge.stop.set()
+
     handlers: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             if signal.getsignal(sig) is not signal.SIG_IGN:  # as `nohup` and `&` leave them
-                handlers[sig] = signal.signal(sig, _interrupt)
-    code = EXIT_FAILED
+                handlers[sig] = signal.signal(sig, on_signal)
+    failed: list[BaseException] = []
     try:
-        merge.run()
-        code = EXIT_OK
-    except (SameTableError, ArchiveSchemaError, TableLocationError) as exc:
-        summary.outcome = "refused"
-        code = EXIT_USAGE
-        log.error("merge refused; nothing was changed", extra={"reason": str(exc)})
-    except KeyboardInterrupt as exc:
-        summary.outcome = "interrupted"
-        log.error("merge interrupted", extra={"signal": str(exc) or "SIGINT", **_left(merge)})
-    except (MergeError, MergeKeyError, TableUnreadableError, *STORAGE_ERRORS) as exc:
-        summary.outcome = "failed"
-        log.error("merge failed", extra={"error": f"{type(exc).__name__}: {exc}", **_left(merge)})
+        left_running = _run_in_thread(merge, failed)
     finally:
         for signum, previous in handlers.items():
             signal.signal(signum, previous)
+    exc = failed[0] if failed else None
+    code = EXIT_FAILED
+    if left_running:
+        summary.outcome = "interrupted"
+        abandon("the merge's delta-rs call")
+        log.error(
+            "merge interrupted; a delta-rs call was still running",
+            extra={"signal": signalled[0], "seconds_after_signal": STOP_GRACE, **_left(merge)},
+        )
+    elif exc is None:
+        code = EXIT_OK
+    elif isinstance(exc, SameTableError | ArchiveSchemaError | TableLocationError):
+        summary.outcome = "refused"
+        code = EXIT_USAGE
+        log.error("merge refused; nothing was changed", extra={"reason": str(exc)})
+    elif isinstance(exc, MergeInterrupted):
+        summary.outcome = "interrupted"
+        log.error("merge interrupted", extra={"signal": signalled[0], **_left(merge)})
+    elif isinstance(exc, (MergeError, MergeKeyError, TableUnreadableError, *STORAGE_ERRORS)):
+        summary.outcome = "failed"
+        log.error("merge failed", extra={"error": f"{type(exc).__name__}: {exc}", **_left(merge)})
+    else:
+        raise exc
     summary.seconds = round(time.monotonic() - started, 3)
     _report(summary)
     if summary_json is not None:
         document = orjson.dumps(asdict(summary), option=orjson.OPT_INDENT_2) + b"\n"
         write_atomic(summary_json, document)
     return code
+
+
+def _run_in_thread(merge: _Merge, failed: list[BaseException]) -> bool:
+    """Run the merge in a thread of its own, its exception (if any) put in `failed`; waits for
+    it, and once a signal set `merge.stop`, for `STOP_GRACE` seconds more at most. True when it
+    is still running then (stuck in a delta-rs call)."""
+
+    def work() -> None:
+        try:
+            merge.run()
+        except BaseException as exc:  # handed to the caller's thread, which classifies it
+            failed.append(exc)
+
+    # A daemon: a thread left running must not keep the process alive.
+    thread = threading.Thread(target=work, name="merge", daemon=True)
+    thread.start()
+    deadline = None
+    while thread.is_alive():
+        if merge.stop.is_set():
+            deadline = deadline or time.monotonic() + STOP_GRACE
+            if time.monotonic() >= deadline:
+                return True
+        thread.join(0.05)  # short waits: the deadline is looked at between them
+    return False
 
 
 def _left(merge: _Merge) -> dict[str, object]:
@@ -482,6 +559,8 @@ def _report(summary: MergeSummary) -> None:
         "skipped_duplicates": summary.skipped_duplicates,
         "batches": summary.batches,
         "main_files_read": summary.main_files_read,
+        "skip_records": summary.skip_records,
+        "skip_records_added": summary.skip_records_added,
     }
     if summary.outcome == "merged":
         log.info("merge complete", extra=figures)
@@ -489,7 +568,8 @@ def _report(summary: MergeSummary) -> None:
             f"merge complete: total_inserted={summary.total_inserted} "
             f"total_skipped={summary.total_skipped} "
             f"(already in main {summary.skipped_in_main}, duplicates within staging "
-            f"{summary.skipped_duplicates}) total_staging_rows={summary.total_staging_rows}; "
+            f"{summary.skipped_duplicates}) total_staging_rows={summary.total_staging_rows} "
+            f"skip_records={summary.skip_records} (added to main {summary.skip_records_added}); "
             f"staging {summary.staging} deleted",
             flush=True,
         )
