@@ -219,7 +219,7 @@ def format_summary(summary: Summary) -> str:
             "",
         )
         lines.extend(text_table(header, [*rows, total], left=(0, 6)))
-    else:
+    elif summary.error is None:
         lines.append("no log had anything to fetch")
     lines.extend(skipped_lines(summary.skipped))
     if summary.unwritten:
