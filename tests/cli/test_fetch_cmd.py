@@ -151,8 +151,9 @@ async def test_fetch_prints_what_a_full_stream_client_receives(
                 assert r.status == 200, await r.text()
             while len(streamed) < 6:
                 frame = await ws.receive_str(timeout=30)
-                data = orjson.loads(frame)["data"]
-                if isinstance(data, dict):  # not a heartbeat
+                msg = orjson.loads(frame)
+                if msg["message_type"] == "certificate_update":  # not a heartbeat
+                    data = msg["data"]
                     streamed[data["source"]["url"], data["cert_index"]] = frame.encode()
     assert {i for _, i in streamed} == {30, 31, 32}
     for url in {u for u, _ in streamed}:

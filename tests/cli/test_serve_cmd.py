@@ -37,9 +37,9 @@ async def test_shutdown_says_what_was_flushed_saved_and_disconnected(
                 assert r.status == 200, await r.text()
             streamed: set[tuple[str, int]] = set()
             while len(streamed) < 10:
-                data = orjson.loads(await ws.receive_str(timeout=30))["data"]
-                if isinstance(data, dict):
-                    streamed.add((data["source"]["url"], data["cert_index"]))
+                msg = orjson.loads(await ws.receive_str(timeout=30))
+                if msg["message_type"] == "certificate_update":  # not a heartbeat
+                    streamed.add((msg["data"]["source"]["url"], msg["data"]["cert_index"]))
             # Stopped while the client is still connected.
             assert server.stop(signal.SIGTERM) == 0
     urls = sorted({u for u, _ in streamed})
