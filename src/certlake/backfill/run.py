@@ -443,11 +443,8 @@ async def backfill(
 
 
 def report(summary: Summary) -> None:
-    """The end of the job told: on a terminal (as the progress display is chosen) a table for
-    a person; otherwise log lines — totals, then each log's unfetched ranges."""
-    if is_terminal():
-        sys.stderr.write(format_summary(summary))
-        return
+    """The end of the job told: log lines — totals, then each log's unfetched ranges — and, on a
+    terminal (as the progress display is chosen), last, a table for the person watching."""
     failed = summary.exit_code != EXIT_OK
     (log.error if failed else log.info)(
         "backfill finished",
@@ -477,3 +474,5 @@ def report(summary: Summary) -> None:
             "fetched entries not written; the next run fetches them again",
             extra={"entries": summary.unwritten, "error": summary.write_error},
         )
+    if is_terminal():
+        sys.stderr.write(format_summary(summary))
