@@ -49,6 +49,7 @@ PURE = [
     "certlake.lake.location",
     "certlake.config.schema",
     "certlake.ranges",
+    "certlake.texttable",
     "certlake.testlog.faults",
 ]
 # Nothing of the event loop, the HTTP stack, Delta or the shells' libraries is loaded by a pure

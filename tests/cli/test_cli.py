@@ -14,7 +14,8 @@ import click
 import pytest
 
 from certlake import __version__
-from certlake.cli.compat import translate_rust_argv
+from certlake.cli.compat import RUST_MODES, TAKES_VALUE, translate_rust_argv
+from certlake.cli.main import cli
 from support.hostile import ALIAS_BOMB
 
 CERTLAKE = Path(sys.executable).with_name("certlake")
@@ -292,6 +293,19 @@ def test_translation_leaves_other_argv_alone() -> None:
         "--logs",
         "--merge",
     ]
+
+
+def test_translation_knows_every_option_value_of_the_rust_modes() -> None:
+    """An option value it took for a sub-command name would leave the mode flag untranslated
+    (`--backfill --to head` once failed so)."""
+    for name in RUST_MODES.values():
+        command = cli.commands[name]
+        for param in command.params:
+            if isinstance(param, click.Option) and not param.is_flag:
+                assert set(param.opts) & TAKES_VALUE, (name, param.opts)
+    assert translate_rust_argv(["--backfill", "--to", "head", "--logs", "x"]) == [
+        "backfill", "--to", "head", "--logs", "x",
+    ]  # fmt: skip
 
 
 def test_translation_refuses_two_modes() -> None:

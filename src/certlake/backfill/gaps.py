@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from certlake.ranges import Range, range_text, ranges_text, union_ranges
+from certlake.texttable import text_table
 
 INT64_MAX: Final = 2**63 - 1
 DEFAULT_SPLIT_SIZE: Final = 100_000
@@ -301,6 +302,11 @@ class GapPlan:
         return tuple((g.url, s, e) for g in self.logs for s, e in g.work)
 
 
+def log_matches(log_filter: str | None, url: str, name: str | None) -> bool:
+    """`--logs`: a log is selected when its URL or its name contains the text (no filter: all)."""
+    return log_filter is None or log_filter in url or log_filter in (name or "")
+
+
 def select_logs(
     ceilings: Mapping[str, int],
     logs: Mapping[str, str | None] | None = None,
@@ -315,7 +321,7 @@ def select_logs(
     targets: list[LogTarget] = []
     skipped: list[SkippedLog] = []
     for url, name in candidates.items():
-        if log_filter is not None and log_filter not in url and log_filter not in (name or ""):
+        if not log_matches(log_filter, url, name):
             continue
         ceiling = ceilings.get(url)
         if ceiling is None:
@@ -393,12 +399,21 @@ def build_plan(
 _SHOWN_RANGES: Final = 3
 
 
+def log_label(url: str, name: str | None) -> str:
+    """How a log is named to people: `name (url)`, or its URL when it has no name."""
+    return url if name is None else f"{name} ({url})"
+
+
+def skipped_lines(skipped: Iterable[SkippedLog]) -> list[str]:
+    return [f"skipped: {log_label(s.url, s.name)}: {s.reason}" for s in skipped]
+
+
 def format_plan_table(plan: GapPlan) -> str:
     """`certlake gaps`' output: one row per log, then skipped logs, sources and totals."""
     header = ("LOG", "CEILING", "WINDOW", "MISSING", "RANGES", "WORK", "FIRST RANGES")
     rows = [
         (
-            g.url if g.name is None else f"{g.name} ({g.url})",
+            log_label(g.url, g.name),
             str(g.ceiling),
             range_text(g.window) if g.window is not None else "-",
             str(g.missing_count),
@@ -408,19 +423,10 @@ def format_plan_table(plan: GapPlan) -> str:
         )
         for g in plan.logs
     ]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "  ".join(
-            cell.ljust(w) if i in (0, 2, 6) else cell.rjust(w)
-            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        ).rstrip()
-        for row in [header, *rows]
-    ]
+    lines = text_table(header, rows, left=(0, 2, 6))
     mode = "catch-up" if plan.from_index is None else f"historical from {plan.from_index}"
     lines.insert(0, f"Gap plan ({mode}, work items of at most {plan.split_size} entries)")
-    for s in plan.skipped:
-        label = s.url if s.name is None else f"{s.name} ({s.url})"
-        lines.append(f"skipped: {label}: {s.reason}")
+    lines.extend(skipped_lines(plan.skipped))
     for src in plan.sources:
         state = (
             f"{src.files_read} of {src.files_total} data files read"

@@ -28,7 +28,7 @@ Decisions:
 - Exit codes: 0 every missing range fetched and written; 1 anything left (listed), interrupted,
   a damaged state file, or a table that exists but cannot be read (main or staging: never
   silently taken as empty); 2 a table at the main or staging path that is not an archive table
-  (the path names something else: a usage error).
+  (the path names something else: a usage error), or a `--logs` filter that matches no log.
 """
 
 from __future__ import annotations
@@ -39,18 +39,19 @@ import dataclasses
 import logging
 import multiprocessing
 import os
-from collections import deque
-from collections.abc import Mapping
+import sys
+from collections import Counter, deque
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Final
 
-from certlake.backfill.build import worker_init
+from certlake.backfill.build import BuiltRows, worker_init
 from certlake.backfill.fetcher import INTERRUPTED, Fetchers, LogJob
-from certlake.backfill.gaps import GapPlan, SkippedLog
+from certlake.backfill.gaps import GapPlan, SkippedLog, log_matches
 from certlake.backfill.presence import plan_gaps
 from certlake.backfill.progress import LOG_INTERVAL, is_terminal, live_display, log_lines
-from certlake.backfill.summary import LogOutcome, Summary, reasons_text
+from certlake.backfill.summary import LogOutcome, Summary, format_summary, reasons_text
 from certlake.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from certlake.config import Config, s3_storage_options
 from certlake.ct.backoff import RetryPolicy
@@ -146,6 +147,16 @@ def unreadable_reason(discovery: Discovery) -> str:
     )
 
 
+def no_match(log_filter: str, known: int) -> str:
+    """Why a `--logs` filter is a usage error (exit 2, not 1): it selects nothing, so there is no
+    job that could have run and failed — the text is wrong (a typo, a name not in the list), and
+    exiting 0 would let a cron job archive nothing, silently, forever."""
+    return (
+        f"--logs {log_filter!r} matches no log: none of the {known} known logs (the log list's, "
+        "the configuration's and the state file's) has it in its URL or name"
+    )
+
+
 async def explicit_ceilings(
     config: Config,
     http: CTHttp,
@@ -157,9 +168,7 @@ async def explicit_ceilings(
     """Each selected watchable log's ceiling from `--to`; with `main_uri`, capped at the live
     sink's committed cursor there. Logs whose tree size cannot be read are returned as skipped."""
     logs = [
-        info
-        for info in discovery.watchable
-        if log_filter is None or log_filter in info.url or log_filter in info.description
+        info for info in discovery.watchable if log_matches(log_filter, info.url, info.description)
     ]
     skipped: list[SkippedLog] = []
     sizes: dict[str, int] = {}
@@ -213,6 +222,8 @@ async def make_plan(
             config, http, discovery, to, log_filter, main_uri if staging_uri is None else None
         )
     names, readable = candidate_logs(discovery, ceilings)
+    if log_filter is not None and not any(log_matches(log_filter, u, n) for u, n in names.items()):
+        raise JobError(no_match(log_filter, len(names)), EXIT_USAGE)
     try:
         plan = await asyncio.to_thread(
             plan_gaps,
@@ -281,6 +292,28 @@ def build_pool(missing: int, parse_processes: int | None) -> ProcessPoolExecutor
     )
 
 
+class _CountingWriter:
+    """The writer as the fetchers see it, counting each log's rows on their way in: once the
+    writer has landed everything it was handed (nothing unwritten), that is what each log had
+    written (`LogOutcome.written`)."""
+
+    def __init__(self, writer: RowWriter, outcomes: Iterable[LogOutcome]) -> None:
+        self._writer = writer
+        self._outcomes = {o.url: o for o in outcomes}
+
+    async def put(self, built: BuiltRows) -> None:
+        await self._writer.put(built)
+        self._count(built)
+
+    def put_nowait(self, built: BuiltRows) -> None:
+        self._writer.put_nowait(built)
+        self._count(built)
+
+    def _count(self, built: BuiltRows) -> None:
+        for url, rows in Counter(built.rows.column("source_url").to_pylist()).items():
+            self._outcomes[url].written += rows
+
+
 async def _watch_writer(
     writer: RowWriter, stop: asyncio.Event, max_failures: int, summary: Summary
 ) -> None:
@@ -325,15 +358,15 @@ async def _fetch_and_write(
         raise JobError(f"cannot open the table {summary.target}: {exc}", EXIT_FAILED) from exc
     bf = config.backfill
     pool = build_pool(sum(job.outcome.missing for job in jobs), parse_processes)
+    outcomes = [job.outcome for job in jobs]
     fetchers = Fetchers(
         jobs,
-        writer,
+        _CountingWriter(writer, outcomes),
         workers=bf.workers,
         per_log_workers=bf.per_log_workers,
         policy=backfill_retry_policy(config),
         pool=pool,
     )
-    outcomes = [job.outcome for job in jobs]
     reporter = asyncio.create_task(
         live_display(outcomes)
         if is_terminal()
@@ -445,7 +478,8 @@ async def backfill(
 
 
 def report(summary: Summary) -> None:
-    """The end-of-job lines: totals, then each log's unfetched ranges."""
+    """The end of the job told: log lines — totals, then each log's unfetched ranges — and, on a
+    terminal (as the progress display is chosen), last, a table for the person watching."""
     failed = summary.exit_code != EXIT_OK
     (log.error if failed else log.info)(
         "backfill finished",
@@ -481,3 +515,5 @@ def report(summary: Summary) -> None:
                     "error": summary.write_error,
                 },
             )
+    if is_terminal():
+        sys.stderr.write(format_summary(summary))

@@ -13,10 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final
 
-from certlake.backfill.gaps import SkippedLog
+from certlake.backfill.gaps import SkippedLog, log_label, skipped_lines
 from certlake.cli.exits import EXIT_FAILED, EXIT_OK
 from certlake.ct.errors import FetchError
-from certlake.ranges import Range, union_ranges
+from certlake.ranges import Range, ranges_text, union_ranges
+from certlake.texttable import text_table
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,8 @@ class LogOutcome:
     ranges: int  # work items the plan made of them
     fetched: int = 0  # entries received: messages and unparseable ones
     unparseable: int = 0  # of which recorded as undecodable (never holes again)
+    # rows handed to the writer: what was written of the log once the writer landed everything
+    written: int = 0
     ranges_done: int = 0  # work items finished, fully or not
     retries: dict[str, int] = field(default_factory=dict)  # failed reads by HTTP status
     unfetched: list[Unfetched] = field(default_factory=list)
@@ -52,7 +55,7 @@ class LogOutcome:
 
     @property
     def label(self) -> str:
-        return self.url if self.name is None else f"{self.name} ({self.url})"
+        return log_label(self.url, self.name)
 
     @property
     def complete(self) -> bool:
@@ -186,3 +189,62 @@ def reasons_text(o: LogOutcome) -> str:
     """The distinct reasons a log's ranges were left, in index order."""
     ordered = sorted(o.unfetched, key=lambda u: u.start)
     return "; ".join(dict.fromkeys(u.reason for u in ordered))
+
+
+# Unfetched ranges shown per log in the terminal table (the JSON summary lists all of them).
+_SHOWN_RANGES: Final = 3
+
+
+def format_summary(summary: Summary) -> str:
+    """The end-of-job summary for a person at a terminal: a row per log (as `certlake gaps`
+    prints its plan), totals, what was left and why, the elapsed time and the exit code."""
+    target = f"{summary.target}{' (staging)' if summary.staging else ''}"
+    mode = (
+        summary.mode if summary.from_index is None else f"{summary.mode} from {summary.from_index}"
+    )
+    lines = [f"Backfill summary ({mode}, into {target})"]
+    if summary.logs:
+        # Per log, rows handed to the writer were written only if it landed all it was handed.
+        landed = not summary.unwritten
+        header = ("LOG", "MISSING", "FETCHED", "WRITTEN", "UNPARSEABLE", "UNFETCHED", "LEFT")
+        rows = [
+            (
+                o.label,
+                str(o.missing),
+                str(o.fetched),
+                str(o.written) if landed else "?",
+                str(o.unparseable),
+                str(o.unfetched_count),
+                f"{ranges_text(o.left(), _SHOWN_RANGES)}: {reasons_text(o)}"
+                if o.unfetched
+                else "-",
+            )
+            for o in summary.logs
+        ]
+        total = (
+            "total",
+            str(sum(o.missing for o in summary.logs)),
+            str(summary.fetched),
+            str(summary.records_written),
+            str(sum(o.unparseable for o in summary.logs)),
+            str(sum(o.unfetched_count for o in summary.logs)),
+            "",
+        )
+        lines.extend(text_table(header, [*rows, total], left=(0, 6)))
+    elif summary.error is None:
+        lines.append("no log had anything to fetch")
+    lines.extend(skipped_lines(summary.skipped))
+    if summary.unwritten:
+        lines.append(
+            f"not written: {summary.unwritten} fetched entries ({summary.write_error}); "
+            "the next run fetches them again"
+        )
+    if summary.interrupted:
+        lines.append("interrupted: the next run continues where this one stopped")
+    if summary.error is not None:
+        lines.append(f"error: {summary.error}")
+    lines.append(
+        f"{len(summary.completed)} logs complete, {len(summary.failed)} with entries left, "
+        f"{summary.elapsed:.1f} s; exit code {summary.exit_code}"
+    )
+    return "\n".join(lines) + "\n"

@@ -19,8 +19,8 @@ RUST_MODES: Final = {
 }
 # Options whose next token is their value, so a value that looks like a flag is not mistaken
 # for a mode flag.
-_TAKES_VALUE: Final = frozenset(
-    {"--config", "--from", "--logs", "--staging-path", "--summary-json", "--log-level"}
+TAKES_VALUE: Final = frozenset(
+    {"--config", "--from", "--to", "--logs", "--staging-path", "--summary-json", "--log-level"}
 )
 
 
@@ -46,7 +46,7 @@ def translate_rust_argv(args: Sequence[str]) -> list[str]:
             # A sub-command (or a stray argument): click's own parsing decides.
             return list(args)
         else:
-            takes_value = token in _TAKES_VALUE
+            takes_value = token in TAKES_VALUE
             rest.append(token)
     if not modes:
         return list(args)

@@ -239,7 +239,12 @@ def gaps(
 
 @cli.command()
 @_common
-@click.option("--tiled", is_flag=True, help="LOG_URL is a static-ct-api monitoring prefix.")
+@click.option(
+    "--tiled",
+    is_flag=True,
+    help="LOG_URL is a static-ct-api monitoring prefix (only needed for a log that neither the "
+    "log list nor the configuration describes).",
+)
 @click.option(
     "--stream",
     type=click.Choice(["full", "lite", "domains"]),

@@ -9,7 +9,7 @@ import logging
 import signal
 import ssl
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 from aiohttp import web
@@ -126,11 +126,40 @@ async def serve(config: Config) -> int:
             if sink is not None:
                 # Watchers are stopped: flush what they handed over, then let the state file
                 # claim what the archive now holds.
+                before = sink.stats.rows_written
                 await sink.close()
+                log.info(
+                    "archive flushed",
+                    extra={
+                        "table": sink.uri,
+                        "final_flush": sink.stats.rows_written - before,
+                        "records_committed": sink.stats.rows_written,  # by this run
+                        "unwritten": sink.buffered,
+                    },
+                )
                 await fleet.save_state()
+            _report_state(state, fleet.watched)
+            clients = len(fanout.hub.clients())
             fanout.stop()
             await runner.cleanup()
+            log.info("clients disconnected; stopped", extra={"clients": clients})
     return EXIT_OK
+
+
+def _report_state(state: StateStore | None, watched: Iterable[str]) -> None:
+    """Where the state file says each watched log is to be read next: where the next start
+    resumes."""
+    if state is None:
+        log.info("no state file (ct_log.state_file is null): the next start begins at the heads")
+        return
+    saved = state.snapshot()
+    log.info(
+        "state file saved",
+        extra={
+            "path": str(state.path),
+            "cursors": {url: saved[url].current_index for url in watched if url in saved},
+        },
+    )
 
 
 def _tls_context(config: Config) -> ssl.SSLContext | None:

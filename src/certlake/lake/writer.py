@@ -90,8 +90,7 @@ class RowWriter(Committer[_Chunk]):
         chunk = self._inflight
         if chunk is not None:
             tables.extend(chunk.tables)
-            if not chunk.skipped_recorded:
-                skipped.extend(chunk.skipped)
+            skipped.extend(r for r in chunk.skipped if r not in chunk.recorded)
         spans: dict[str, list[Range]] = {}
         for table in tables:
             urls, indices = table.column(SOURCE_URL).to_pylist(), table.column(CERT_INDEX)
