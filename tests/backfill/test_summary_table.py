@@ -12,14 +12,18 @@ def _summary() -> Summary:
 
 def test_per_log_written_is_unknown_when_the_writer_did_not_land_everything() -> None:
     s = _summary()
-    s.logs.append(LogOutcome("https://a", "A", missing=10, ranges=1, fetched=10, written=10))
-    s.records_written, s.unwritten, s.write_error = 4, 6, "OSError: disk full"
+    s.logs.append(
+        LogOutcome("https://a", "A", missing=10, ranges=1, fetched=10, written=10, unwritten=[(4, 9)])
+    )
+    s.logs.append(LogOutcome("https://b", "B", missing=2, ranges=1, fetched=2, written=2))
+    s.records_written, s.write_error = 6, "OSError: disk full"
     text = format_summary(s)
     assert text.startswith("Backfill summary (catch-up, into /t (staging))\n")
     assert text.splitlines()[2].split() == ["A", "(https://a)", "10", "10", "?", "0", "0", "-"]
-    assert text.splitlines()[3].split() == ["total", "10", "10", "4", "0", "0"]
+    assert text.splitlines()[3].split() == ["B", "(https://b)", "2", "2", "2", "0", "0", "-"]
+    assert text.splitlines()[4].split() == ["total", "12", "12", "6", "0", "0"]
     assert "not written: 6 fetched entries (OSError: disk full)" in text
-    assert text.endswith("1 logs complete, 0 with entries left, 0.0 s; exit code 1\n")
+    assert text.endswith("1 logs complete, 1 with entries left, 0.0 s; exit code 1\n")
 
 
 def test_a_job_that_could_not_run_says_why() -> None:

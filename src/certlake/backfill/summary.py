@@ -204,15 +204,15 @@ def format_summary(summary: Summary) -> str:
     )
     lines = [f"Backfill summary ({mode}, into {target})"]
     if summary.logs:
-        # Per log, rows handed to the writer were written only if it landed all it was handed.
-        landed = not summary.unwritten
+        # A log's rows handed to the writer were all written unless some of its entries were
+        # left unwritten; how many of its rows those were is not known.
         header = ("LOG", "MISSING", "FETCHED", "WRITTEN", "UNPARSEABLE", "UNFETCHED", "LEFT")
         rows = [
             (
                 o.label,
                 str(o.missing),
                 str(o.fetched),
-                str(o.written) if landed else "?",
+                "?" if o.unwritten else str(o.written),
                 str(o.unparseable),
                 str(o.unfetched_count),
                 f"{ranges_text(o.left(), _SHOWN_RANGES)}: {reasons_text(o)}"

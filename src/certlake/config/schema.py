@@ -250,9 +250,12 @@ class CtLogConfig:
     operators: dict[str, OperatorConfig] = field(default_factory=dict)
     # Bounds on one answer of a log (`ct/limits.py` has the real sizes they are drawn from): bytes
     # on the wire, and bytes once gunzipped. An answer past one is an error, retried like any.
-    max_response_bytes: int = field(default=DEFAULT_MAX_RESPONSE_BYTES, metadata=_m(min=MiB))
+    # At most 1 GiB: each request in flight may hold that much at once (4 per operator).
+    max_response_bytes: int = field(
+        default=DEFAULT_MAX_RESPONSE_BYTES, metadata=_m(min=MiB, max=1024 * MiB)
+    )
     max_decompressed_bytes: int = field(
-        default=DEFAULT_MAX_DECOMPRESSED_BYTES, metadata=_m(min=MiB)
+        default=DEFAULT_MAX_DECOMPRESSED_BYTES, metadata=_m(min=MiB, max=1024 * MiB)
     )
 
 
