@@ -33,10 +33,7 @@ def value_of(element_id: str) -> str:
 def chromium_binary() -> str:
     path, said = ensure_chromium()
     if path is None:
-        pytest.skip(
-            "headless Chromium is not installed and scripts/test-setup could not install it "
-            f"(it needs root and Debian's packages):\n{said}"
-        )
+        pytest.skip(f"headless Chromium is not installed, and scripts/test-setup said: {said}")
     return path
 
 
