@@ -71,8 +71,10 @@ class Wire(enum.Enum):
     WEBSOCKET = "websocket"
     SSE = "sse"
 
-    def encode(self, payload: bytes) -> bytes:
-        return ws_frame(payload) if self is Wire.WEBSOCKET else sse_event(payload)
+    def encode(self, payload: bytes, cursor: int | None = None) -> bytes:
+        """`payload` framed for this wire; `cursor` is the message's, None for heartbeats and
+        notices (SSE names it as the event id; a WebSocket frame has no place for it)."""
+        return ws_frame(payload) if self is Wire.WEBSOCKET else sse_event(payload, cursor)
 
     @property
     def ping(self) -> bytes | None:
@@ -457,5 +459,5 @@ class _Frames:
             if payload is None:
                 payload = stamp_cursor(getattr(self._message, kind.value), self._cursor)
                 self._stamped[kind] = payload
-            frame = self._frames[(kind, wire)] = wire.encode(payload)
+            frame = self._frames[(kind, wire)] = wire.encode(payload, self._cursor)
         return frame
