@@ -23,7 +23,7 @@ from certlake.ingest.pipeline import Pipeline
 from certlake.ingest.readers import http_client
 from certlake.ingest.state import StateStore
 from certlake.lake.sink import DeltaSink
-from certlake.server.app import build_app
+from certlake.server.app import build_app, http_logger
 from certlake.stream.fanout import Fanout
 from certlake.stream.hub import HubConfig
 
@@ -101,8 +101,8 @@ async def serve(config: Config) -> int:
             archive_cursor=sink.committed_cursor if sink is not None else None,
             prepare=sink.load_committed if sink is not None else None,
         )
-        app = build_app(config, pipeline, fleet, fanout, metrics)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        app = build_app(config, pipeline, fleet, fanout, metrics, sink=sink)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, logger=http_logger())
         await runner.setup()
         tls = _tls_context(config)
         site = web.TCPSite(runner, config.host, config.port, ssl_context=tls)
