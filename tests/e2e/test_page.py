@@ -13,6 +13,7 @@ import pytest
 
 from support.browser import Page, chromium, ensure_chromium
 from support.procs import Procs, server_config
+from support.waiting import until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -183,3 +184,55 @@ async def test_page_reconnects_by_itself_when_the_server_comes_back(
     procs.serve(config | {"port": int(first.url.rsplit(":", 1)[1])})
     await page.wait_for(f"{STATE} === 'live'", within=20)
     await page.wait_for(f"{value_of('total')} >= {before + 10}")
+
+
+async def test_a_quiet_stream_still_shows_the_newest_certificates_then_continues_after_them(
+    procs: Procs, tmp_path: Path, browser_page: Page
+) -> None:
+    testlog = procs.testlog("--seed", "44")  # it does not grow by itself
+    server = procs.serve(server_config(tmp_path, f"{testlog.url}/log_list.json"))
+    async with aiohttp.ClientSession() as s:
+        await until(lambda: _at_tree_head(s, server.url), 30, "both watchers at the tree head")
+        await _grow(s, testlog.url, 6)
+        await until(lambda: _latest(s, server.url, 12), 30, "12 certificates in /latest.json")
+        async with s.get(f"{server.url}/latest.json") as r:
+            latest = [m["data"] for m in (await r.json())["messages"]]
+
+        # Nothing arrives on the stream from now on, yet the page lists what /latest.json has.
+        page = browser_page
+        await page.navigate(f"{server.url}/")
+        await page.wait_for(f"{STATE} === 'live'")
+        rows = await rows_where(page, "rows.length === 12")
+        assert [int(r["cursor"]) for r in rows] == [m["cursor"] for m in latest]
+        assert [r["log"] for r in rows] == [m["source"]["url"] for m in latest]
+        assert all(
+            r["domains"] == " ".join(m["leaf_cert"]["all_domains"])
+            for r, m in zip(rows, latest, strict=True)
+        )
+        assert await page.evaluate("document.getElementById('empty').hidden") is True
+        assert await page.evaluate(value_of("total")) == 0  # history, not received live
+        await page.screenshot(tmp_path / "page-quiet.png", ARTIFACTS / "page-quiet.png")
+
+        # The stream joins right after them: each new certificate once, none of the old again.
+        await _grow(s, testlog.url, 2)
+        rows = await rows_where(page, "rows.length >= 16")
+        await page.wait_for(f"{value_of('total')} === 4")
+    cursors = [int(r["cursor"]) for r in rows]
+    assert len(rows) == 16
+    assert cursors == list(range(latest[0]["cursor"] + 4, latest[0]["cursor"] - 12, -1))
+
+
+async def _at_tree_head(s: aiohttp.ClientSession, url: str) -> bool:
+    async with s.get(f"{url}/api/logs") as r:
+        logs = (await r.json())["logs"]
+    return len(logs) == 2 and all(log["cursor"] is not None for log in logs)
+
+
+async def _grow(s: aiohttp.ClientSession, testlog_url: str, n: int) -> None:
+    async with s.post(f"{testlog_url}/admin/grow?n={n}") as r:
+        assert r.status == 200
+
+
+async def _latest(s: aiohttp.ClientSession, url: str, n: int) -> bool:
+    async with s.get(f"{url}/latest.json") as r:
+        return len((await r.json())["messages"]) == n

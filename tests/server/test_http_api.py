@@ -44,6 +44,7 @@ from certlake.server.app import (
 from certlake.server.guard import ConnectionLimiter
 from certlake.stream.fanout import Fanout
 from certlake.stream.hub import HubConfig, StreamKind
+from certlake.stream.resume import stamp_cursor
 from certlake.testlog.server import TestLogServer
 from support.waiting import until
 
@@ -97,8 +98,8 @@ async def live(config: Config, sink: DeltaSink | None = None) -> AsyncIterator[L
     # Short heartbeats so an SSE client's departure is noticed (and its slot freed) quickly.
     fanout = Fanout(HubConfig(heartbeat_interval=0.1, tick=0.02))
 
-    def publish(msg: CertMessage) -> None:
-        fanout.publish(msg)
+    def publish(msg: CertMessage) -> int:
+        return fanout.publish(msg)
 
     pipeline = Pipeline(metrics, publish, sink, config.api.cache_capacity)
     async with CTHttp(timeout=2) as http:
@@ -200,19 +201,25 @@ async def test_example_latest_and_cert_lookup(ctlog: TestLogServer) -> None:
     async with live(make_config(ctlog.log_list_url)) as lv:
         await watching(lv, ctlog, 30)
         newest = lv.pipeline.latest[-1]
+        assert newest.cursor == lv.fanout.hub.seq
 
         async with lv.client.get("/example.json") as resp:
             assert resp.status == 200
             assert resp.content_type == "application/json"
-            assert await resp.read() == newest.lite  # the stream's own bytes
-        example = json.loads(newest.lite)
+            # The stream's own bytes, its cursor included.
+            assert await resp.read() == stamp_cursor(newest.message.lite, newest.cursor)
+        example = json.loads(newest.message.lite)
         assert example["message_type"] == "certificate_update"
         assert "chain" not in example["data"] and "as_der" not in example["data"]["leaf_cert"]
 
         latest = await lv.get_json("/latest.json")
         messages = latest["messages"]
         assert len(messages) == LATEST
-        assert messages[0] == example  # newest first
+        assert messages[0] == {**example, "data": {"cursor": newest.cursor, **example["data"]}}
+        # Newest first, each with the cursor it had on the stream: `since=` the first one
+        # continues right after them.
+        cursors = [m["data"]["cursor"] for m in messages]
+        assert cursors == list(range(lv.fanout.hub.seq, lv.fanout.hub.seq - LATEST, -1))
         seen = [m["data"]["seen"] for m in messages]
         assert seen == sorted(seen, reverse=True)
         assert all("chain" not in m["data"] for m in messages)

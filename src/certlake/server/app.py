@@ -2,7 +2,9 @@
 guard in front of them all.
 
     /example.json       the newest lite message, as the stream sent it (503 before the first)
-    /latest.json        {"messages": [...]}: the 25 newest lite messages, newest first
+    /latest.json        {"messages": [...]}: the 25 newest lite messages as the stream sent them
+                        (with their cursors, so `since=` joins the stream where they end),
+                        newest first
     /health             OK — open even when auth is on
     /health/deep        per-log health and the archive's; 503 when more than half the watched
                         logs are unhealthy
@@ -40,7 +42,7 @@ from certlake.ct.health import Health
 from certlake.ct.lag import LagReport
 from certlake.ingest.fleet import Fleet, Watched
 from certlake.ingest.metrics import IngestMetrics
-from certlake.ingest.pipeline import Pipeline
+from certlake.ingest.pipeline import Pipeline, Sent
 from certlake.lake.sink import DeltaSink
 from certlake.rates import RateMeter
 from certlake.server.guard import Guard, guard_middleware
@@ -48,6 +50,7 @@ from certlake.server.page import is_page_request, with_page
 from certlake.server.rust_metrics import exposition, rust_families
 from certlake.stream.fanout import Fanout
 from certlake.stream.hub import StreamKind
+from certlake.stream.resume import stamp_cursor
 from certlake.stream.web import SocketOptions, add_stream_routes
 
 GUARD = web.AppKey("guard", Guard)
@@ -167,6 +170,12 @@ def archive_status(sink: DeltaSink | None) -> dict[str, Any]:
     }
 
 
+def as_sent(sent: Sent) -> bytes:
+    """The lite payload as the stream sent it: with its cursor, when it had one."""
+    lite = sent.message.lite
+    return lite if sent.cursor is None else stamp_cursor(lite, sent.cursor)
+
+
 def latest_document(messages: Iterable[bytes]) -> bytes:
     """`{"messages":[...]}` from serialized messages, without re-encoding them."""
     return b'{"messages":[' + b",".join(m.rstrip(b"\n") for m in messages) + b"]}"
@@ -245,10 +254,10 @@ class HttpApi:
     async def example(self, request: web.Request) -> web.Response:
         if not self.pipeline.latest:
             return _json({"error": "no certificate seen yet; try again shortly"}, 503)
-        return _message(self.pipeline.latest[-1].lite)
+        return _message(as_sent(self.pipeline.latest[-1]))
 
     async def latest(self, request: web.Request) -> web.Response:
-        return _message(latest_document(m.lite for m in reversed(self.pipeline.latest)))
+        return _message(latest_document(as_sent(m) for m in reversed(self.pipeline.latest)))
 
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(text="OK")
