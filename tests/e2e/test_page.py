@@ -3,6 +3,7 @@ a real, growing `certlake testlog`, and the test reads what a person would see f
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -236,3 +237,98 @@ async def _grow(s: aiohttp.ClientSession, testlog_url: str, n: int) -> None:
 async def _latest(s: aiohttp.ClientSession, url: str, n: int) -> bool:
     async with s.get(f"{url}/latest.json") as r:
         return len((await r.json())["messages"]) == n
+
+
+class CuttableProxy:
+    """A TCP relay in front of the server whose connections can all be cut at once, as a network
+    blip does; it keeps each request's head so a test can see what the browser sent."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.heads: list[bytes] = []
+        self._open: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> int:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.cut()
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    def cut(self) -> None:
+        for pair in self._open:
+            for writer in pair:
+                writer.transport.abort()
+        self._open.clear()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        self._open.append((writer, up_writer))
+        await asyncio.gather(
+            self._requests(reader, up_writer), self._pump(up_reader, writer), return_exceptions=True
+        )
+
+    async def _requests(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """The browser's side: bodiless GETs, one head after another on a kept-alive connection."""
+        try:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                self.heads.append(head)
+                writer.write(head)
+                await writer.drain()
+        finally:
+            writer.transport.abort()
+
+    @staticmethod
+    async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.transport.abort()
+
+
+EVENT_SOURCE = """(() => {
+  window.got = []; window.other = []; window.opened = 0;
+  const es = new EventSource("/sse?stream=lite");
+  es.onopen = () => { window.opened += 1; };
+  es.onmessage = (e) => {
+    const m = JSON.parse(e.data);
+    if (m.message_type === "certificate_update") window.got.push([e.lastEventId, m.data.cursor]);
+    else window.other.push(m.message_type);
+  };
+  return true;
+})()"""
+
+
+async def test_an_event_source_resumes_by_itself_after_a_cut_without_loss_or_repeats(
+    procs: Procs, tmp_path: Path, browser_page: Page
+) -> None:
+    testlog = procs.testlog("--rate", "20", "--seed", "45")
+    server = procs.serve(server_config(tmp_path, f"{testlog.url}/log_list.json"))
+    proxy = CuttableProxy(int(server.url.rsplit(":", 1)[1]))
+    async with proxy as port:
+        page = browser_page
+        await page.navigate(f"http://127.0.0.1:{port}/health")
+        await page.evaluate(EVENT_SOURCE)
+        await page.wait_for("window.got.length >= 20")
+        proxy.cut()  # the stream keeps growing while the browser is away
+        before = await page.evaluate("window.got.length")
+        await page.wait_for("window.opened === 2", within=20)  # it reconnected by itself
+        await page.wait_for(f"window.got.length >= {before} + 40", within=20)
+        got = await page.evaluate("window.got")
+        other = await page.evaluate("window.other")
+    sse = [h for h in proxy.heads if h.startswith(b"GET /sse")]
+    assert len(sse) == 2
+    assert b"last-event-id" not in sse[0].lower()
+    # The reconnect named the last event it had, and the server went on right after it.
+    resumed = int(got[before - 1][1])
+    assert f"Last-Event-ID: {resumed}\r\n".encode() in sse[1], sse[1]
+    cursors = [cursor for _, cursor in got]
+    assert cursors == list(range(cursors[0], cursors[0] + len(cursors)))  # no gap, no repeat
+    assert all(event_id == str(cursor) for event_id, cursor in got)
+    assert "resume_gap" not in other
