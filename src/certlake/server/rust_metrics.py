@@ -9,27 +9,25 @@ description. Renaming certlake's series would lose that; offering only them woul
 dashboard made for the Rust server. Nothing is counted twice: each series below is derived, when
 /metrics is read, from a value certlake keeps anyway.
 
-| certstream-server-rust                    | type      | from                                   |
-|-------------------------------------------|-----------|----------------------------------------|
-| certstream_messages_sent{log}             | counter   | log entries minus parse failures       |
-| certstream_parse_failures{log}            | counter   | parse failures, both kinds             |
-| certstream_ct_logs_count                  | gauge     | RFC 6962 logs watched                  |
-| certstream_static_ct_logs_count           | gauge     | static-ct logs watched                 |
-| certstream_ws_connections_total           | gauge     | WebSocket clients (a gauge, as there)  |
-| certstream_ws_connections_{full,lite,domains} | gauge | WebSocket clients per stream           |
-| certstream_sse_connections                | gauge     | SSE clients                            |
-| certstream_ws_messages_lagged             | counter   | dropped from WebSocket clients' queues |
-| certstream_sse_messages_lagged            | counter   | dropped from SSE clients' queues       |
-| certstream_auth_rejected                  | counter   | refused: no valid token                |
-| certstream_rate_limit_rejected            | counter   | refused: request rate                  |
-| certstream_connection_limit_rejected      | counter   | refused: server at its connection limit|
-| certstream_per_ip_limit_rejected          | counter   | refused: client at its connection limit|
-| certstream_delta_records_written          | counter   | rows committed to the archive          |
-| certstream_delta_flushes                  | counter   | archive commits                        |
-| certstream_delta_write_errors             | counter   | failed archive writes                  |
-| certstream_delta_buffer_size              | gauge     | rows waiting to be written             |
-| certstream_delta_messages_lagged          | counter   | rows dropped at the sink's memory bound|
-| certstream_delta_flush_duration_seconds   | histogram | time per archive commit                |
+    certstream_messages_sent{log}                  counter    log entries minus parse failures
+    certstream_parse_failures{log}                 counter    parse failures, both kinds
+    certstream_ct_logs_count                       gauge      RFC 6962 logs watched
+    certstream_static_ct_logs_count                gauge      static-ct logs watched
+    certstream_ws_connections_total                gauge      WebSocket clients (a gauge there too)
+    certstream_ws_connections_full/_lite/_domains  gauge      WebSocket clients per stream
+    certstream_sse_connections                     gauge      SSE clients
+    certstream_ws_messages_lagged                  counter    dropped from WebSocket clients' queues
+    certstream_sse_messages_lagged                 counter    dropped from SSE clients' queues
+    certstream_auth_rejected                       counter    refused: no valid token
+    certstream_rate_limit_rejected                 counter    refused: request rate
+    certstream_connection_limit_rejected           counter    refused: server's connection limit
+    certstream_per_ip_limit_rejected               counter    refused: client's connection limit
+    certstream_delta_records_written               counter    rows committed to the archive
+    certstream_delta_flushes                       counter    archive commits
+    certstream_delta_write_errors                  counter    failed archive writes
+    certstream_delta_buffer_size                   gauge      rows waiting to be written
+    certstream_delta_messages_lagged               counter    rows dropped at the sink's bound
+    certstream_delta_flush_duration_seconds        histogram  time per archive commit
 
 (`certstream_delta_*` only while the archive is enabled.) As the Rust server's exporter
 (metrics-exporter-prometheus) writes them, counters have no `_total` suffix and `log` is the log's
