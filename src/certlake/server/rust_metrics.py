@@ -68,21 +68,21 @@ class Family:
 
     name: str
     kind: Kind
-    help: str
+    doc: str
     samples: list[tuple[str, Labels, float]] = field(default_factory=list)
 
 
-def single(name: str, kind: Kind, help: str, value: float) -> Family:
-    return Family(name, kind, help, [(name, {}, value)])
+def single(name: str, kind: Kind, doc: str, value: float) -> Family:
+    return Family(name, kind, doc, [(name, {}, value)])
 
 
 def per_log(
-    name: str, kind: Kind, help: str, values: Mapping[str, float], names: Mapping[str, str]
+    name: str, kind: Kind, doc: str, values: Mapping[str, float], names: Mapping[str, str]
 ) -> Family:
     """A family labelled `log` by each log's description (`names`, by URL; the URL itself for a
     log no longer watched)."""
     return Family(
-        name, kind, help, [(name, {"log": names.get(url, url)}, v) for url, v in values.items()]
+        name, kind, doc, [(name, {"log": names.get(url, url)}, v) for url, v in values.items()]
     )
 
 
@@ -95,13 +95,13 @@ def sums_by_log(samples: Iterable[Sample]) -> dict[str, float]:
     return out
 
 
-def renamed_histogram(name: str, help: str, source: str, samples: Iterable[Sample]) -> Family:
+def renamed_histogram(name: str, doc: str, source: str, samples: Iterable[Sample]) -> Family:
     """The buckets, sum and count of histogram `source` under `name` (no `_created`)."""
     wanted = {f"{source}{suffix}": f"{name}{suffix}" for suffix in ("_bucket", "_sum", "_count")}
     return Family(
         name,
         "histogram",
-        help,
+        doc,
         [(wanted[s.name], s.labels, s.value) for s in samples if s.name in wanted],
     )
 
@@ -122,7 +122,7 @@ def exposition(families: Iterable[Family]) -> bytes:
     """The Prometheus text format (0.0.4) of `families`, sample names as given."""
     lines: list[str] = []
     for f in families:
-        doc = f.help.replace("\\", r"\\").replace("\n", r"\n")
+        doc = f.doc.replace("\\", r"\\").replace("\n", r"\n")
         lines += [f"# HELP {f.name} {doc}", f"# TYPE {f.name} {f.kind}"]
         for name, labels, value in f.samples:
             text = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
