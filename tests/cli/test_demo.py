@@ -38,7 +38,7 @@ async def test_two_demo_runs_archive_one_set_of_logs_without_a_hole_or_a_repeat(
         # The demo commits every 5 s: wait for this run's first commit, then stop it.
         await until(lambda url=server.url: _committed(url), 30, "a commit to the demo's archive")
         assert server.stop() == 0, server.log.read_text()[-3000:]
-        said = re.search(r"built-in test log at \S+, from (\d+) entries", server.log.read_text())
+        said = re.search(r"test log at \S+, starting with (\d+) entries", server.log.read_text())
         assert said, server.log.read_text()[-3000:]
         starts.append(int(said.group(1)))
         states.append(orjson.loads((data / "demo_state.json").read_bytes())["logs"])

@@ -110,7 +110,7 @@ async def demo_log(config: Config) -> AsyncIterator[Demo]:
             delta_sink=dataclasses.replace(config.delta_sink, enabled=True, flush_interval_secs=5),
         )
         print(
-            f"certlake demo: built-in test log at {srv.address}, from {size} entries; "
+            f"certlake demo: built-in test log at {srv.address}, starting with {size} entries; "
             f"its logs are {' and '.join(urls)}",
             flush=True,
         )
