@@ -12,9 +12,9 @@ def _summary() -> Summary:
 
 def test_per_log_written_is_unknown_when_the_writer_did_not_land_everything() -> None:
     s = _summary()
-    s.logs.append(
-        LogOutcome("https://a", "A", missing=10, ranges=1, fetched=10, written=10, unwritten=[(4, 9)])
-    )
+    a = LogOutcome("https://a", "A", missing=10, ranges=1, fetched=10, written=10)
+    a.unwritten = [(4, 9)]
+    s.logs.append(a)
     s.logs.append(LogOutcome("https://b", "B", missing=2, ranges=1, fetched=2, written=2))
     s.records_written, s.write_error = 6, "OSError: disk full"
     text = format_summary(s)

@@ -13,6 +13,7 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -25,11 +26,13 @@ from prometheus_client import CollectorRegistry
 
 from certlake.certs.message import CertMessage
 from certlake.config import Config, parse_config
+from certlake.ct.backoff import RetryPolicy
 from certlake.ct.client.http import CTHttp
 from certlake.ct.health import Health
 from certlake.ingest.fleet import Fleet
 from certlake.ingest.metrics import IngestMetrics
 from certlake.ingest.pipeline import LATEST, Pipeline
+from certlake.lake.sink import DeltaSink
 from certlake.rates import RateMeter
 from certlake.server.app import (
     GUARD,
@@ -41,6 +44,7 @@ from certlake.server.app import (
 from certlake.server.guard import ConnectionLimiter
 from certlake.stream.fanout import Fanout
 from certlake.stream.hub import HubConfig, StreamKind
+from certlake.stream.resume import stamp_cursor
 from certlake.testlog.server import TestLogServer
 from support.waiting import until
 
@@ -89,18 +93,20 @@ class Live:
 
 
 @contextlib.asynccontextmanager
-async def live(config: Config) -> AsyncIterator[Live]:
+async def live(config: Config, sink: DeltaSink | None = None) -> AsyncIterator[Live]:
     metrics = IngestMetrics(CollectorRegistry())
     # Short heartbeats so an SSE client's departure is noticed (and its slot freed) quickly.
     fanout = Fanout(HubConfig(heartbeat_interval=0.1, tick=0.02))
 
-    def publish(msg: CertMessage) -> None:
-        fanout.publish(msg)
+    def publish(msg: CertMessage) -> int:
+        return fanout.publish(msg)
 
-    pipeline = Pipeline(metrics, publish, None, config.api.cache_capacity)
+    pipeline = Pipeline(metrics, publish, sink, config.api.cache_capacity)
     async with CTHttp(timeout=2) as http:
         fleet = Fleet(config, http, pipeline.consumer, metrics, None)
-        app = build_app(config, pipeline, fleet, fanout, metrics, rate_sample_interval=0.02)
+        app = build_app(
+            config, pipeline, fleet, fanout, metrics, sink=sink, rate_sample_interval=0.02
+        )
         async with TestClient(TestServer(app)) as client:
             fanout.start()
             try:
@@ -153,6 +159,9 @@ def test_overall_health(states: list[Health]) -> None:
     unhealthy = states.count(Health.UNHEALTHY)
     assert (verdict is Health.UNHEALTHY) == (not states or unhealthy > len(states) / 2)
     assert (verdict is Health.HEALTHY) == (bool(states) and set(states) == {Health.HEALTHY})
+    # A failing archive makes it degraded at worst: never unhealthy by itself, never healthy.
+    failing = overall_health(states, archive_failing=True)
+    assert failing is (Health.UNHEALTHY if verdict is Health.UNHEALTHY else Health.DEGRADED)
 
 
 def test_latest_document_keeps_the_bytes() -> None:
@@ -192,19 +201,25 @@ async def test_example_latest_and_cert_lookup(ctlog: TestLogServer) -> None:
     async with live(make_config(ctlog.log_list_url)) as lv:
         await watching(lv, ctlog, 30)
         newest = lv.pipeline.latest[-1]
+        assert newest.cursor == lv.fanout.hub.seq
 
         async with lv.client.get("/example.json") as resp:
             assert resp.status == 200
             assert resp.content_type == "application/json"
-            assert await resp.read() == newest.lite  # the stream's own bytes
-        example = json.loads(newest.lite)
+            # The stream's own bytes, its cursor included.
+            assert await resp.read() == stamp_cursor(newest.message.lite, newest.cursor)
+        example = json.loads(newest.message.lite)
         assert example["message_type"] == "certificate_update"
         assert "chain" not in example["data"] and "as_der" not in example["data"]["leaf_cert"]
 
         latest = await lv.get_json("/latest.json")
         messages = latest["messages"]
         assert len(messages) == LATEST
-        assert messages[0] == example  # newest first
+        assert messages[0] == {**example, "data": {"cursor": newest.cursor, **example["data"]}}
+        # Newest first, each with the cursor it had on the stream: `since=` the first one
+        # continues right after them.
+        cursors = [m["data"]["cursor"] for m in messages]
+        assert cursors == list(range(lv.fanout.hub.seq, lv.fanout.hub.seq - LATEST, -1))
         seen = [m["data"]["seen"] for m in messages]
         assert seen == sorted(seen, reverse=True)
         assert all("chain" not in m["data"] for m in messages)
@@ -252,6 +267,34 @@ async def test_deep_health_of_healthy_logs(ctlog: TestLogServer) -> None:
             assert row["last_error"] is None
             assert row["last_success"] <= time.time()
             assert row["name"].startswith("certlake test log")
+        assert body["archive"] == {"enabled": False}
+
+
+async def test_deep_health_of_a_failing_archive(ctlog: TestLogServer, tmp_path: Path) -> None:
+    (tmp_path / "file").touch()  # a table "under" a regular file cannot be created
+    sink = DeltaSink(
+        str(tmp_path / "file" / "archive"),
+        registry=CollectorRegistry(),
+        flush_interval=0.05,
+        retry=RetryPolicy(initial_delay=0.05, max_delay=0.1),
+        close_timeout=0.2,
+    )
+    await sink.start()
+    try:
+        async with live(make_config(ctlog.log_list_url), sink) as lv:
+            await watching(lv, ctlog, 3)
+            await until(lambda: sink.stats.failing, what="a failed archive write")
+            body = await lv.get_json("/health/deep")
+    finally:
+        await sink.close()
+    # The stream goes on and the rows are kept: degraded, not unhealthy.
+    assert body["status"] == "degraded"
+    archive = body["archive"]
+    assert archive["enabled"] is True and archive["failing"] is True
+    assert "Not a directory" in archive["last_error"]
+    assert archive["last_commit"] is None
+    assert archive["buffered_records"] == 6  # three new certificates in each log
+    assert archive["records_written"] == 0 and archive["write_errors"] >= 1
 
 
 @pytest.mark.parametrize(("dead", "status", "http"), [(1, "degraded", 200), (2, "degraded", 200)])

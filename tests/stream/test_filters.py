@@ -28,9 +28,9 @@ from certlake.stream.filters import (
     regex_cost,
 )
 from certlake.stream.hub import Hub, HubConfig, StreamKind, Wire
-from certlake.stream.web import QueryError, parse_subscription
+from certlake.stream.web import QueryError, parse_subscription, sse_kind
 from certlake.testlog.certs import CertFactory
-from support.stream import live_server
+from support.stream import live_server, sse_events
 from support.waiting import until
 
 pytestmark = pytest.mark.timeout(60)
@@ -301,6 +301,33 @@ def test_malformed_queries_are_refused_with_a_clear_message(
 
 
 @pytest.mark.parametrize(
+    ("values", "kind"),
+    [
+        ([], StreamKind.LITE),
+        (["lite"], StreamKind.LITE),
+        (["full"], StreamKind.FULL),
+        (["domains"], StreamKind.DOMAINS),
+    ],
+)
+def test_sse_stream_names(values: list[str], kind: StreamKind) -> None:
+    assert sse_kind(values) is kind
+
+
+@pytest.mark.parametrize(
+    ("values", "error"),
+    [
+        (["bogus"], "stream='bogus': expected one of lite, full, domains"),
+        (["Full"], "stream='Full'"),
+        ([""], "stream=''"),
+        (["full", "lite"], "stream= may be given only once"),
+    ],
+)
+def test_an_unknown_sse_stream_is_refused_not_served_as_lite(values: list[str], error: str) -> None:
+    with pytest.raises(QueryError, match=re.escape(error)):
+        sse_kind(values)
+
+
+@pytest.mark.parametrize(
     "pattern",
     [
         "(a+)+$",  # nested repetition: exponential
@@ -399,8 +426,10 @@ async def test_websocket_and_sse_clients_get_only_what_their_filters_accept() ->
 
         assert [d["data"]["n"] for d in await ns(ws, 3)] == [0, 1, 4]
         assert [d["data"]["n"] for d in await ns(both, 1)] == [4]
-        event = json.loads((await sse.content.readuntil(b"\n\n")).removeprefix(b"data: "))
+        ((cursor, data),) = sse_events(await sse.content.readuntil(b"\n\n"))
+        event = json.loads(data)
         assert event["data"] == ["c.net"]
+        assert cursor == event["cursor"]
         assert len(await ns(plain, 5)) == 5  # no filter: everything
         # Nothing else was queued for the filtered ones.
         assert all(not c.backlog for c in fanout.hub.clients())

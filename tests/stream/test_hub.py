@@ -93,6 +93,10 @@ def test_full_backlog_drops_oldest_and_reports_skipped_in_next_heartbeat() -> No
     assert client.stalled_since == 1.0
     assert [split_frames(f)[0][1] for f in client.backlog] == [msg(i).lite for i in (2, 3, 4)]
     assert (client.skipped, client.dropped, rig.hub.stats.dropped) == (2, 2, 2)
+    # Counted by wire too (certstream-server-rust reports WebSocket and SSE drops apart).
+    assert rig.hub.stats.dropped_on == {Wire.WEBSOCKET: 2, Wire.SSE: 0}
+    assert rig.hub.client_count(StreamKind.LITE, Wire.WEBSOCKET) == 1
+    assert rig.hub.client_count(StreamKind.LITE, Wire.SSE) == 0
 
     sink.held = 0  # the client read again
     rig.hub.tick(now=2.0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
 import re
 import socket
@@ -21,7 +22,7 @@ import pytest
 from certlake.stream.fanout import Fanout
 from certlake.stream.hub import HubConfig, StreamKind
 from certlake.stream.web import SocketOptions
-from support.stream import Msg, live_server
+from support.stream import Msg, live_server, sse_events
 from support.waiting import until
 
 pytestmark = pytest.mark.timeout(60)
@@ -119,8 +120,10 @@ async def test_sse_carries_the_same_payloads_as_events() -> None:
                 fanout.publish(msg(i, 200))
             for response, kind in [(domains, "domains"), (lite, "lite")]:
                 for i in range(3):
-                    line = await response.content.readuntil(b"\n\n")
-                    assert line == b"data: " + getattr(msg(i, 200), kind).rstrip(b"\n") + b"\n\n"
+                    event = await response.content.readuntil(b"\n\n")
+                    cursor = fanout.hub.seq - 2 + i
+                    data = getattr(msg(i, 200), kind).rstrip(b"\n")
+                    assert event == b"id: %d\ndata: %b\n\n" % (cursor, data)
         await until(lambda: clients(fanout) == 0)
 
 
@@ -245,3 +248,71 @@ async def test_a_client_that_cannot_take_anything_is_disconnected_after_stall_ti
             while True:
                 await asyncio.wait_for(stuck.frame(), 5)
         await healthy.close()
+
+
+async def test_sse_resumes_after_the_last_event_id_without_a_gap_or_a_duplicate() -> None:
+    async with live_server(HubConfig()) as (fanout, port), aiohttp.ClientSession() as session:
+        cursors = [fanout.publish(msg(i, 200)) for i in range(5)]
+        # What an EventSource sends when it reconnects: the id of the last event it got.
+        headers = {"Last-Event-ID": str(cursors[1])}
+        async with session.get(f"http://127.0.0.1:{port}/sse", headers=headers) as sse:
+            await until(lambda: clients(fanout) == 1)
+            cursors.append(fanout.publish(msg(5, 200)))
+            events = []
+            while len(events) < 4:
+                events += sse_events(await sse.content.readuntil(b"\n\n"))
+        assert events == [(cursors[i], msg(i, 200).lite.rstrip(b"\n")) for i in range(2, 6)]
+
+
+@pytest.mark.parametrize(
+    ("query", "headers", "error"),
+    [
+        ("stream=bogus", {}, "stream='bogus': expected one of lite, full, domains"),
+        ("stream=full&stream=lite", {}, "stream= may be given only once"),
+        ("", {"Last-Event-ID": "yesterday"}, "Last-Event-ID='yesterday'"),
+    ],
+)
+async def test_a_bad_sse_request_is_a_400_not_a_lite_stream(
+    query: str, headers: dict[str, str], error: str
+) -> None:
+    async with live_server(HubConfig()) as (fanout, port), aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{port}/sse?{query}", headers=headers) as resp:
+            assert resp.status == 400
+            assert error in (await resp.json())["error"]
+        assert clients(fanout) == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "stream"), [("/full-stream", "full"), ("/domains-only", "domains")]
+)
+async def test_a_browser_opening_a_websocket_endpoint_is_told_how_to_connect(
+    path: str, stream: str
+) -> None:
+    async with live_server(HubConfig()) as (fanout, port), aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{port}{path}?domain=*.example.com") as resp:
+            assert resp.status == 426
+            assert resp.headers["Upgrade"] == "websocket"
+            assert resp.content_type == "text/plain"
+            text = await resp.text()
+        assert "UPGRADE" not in text  # not aiohttp's own words
+        assert f"websocat ws://127.0.0.1:{port}{path}\n" in text
+        assert f"curl -N 'http://127.0.0.1:{port}/sse?stream={stream}'" in text
+        assert clients(fanout) == 0
+
+
+async def test_a_websocket_key_that_is_not_ascii_is_a_400_without_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with live_server(HubConfig()) as (fanout, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"GET /full-stream HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            b"Sec-WebSocket-Key: \xff\xfe\xfd\xfc\xfb\xfa\xf9\xf8\xf7\xf6\xf5\xf4\xf3\xf2\xf1\xf0"
+            b"\xef\xee\xed\xec\xeb\xea\r\n\r\n"
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 400 "), head
+        assert clients(fanout) == 0
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info] == []

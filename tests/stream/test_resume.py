@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from certlake.certs.message import build_message
 from certlake.ct.entry import EntryType, LogEntry, LogKind, LogSource
+from certlake.stream.filters import FactsCache
 from certlake.stream.hub import Client, Hub, HubConfig, StreamKind, Wire
 from certlake.stream.resume import (
     CursorRing,
@@ -20,8 +21,9 @@ from certlake.stream.resume import (
     plan_resume,
     stamp_cursor,
 )
+from certlake.stream.web import QueryError, parse_subscription
 from certlake.testlog.certs import CertFactory
-from support.stream import MemorySink, text_payloads
+from support.stream import MemorySink, sse_events, text_payloads
 
 BASE = 1_700_000_000_000_000  # a run that started at 2023-11-14T22:13:20Z
 
@@ -243,7 +245,10 @@ def test_every_message_carries_its_cursor_on_every_stream_and_wire() -> None:
         if wire is Wire.WEBSOCKET:
             payloads = text_payloads(raw)
         else:
-            payloads = [e.removeprefix(b"data: ") for e in raw.split(b"\n\n") if e]
+            events = sse_events(raw)
+            # The event id is the cursor, for EventSource's Last-Event-ID.
+            assert [i for i, _ in events] == [BASE + 1, BASE + 2, BASE + 3]
+            payloads = [p for _, p in events]
         docs = [json.loads(p) for p in payloads]
         if kind is StreamKind.DOMAINS:
             assert [d["cursor"] for d in docs] == [BASE + 1, BASE + 2, BASE + 3]
@@ -422,3 +427,23 @@ def test_no_gap_and_no_duplicate_at_the_seam(
         assert got == list(range(first, end + 1))
     if since >= BASE:  # each owed cursor was received or counted as lost
         assert len(got) + lost == end - min(since, BASE + before)
+
+
+# --- Last-Event-ID: an EventSource resuming by itself ---------------------------------------------
+
+
+def test_last_event_id_resumes_like_since_and_takes_its_place() -> None:
+    def since(query: list[tuple[str, str]], last_event_id: str | None) -> int | None:
+        return parse_subscription(
+            query, facts=FactsCache(), dedupe_window=10, last_event_id=last_event_id
+        ).since
+
+    assert since([], f"{BASE + 7}") == BASE + 7
+    # The URL keeps the since= the connection started with; the header is how far it got.
+    assert since([("since", f"{BASE + 2}")], f"{BASE + 7}") == BASE + 7
+    # EventSource sends no header before its first event with an id; empty means the same.
+    assert since([("since", f"{BASE + 2}")], "") == BASE + 2
+    assert since([], None) is None
+    for bad in ("abc", "-1", "1.5", "١٢", "9" * 21):
+        with pytest.raises(QueryError, match=r"Last-Event-ID=.*expected a cursor"):
+            since([], bad)

@@ -58,7 +58,7 @@ def find_chromium() -> str | None:
 
 def ensure_chromium() -> tuple[str | None, str]:
     """Chromium's path, installing it with the project's own setup script when it is missing;
-    else None and what the script said."""
+    else None and the script's one line on why it could not (no apt-get, not root, no network)."""
     found = find_chromium()
     if found:
         return found, ""
@@ -66,7 +66,7 @@ def ensure_chromium() -> tuple[str | None, str]:
         done = subprocess.run(
             ["bash", str(TEST_SETUP)], capture_output=True, text=True, timeout=600, check=False
         )
-        said = (done.stdout + done.stderr)[-1500:]
+        said = (done.stdout + done.stderr).strip()[-1500:]
     except (OSError, subprocess.TimeoutExpired) as exc:
         said = str(exc)
     return find_chromium(), said

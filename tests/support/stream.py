@@ -45,6 +45,17 @@ def text_payloads(data: bytes) -> list[bytes]:
     return [payload for opcode, payload in split_frames(data) if opcode == TEXT]
 
 
+def sse_events(data: bytes) -> list[tuple[int | None, bytes]]:
+    """Complete SSE events in `data` as (id, data): the id a message's cursor, None for
+    heartbeats and notices."""
+    events = []
+    for event in data.split(b"\n\n")[:-1]:
+        fields = dict(line.split(b": ", 1) for line in event.split(b"\n"))
+        assert set(fields) <= {b"id", b"data"}, event
+        events.append((int(fields[b"id"]) if b"id" in fields else None, fields[b"data"]))
+    return events
+
+
 @dataclass
 class MemorySink:
     """A connection whose kernel side is simulated by `held`: bytes not yet taken."""

@@ -13,17 +13,18 @@ from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.abc import AbstractResolver
 from prometheus_client import CollectorRegistry
 
 from certlake.cli.exits import EXIT_OK
-from certlake.config import Config
+from certlake.config import Config, s3_storage_options
 from certlake.ingest.fleet import Fleet
 from certlake.ingest.metrics import IngestMetrics
 from certlake.ingest.pipeline import Pipeline
 from certlake.ingest.readers import http_client
-from certlake.ingest.state import StateStore
+from certlake.ingest.state import LogState, StateStore
 from certlake.lake.sink import DeltaSink
-from certlake.server.app import build_app
+from certlake.server.app import build_app, http_logger
 from certlake.stream.fanout import Fanout
 from certlake.stream.hub import HubConfig
 
@@ -31,6 +32,9 @@ log = logging.getLogger(__name__)
 
 DEMO_DIR = Path("data")
 DEMO_RATE = 25.0  # entries per second: lively on screen, light on a laptop
+# The demo's test log is published under this name, whatever port it is bound to: its logs keep
+# one identity (state key, the archive's source_url) from run to run (testlog/resolver.py).
+DEMO_LOG_HOST = "demo.certlake.invalid"
 
 
 def hub_config(config: Config) -> HubConfig:
@@ -44,14 +48,54 @@ def hub_config(config: Config) -> HubConfig:
     )
 
 
+def demo_log_size(saved: Iterable[LogState | None], committed: Iterable[int | None]) -> int:
+    """How many entries the demo's test log starts with: as many as earlier runs saw, so that
+    what the state file and the archive say was passed lies inside the log again (a log that
+    restarted empty would leave them beyond its tree, and nothing would stream until it grew
+    back). The test log is deterministic: its entries come back with the same certificates at
+    the same indices."""
+    sizes = [0]
+    for state in saved:
+        if state is not None:
+            sizes += [state.current_index, state.tree_size]
+    sizes += [c for c in committed if c is not None]
+    return max(sizes)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Demo:
+    """What `serve` runs with in the demo: the config watching only the test log, the state
+    file read to size that log, and the name resolution that reaches it."""
+
+    config: Config
+    state: StateStore
+    resolver: AbstractResolver
+
+
 @contextlib.asynccontextmanager
-async def demo_log(config: Config) -> AsyncIterator[Config]:
+async def demo_log(config: Config) -> AsyncIterator[Demo]:
     """The built-in test log, growing, and a config that watches only it and archives to
     ./data/certstream — everything offline."""
-    from certlake.testlog.server import TestLogServer
+    from certlake.lake.table import committed_cursors, table_uri
+    from certlake.testlog.ecosystem import DEFAULT_LOGS
+    from certlake.testlog.resolver import PinnedResolver
+    from certlake.testlog.server import TestLogServer, hosted_log_url
 
+    base = f"http://{DEMO_LOG_HOST}"
+    urls = [hosted_log_url(base, log) for log in DEFAULT_LOGS]
+    state_file = DEMO_DIR / "demo_state.json"
     await asyncio.to_thread(DEMO_DIR.mkdir, exist_ok=True)
-    async with TestLogServer(host="127.0.0.1", rate=DEMO_RATE, seed=1) as srv:
+    state = await asyncio.to_thread(StateStore.load, state_file)
+    committed = await asyncio.to_thread(
+        committed_cursors,
+        table_uri(config.delta_sink.table_path),
+        urls,
+        s3_storage_options(config.storage.s3),
+    )
+    size = demo_log_size((state.get(u) for u in urls), committed.values())
+    async with TestLogServer(
+        host="127.0.0.1", rate=DEMO_RATE, seed=1, initial_size=size, public_url=base
+    ) as srv:
         demo = dataclasses.replace(
             config,
             ct_logs_url=srv.log_list_url,
@@ -59,37 +103,54 @@ async def demo_log(config: Config) -> AsyncIterator[Config]:
             static_logs=(),
             ct_log=dataclasses.replace(
                 config.ct_log,
-                state_file=str(DEMO_DIR / "demo_state.json"),
+                state_file=str(state_file),
                 poll_interval_ms=500,
                 default_operator_rate_limit_ms=0,
             ),
             delta_sink=dataclasses.replace(config.delta_sink, enabled=True, flush_interval_secs=5),
         )
-        print(f"certlake demo: built-in test log at {srv.base_url}", flush=True)
-        yield demo
+        print(
+            f"certlake demo: built-in test log at {srv.address}, starting with {size} entries; "
+            f"its logs are {' and '.join(urls)}",
+            flush=True,
+        )
+        # aiohttp's connector closes only a resolver it made itself.
+        resolver = PinnedResolver({DEMO_LOG_HOST: ("127.0.0.1", srv.port)})
+        try:
+            yield Demo(demo, state, resolver)
+        finally:
+            await resolver.close()
 
 
 async def run_serve(config: Config, demo: bool = False) -> int:
     if demo:
-        async with demo_log(config) as demo_config:
-            return await serve(demo_config)
+        async with demo_log(config) as d:
+            return await serve(d.config, state=d.state, resolver=d.resolver)
     return await serve(config)
 
 
-async def serve(config: Config) -> int:
+async def serve(
+    config: Config,
+    *,
+    state: StateStore | None = None,
+    resolver: AbstractResolver | None = None,
+) -> int:
+    """Serve until SIGINT/SIGTERM. `state`: the state file, if the caller read it already;
+    `resolver`: name resolution for reading the logs (see `CTHttp`)."""
     registry = CollectorRegistry()
     metrics = IngestMetrics(registry)
     fanout = Fanout(hub_config(config))
     sink = DeltaSink.from_config(config, registry)
     pipeline = Pipeline(metrics, fanout.publish, sink, config.api.cache_capacity)
-    state = StateStore.load(config.ct_log.state_file) if config.ct_log.state_file else None
+    if state is None and config.ct_log.state_file:
+        state = StateStore.load(config.ct_log.state_file)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
-    async with http_client(config.ct_log) as http:
+    async with http_client(config.ct_log, resolver) as http:
         if sink is not None:
             await sink.start()
         fleet = Fleet(
@@ -101,8 +162,8 @@ async def serve(config: Config) -> int:
             archive_cursor=sink.committed_cursor if sink is not None else None,
             prepare=sink.load_committed if sink is not None else None,
         )
-        app = build_app(config, pipeline, fleet, fanout, metrics)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        app = build_app(config, pipeline, fleet, fanout, metrics, sink=sink)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, logger=http_logger())
         await runner.setup()
         tls = _tls_context(config)
         site = web.TCPSite(runner, config.host, config.port, ssl_context=tls)

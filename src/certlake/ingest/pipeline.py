@@ -7,6 +7,7 @@ import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from certlake.certs.errors import CertificateParseError
@@ -45,6 +46,15 @@ def _norm(key: str) -> str:
     return key.replace(":", "").upper()
 
 
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """A message handed to the stream, with the cursor the stream gave it (None when there is
+    no stream: the cursor is what lets /latest.json's reader join the stream without a seam)."""
+
+    message: CertMessage
+    cursor: int | None
+
+
 class Archive(Protocol):
     """The live sink as the pipeline sees it (`lake.sink.DeltaSink`): both calls return at once."""
 
@@ -55,19 +65,20 @@ class Archive(Protocol):
 
 class Pipeline:
     """The consumer given to every watcher. `publish` and `archive` must not block: the stream's
-    hub and the sink each take the message and return at once."""
+    hub and the sink each take the message and return at once; `publish` returns the message's
+    stream cursor."""
 
     def __init__(
         self,
         metrics: IngestMetrics,
-        publish: Callable[[CertMessage], object],
+        publish: Callable[[CertMessage], int | None],
         archive: Archive | None = None,
         cert_index_capacity: int = 10_000,
     ) -> None:
         self.metrics = metrics
         self._publish = publish
         self._archive = archive
-        self.latest: deque[CertMessage] = deque(maxlen=LATEST)
+        self.latest: deque[Sent] = deque(maxlen=LATEST)
         self.certs = CertIndex(cert_index_capacity)
         self.processed = 0
         self.started = time.time()
@@ -96,9 +107,8 @@ class Pipeline:
             self._passed_without_message(source, item.index, f"certificate: {e}")
             return
         self.processed += 1
-        self.latest.append(msg)
         self.certs.add(msg)
-        self._publish(msg)
+        self.latest.append(Sent(msg, self._publish(msg)))
         m.messages.inc()
         if self._archive is not None:
             self._archive.offer(msg)

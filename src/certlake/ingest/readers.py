@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 
+from aiohttp.abc import AbstractResolver
+
 from certlake.config import Config, CtLogConfig, LogSpec
 from certlake.ct.backoff import RetryPolicy
 from certlake.ct.client.http import USER_AGENT, CTHttp
@@ -31,14 +33,15 @@ def config_logs(config: Config) -> tuple[list[ConfiguredLog], list[ConfiguredLog
     return [configured(s) for s in config.custom_logs], [configured(s) for s in config.static_logs]
 
 
-def http_client(ct: CtLogConfig) -> CTHttp:
+def http_client(ct: CtLogConfig, resolver: AbstractResolver | None = None) -> CTHttp:
     """The HTTP client every command reads logs with: the configured timeout and bounds on an
     answer, and the configured User-Agent (an operator's contact, which log operators ask for)
-    or certlake's own."""
+    or certlake's own. `resolver`: see `CTHttp`."""
     return CTHttp(
         timeout=ct.request_timeout_secs,
         user_agent=ct.user_agent or USER_AGENT,
         limits=ReadLimits.configured(ct.max_response_bytes, ct.max_decompressed_bytes),
+        resolver=resolver,
     )
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
@@ -102,6 +103,8 @@ class _Chunk(Chunk):
 class SinkStats(CommitStats):
     duplicates: int = 0
     skipped: dict[SkipKind, int] = field(default_factory=lambda: dict.fromkeys(SkipKind, 0))
+    last_commit: float | None = None  # Unix seconds of this process's latest commit
+    failing: bool = False  # the latest write attempt failed; its rows are kept and retried
 
 
 class DeltaSink(Committer[_Chunk]):
@@ -293,6 +296,7 @@ class DeltaSink(Committer[_Chunk]):
     async def _land(self, chunk: _Chunk, seconds: float) -> None:
         plan, commit = chunk.plan, chunk.commit
         assert plan is not None and commit is not None
+        self.stats.failing = False
         self.metrics.flush_seconds.observe(seconds)
         del self._buf[: chunk.taken]
         self.metrics.buffer.set(self._rows)
@@ -304,6 +308,7 @@ class DeltaSink(Committer[_Chunk]):
         self.metrics.records.inc(written)
         if plan.versions or written:
             self.stats.commits += 1
+            self.stats.last_commit = time.time()
             self.metrics.flushes.inc()
         self.stats.duplicates += plan.duplicates
         self.metrics.duplicates.inc(plan.duplicates)
@@ -323,6 +328,7 @@ class DeltaSink(Committer[_Chunk]):
                 )
 
     def _failed(self) -> None:
+        self.stats.failing = True
         self.metrics.errors.inc()
 
     def _conflicted(self) -> None:

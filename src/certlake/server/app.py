@@ -2,10 +2,14 @@
 guard in front of them all.
 
     /example.json       the newest lite message, as the stream sent it (503 before the first)
-    /latest.json        {"messages": [...]}: the 25 newest lite messages, newest first
+    /latest.json        {"messages": [...]}: the 25 newest lite messages as the stream sent them
+                        (with their cursors, so `since=` joins the stream where they end),
+                        newest first
     /health             OK — open even when auth is on
-    /health/deep        per-log health; 503 when more than half the watched logs are unhealthy
-    /metrics            Prometheus text
+    /health/deep        per-log health and the archive's; 503 when more than half the watched
+                        logs are unhealthy
+    /metrics            Prometheus text: certlake's names, then certstream-server-rust's
+                        (`rust_metrics.py`)
     /api/stats          uptime, throughput, clients, drops, logs by health, refusals
     /api/logs           every watched log's position and health, and the log list's status
     /api/cert/{key}     full message of a recently seen certificate by sha256/sha1/fingerprint
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import string
 import time
 from collections import Counter
@@ -26,7 +31,8 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from aiohttp.http_exceptions import HttpProcessingError
+from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -36,15 +42,19 @@ from certlake.ct.health import Health
 from certlake.ct.lag import LagReport
 from certlake.ingest.fleet import Fleet, Watched
 from certlake.ingest.metrics import IngestMetrics
-from certlake.ingest.pipeline import Pipeline
+from certlake.ingest.pipeline import Pipeline, Sent
+from certlake.lake.sink import DeltaSink
 from certlake.rates import RateMeter
 from certlake.server.guard import Guard, guard_middleware
 from certlake.server.page import is_page_request, with_page
+from certlake.server.rust_metrics import exposition, rust_families
 from certlake.stream.fanout import Fanout
 from certlake.stream.hub import StreamKind
+from certlake.stream.resume import stamp_cursor
 from certlake.stream.web import SocketOptions, add_stream_routes
 
 GUARD = web.AppKey("guard", Guard)
+HTTP_LOGGER = "certlake.http"
 
 RATE_WINDOW = 10.0  # seconds of history behind messages_per_second
 _HEX = frozenset(string.hexdigits)
@@ -53,13 +63,14 @@ _HEX = frozenset(string.hexdigits)
 # --- pure helpers -------------------------------------------------------------------------------
 
 
-def overall_health(states: Sequence[Health]) -> Health:
-    """Unhealthy when no log is watched or more than half are unhealthy; healthy when all are;
-    degraded otherwise (a log that is behind counts as not healthy)."""
+def overall_health(states: Sequence[Health], archive_failing: bool = False) -> Health:
+    """Unhealthy when no log is watched or more than half are unhealthy; healthy when all are and
+    the archive is not failing; degraded otherwise (a log that is behind counts as not healthy).
+    A failing archive alone is not unhealthy: the stream goes on and the rows are kept."""
     unhealthy = sum(1 for s in states if s is Health.UNHEALTHY)
     if not states or 2 * unhealthy > len(states):
         return Health.UNHEALTHY
-    if all(s is Health.HEALTHY for s in states):
+    if not archive_failing and all(s is Health.HEALTHY for s in states):
         return Health.HEALTHY
     return Health.DEGRADED
 
@@ -141,6 +152,30 @@ _DEEP_KEYS = (
 )
 
 
+def archive_status(sink: DeltaSink | None) -> dict[str, Any]:
+    """The live archive sink as /health/deep shows it; times are Unix seconds."""
+    if sink is None:
+        return {"enabled": False}
+    stats = sink.stats
+    return {
+        "enabled": True,
+        "table": sink.uri,
+        "failing": stats.failing,
+        "last_error": stats.last_error if stats.failing else None,
+        "last_commit": stats.last_commit,
+        "buffered_records": sink.buffered,
+        "records_written": stats.rows_written,
+        "commits": stats.commits,
+        "write_errors": stats.errors,
+    }
+
+
+def as_sent(sent: Sent) -> bytes:
+    """The lite payload as the stream sent it: with its cursor, when it had one."""
+    lite = sent.message.lite
+    return lite if sent.cursor is None else stamp_cursor(lite, sent.cursor)
+
+
 def latest_document(messages: Iterable[bytes]) -> bytes:
     """`{"messages":[...]}` from serialized messages, without re-encoding them."""
     return b'{"messages":[' + b",".join(m.rstrip(b"\n") for m in messages) + b"]}"
@@ -150,6 +185,36 @@ def is_cert_key(key: str) -> bool:
     """A SHA-1 or SHA-256 in hex, with or without colons, any case."""
     digits = key.replace(":", "")
     return len(digits) in (40, 64) and set(digits) <= _HEX
+
+
+class MalformedRequests(logging.Filter):
+    """aiohttp answers a request its parser cannot read (a raw \\xff in the request line, a
+    header too long) with a 400 and logs it at ERROR with a traceback: any client could fill the
+    log with them. Such a record becomes one WARNING line naming the peer and the parser's
+    complaint; errors of the server itself are left as they are."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        # aiohttp's message is "Error handling request from %s", with the peer's address.
+        peer = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        record.msg, record.args = "malformed request refused", ()
+        record.exc_info = record.exc_text = None
+        # aiohttp logs non-HTTP bytes on a connection's first request at DEBUG already.
+        if record.levelno > logging.WARNING:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        reason = exc.message.strip().partition("\n")[0].rstrip(":")[:200]
+        record.__dict__.update(peer=peer, status=exc.code, reason=reason)
+        return True
+
+
+def http_logger() -> logging.Logger:
+    """The logger to give aiohttp's request handler (`web.AppRunner(app, logger=...)`)."""
+    logger = logging.getLogger(HTTP_LOGGER)
+    if not any(isinstance(f, MalformedRequests) for f in logger.filters):
+        logger.addFilter(MalformedRequests())
+    return logger
 
 
 # --- the HTTP shell -----------------------------------------------------------------------------
@@ -175,6 +240,7 @@ class HttpApi:
         metrics: IngestMetrics,
         guard: Guard,
         meter: RateMeter,
+        sink: DeltaSink | None,
     ) -> None:
         self.config = config
         self.pipeline = pipeline
@@ -183,33 +249,45 @@ class HttpApi:
         self.metrics = metrics
         self.guard = guard
         self.meter = meter
+        self.sink = sink
 
     async def example(self, request: web.Request) -> web.Response:
         if not self.pipeline.latest:
             return _json({"error": "no certificate seen yet; try again shortly"}, 503)
-        return _message(self.pipeline.latest[-1].lite)
+        return _message(as_sent(self.pipeline.latest[-1]))
 
     async def latest(self, request: web.Request) -> web.Response:
-        return _message(latest_document(m.lite for m in reversed(self.pipeline.latest)))
+        return _message(latest_document(as_sent(m) for m in reversed(self.pipeline.latest)))
 
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(text="OK")
 
     async def health_deep(self, request: web.Request) -> web.Response:
         logs = [log_status(w, self.fleet.budgets) for w in self.fleet.watched.values()]
-        status = overall_health([w.watcher.health_state for w in self.fleet.watched.values()])
+        archive = archive_status(self.sink)
+        status = overall_health(
+            [w.watcher.health_state for w in self.fleet.watched.values()],
+            archive_failing=archive.get("failing", False),
+        )
         body = {
             "status": status.value,
             "logs": [{k: row[k] for k in _DEEP_KEYS if k in row} for row in logs],
             "log_list_error": self.fleet.list_error,
+            "archive": archive,
         }
         return _json(body, 503 if status is Health.UNHEALTHY else 200)
 
     async def metrics_text(self, request: web.Request) -> web.Response:
         # Gauges read at scrape time, not up to a state-save interval old.
         self.fleet.update_gauges()
+        # Read on the loop, where the values live; rendered beside certlake's own.
+        rust = rust_families(self.fleet, self.metrics, self.fanout.hub, self.guard.stats, self.sink)
+
+        def render() -> bytes:
+            return generate_latest(self.metrics.registry) + exposition(rust)
+
         # Rendering every per-log series takes milliseconds the stream should not wait for.
-        body = await asyncio.to_thread(generate_latest, self.metrics.registry)
+        body = await asyncio.to_thread(render)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def stats(self, request: web.Request) -> web.Response:
@@ -348,10 +426,12 @@ def build_app(
     fanout: Fanout,
     metrics: IngestMetrics,
     *,
+    sink: DeltaSink | None = None,
     socket_options: SocketOptions | None = None,
     rate_sample_interval: float = 1.0,
 ) -> web.Application:
-    """The live server's application. The caller runs it and starts `fanout` and `fleet`."""
+    """The live server's application. The caller runs it and starts `fanout` and `fleet` (and
+    `sink`, the live archive, when there is one)."""
     guard = Guard.from_config(config)
     stream_resources: set[web.AbstractResource] = set()
 
@@ -366,7 +446,7 @@ def build_app(
     app = web.Application(middlewares=[guard_middleware(guard, is_stream)])
     meter = RateMeter(RATE_WINDOW)
     app[GUARD] = guard
-    api = HttpApi(config, pipeline, fleet, fanout, metrics, guard, meter)
+    api = HttpApi(config, pipeline, fleet, fanout, metrics, guard, meter, sink)
     p = config.protocols
     stream_resources.update(
         add_stream_routes(
@@ -387,6 +467,9 @@ def build_app(
         add("/health", api.health)
         add("/health/deep", api.health_deep)
     if p.metrics:
+        # A `_created` series per counter and histogram child doubles the output, and neither
+        # dashboards nor rate() read them. The switch is prometheus_client's, process-wide.
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
         metrics.registry.register(LiveCollector(fanout, guard))
         metrics.registry.register(PacingCollector(fleet))
         add("/metrics", api.metrics_text)

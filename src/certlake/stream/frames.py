@@ -30,10 +30,15 @@ def ws_frame(payload: bytes, opcode: int = OP_TEXT) -> bytes:
     return header + payload
 
 
-def sse_event(payload: bytes) -> bytes:
+def sse_event(payload: bytes, cursor: int | None = None) -> bytes:
     """One SSE `data:` event. JSON payloads are single-line; Go's trailing newline is dropped
-    because a bare newline inside an event would end the `data:` field early."""
-    return b"data: " + payload.rstrip(b"\n") + b"\n\n"
+    because a bare newline inside an event would end the `data:` field early.
+
+    A message's event carries its cursor as the event `id`: a browser's `EventSource` sends the
+    last one back as `Last-Event-ID` when it reconnects, which resumes the stream right after it.
+    Heartbeats and notices have none, so they leave the browser's last event id as it was."""
+    data = b"data: " + payload.rstrip(b"\n") + b"\n\n"
+    return data if cursor is None else b"id: %d\n%b" % (cursor, data)
 
 
 def heartbeat_payload(timestamp: float, skipped: int = 0) -> bytes:

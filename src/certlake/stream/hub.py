@@ -71,8 +71,10 @@ class Wire(enum.Enum):
     WEBSOCKET = "websocket"
     SSE = "sse"
 
-    def encode(self, payload: bytes) -> bytes:
-        return ws_frame(payload) if self is Wire.WEBSOCKET else sse_event(payload)
+    def encode(self, payload: bytes, cursor: int | None = None) -> bytes:
+        """`payload` framed for this wire; `cursor` is the message's, None for heartbeats and
+        notices (SSE names it as the event id; a WebSocket frame has no place for it)."""
+        return ws_frame(payload) if self is Wire.WEBSOCKET else sse_event(payload, cursor)
 
     @property
     def ping(self) -> bytes | None:
@@ -175,9 +177,14 @@ class Client:
 @dataclass(slots=True)
 class HubStats:
     published: int = 0
-    dropped: int = 0
+    # Messages dropped from slow clients' backlogs, by the clients' wire.
+    dropped_on: dict[Wire, int] = field(default_factory=lambda: dict.fromkeys(Wire, 0))
     disconnected_stalled: int = 0
     clients: dict[StreamKind, int] = field(default_factory=lambda: dict.fromkeys(StreamKind, 0))
+
+    @property
+    def dropped(self) -> int:
+        return sum(self.dropped_on.values())
 
 
 class Hub:
@@ -219,6 +226,9 @@ class Hub:
 
     def clients(self) -> list[Client]:
         return [c for group in self._groups.values() for c in group]
+
+    def client_count(self, kind: StreamKind, wire: Wire) -> int:
+        return len(self._groups[(kind, wire)])
 
     def add(
         self,
@@ -298,7 +308,7 @@ class Hub:
                 if len(backlog) == limit:
                     client.skipped += 1
                     client.dropped += 1
-                    self.stats.dropped += 1
+                    self.stats.dropped_on[wire] += 1
                 backlog.append(frame)
                 if not client.pending:
                     client.pending = True
@@ -457,5 +467,5 @@ class _Frames:
             if payload is None:
                 payload = stamp_cursor(getattr(self._message, kind.value), self._cursor)
                 self._stamped[kind] = payload
-            frame = self._frames[(kind, wire)] = wire.encode(payload)
+            frame = self._frames[(kind, wire)] = wire.encode(payload, self._cursor)
         return frame

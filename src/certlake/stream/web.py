@@ -13,17 +13,20 @@ Every stream endpoint takes the same query parameters:
     stream=lite|full|domains           `/sse` only
 
 Anything else, or a malformed value, is refused with 400 and `{"error": "..."}` before the
-connection is upgraded or the event stream starts.
+connection is upgraded or the event stream starts. On `/sse`, a `Last-Event-ID` header (what a
+browser's `EventSource` sends when it reconnects: the cursor of the last event it got) resumes
+like `since=` and takes its place. A plain GET of a WebSocket endpoint (a browser opening the
+URL) gets 426 and a few lines on how to connect instead of a failed handshake.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from certlake.config import StreamConfig
 from certlake.stream.dedupe import Deduper
@@ -154,6 +157,32 @@ class QueryError(ValueError):
     """A stream request's query string cannot be honoured; the client gets 400 and why."""
 
 
+SSE_KINDS = {"lite": StreamKind.LITE, "full": StreamKind.FULL, "domains": StreamKind.DOMAINS}
+
+
+def sse_kind(values: Sequence[str]) -> StreamKind:
+    """The stream `/sse?stream=` names (lite when absent); raises `QueryError`."""
+    if not values:
+        return StreamKind.LITE
+    if len(values) > 1:
+        raise QueryError("stream= may be given only once")
+    kind = SSE_KINDS.get(values[0])
+    if kind is None:
+        raise QueryError(f"stream={values[0]!r}: expected one of {', '.join(SSE_KINDS)}")
+    return kind
+
+
+def is_websocket_upgrade(upgrade: str | None) -> bool:
+    """Whether an `Upgrade` header asks for a WebSocket (a token list, any case)."""
+    return "websocket" in {t.strip().lower() for t in (upgrade or "").split(",")}
+
+
+def _cursor(name: str, value: str) -> int:
+    if not (value.isascii() and value.isdigit() and len(value) <= _MAX_CURSOR_DIGITS):
+        raise QueryError(f"{name}={value!r}: expected a cursor, a non-negative integer")
+    return int(value)
+
+
 @dataclass(frozen=True, slots=True)
 class Subscription:
     """What one connection asked for: which messages (filters, de-duplication; see
@@ -177,10 +206,13 @@ def parse_subscription(
     facts: FactsCache,
     dedupe_window: int,
     extra_keys: frozenset[str] = frozenset(),
+    last_event_id: str | None = None,
 ) -> Subscription:
     """The subscription a query string asks for; raises `QueryError` or `FilterError`.
 
-    `extra_keys` are further parameters the endpoint reads itself (`stream` on `/sse`)."""
+    `extra_keys` are further parameters the endpoint reads itself (`stream` on `/sse`).
+    `last_event_id` (an SSE reconnect's header; empty counts as absent) overrides `since=`: the
+    URL says where the connection first started, the header how far it has got since."""
     filters: list[tuple[str, str]] = []
     since: int | None = None
     dedupe = False
@@ -190,9 +222,7 @@ def parse_subscription(
         elif key == "since":
             if since is not None:
                 raise QueryError("since= may be given only once")
-            if not (value.isascii() and value.isdigit() and len(value) <= _MAX_CURSOR_DIGITS):
-                raise QueryError(f"since={value!r}: expected a cursor, a non-negative integer")
-            since = int(value)
+            since = _cursor("since", value)
         elif key == "dedupe":
             flag = _FLAGS.get(value.lower())
             if flag is None:
@@ -201,6 +231,8 @@ def parse_subscription(
         elif key not in _GUARD_KEYS and key not in extra_keys:
             known = sorted(FILTER_KEYS | {"since", "dedupe"} | _GUARD_KEYS | extra_keys)
             raise QueryError(f"unknown parameter {key!r}; a stream takes {', '.join(known)}")
+    if last_event_id:
+        since = _cursor("Last-Event-ID", last_event_id)
     selection = compile_filter(filters, facts)
     keys = None if selection is None else selection.keys
     accepts: Predicate | None = None if selection is None else selection.accepts
@@ -219,7 +251,10 @@ class Streams:
     dedupe_window: int = DEFAULT_DEDUPE_WINDOW
 
     def subscription(
-        self, request: web.Request, extra_keys: frozenset[str] = frozenset()
+        self,
+        request: web.Request,
+        extra_keys: frozenset[str] = frozenset(),
+        last_event_id: str | None = None,
     ) -> Subscription | web.Response:
         """The request's subscription, or the 400 response refusing it."""
         try:
@@ -229,15 +264,42 @@ class Streams:
                 facts=self.fanout.hub.facts,
                 dedupe_window=self.dedupe_window,
                 extra_keys=extra_keys,
+                last_event_id=last_event_id,
             )
         except (QueryError, FilterError) as e:
-            return web.json_response({"error": str(e)}, status=400)
+            return _refused(str(e))
+
+
+def _refused(reason: str) -> web.Response:
+    return web.json_response({"error": reason}, status=400)
+
+
+def upgrade_required(request: web.Request, kind: StreamKind) -> web.Response:
+    """The answer to a plain GET of a WebSocket endpoint: how to read that stream instead."""
+    http = "https" if request.secure else "http"
+    ws = "wss" if request.secure else "ws"
+    host = request.host
+    text = (
+        f"This is certlake's {kind.value} stream, a WebSocket endpoint: a plain HTTP request "
+        "cannot read it.\n"
+        f"Connect with a WebSocket client:  websocat {ws}://{host}{request.path}\n"
+        f"or read it as Server-Sent Events: curl -N '{http}://{host}/sse?stream={kind.value}'\n"
+        f"The live page is at {http}://{host}/\n"
+    )
+    # RFC 9110 §15.5.22: a 426 names the protocol to switch to.
+    return web.Response(status=426, text=text, headers={hdrs.UPGRADE: "websocket"})
 
 
 def websocket_handler(streams: Streams, kind: StreamKind) -> Handler:
     """An aiohttp handler streaming `kind` to WebSocket clients."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
+        if not is_websocket_upgrade(request.headers.get(hdrs.UPGRADE)):
+            return upgrade_required(request, kind)
+        # aiohttp 3.14 turns a key that is not base64 into a 400, but one that is not even ASCII
+        # into a ValueError out of prepare(): a 500 and a traceback for any client to cause.
+        if not request.headers.get(hdrs.SEC_WEBSOCKET_KEY, "").isascii():
+            return _refused("Sec-WebSocket-Key must be 16 bytes in base64 (RFC 6455 §4.2.1)")
         sub = streams.subscription(request)
         if isinstance(sub, web.Response):
             return sub
@@ -263,15 +325,16 @@ def websocket_handler(streams: Streams, kind: StreamKind) -> Handler:
 
 
 def sse_handler(streams: Streams) -> Handler:
-    """An aiohttp handler for `/sse?stream=lite|full|domains`; anything else gives lite."""
-
-    kinds = {"full": StreamKind.FULL, "domains": StreamKind.DOMAINS, "lite": StreamKind.LITE}
+    """An aiohttp handler for `/sse?stream=lite|full|domains` (lite without `stream=`)."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        sub = streams.subscription(request, SSE_KEYS)
+        try:
+            kind = sse_kind(request.query.getall("stream", []))
+        except QueryError as e:
+            return _refused(str(e))
+        sub = streams.subscription(request, SSE_KEYS, request.headers.get("Last-Event-ID"))
         if isinstance(sub, web.Response):
             return sub
-        kind = kinds.get(request.query.get("stream", "lite"), StreamKind.LITE)
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",

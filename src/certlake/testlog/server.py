@@ -167,6 +167,12 @@ def _uint_param(request: web.Request, name: str) -> int:
     return int(text)
 
 
+def hosted_log_url(base_url: str, log: LogConfig) -> str:
+    """A hosted log's identity URL: RFC 6962 API base, or static monitoring prefix (no '/')."""
+    suffix = f"/{MONITORING}" if log.kind is LogKind.STATIC else ""
+    return f"{base_url}/{log.name}{suffix}"
+
+
 class TestLogServer:
     """A real CT log server on a loopback port, hosting one or more logs; see the module doc.
 
@@ -174,6 +180,10 @@ class TestLogServer:
     `srv.static_url`, `srv.log_list_url`; `srv.grow(n)` adds entries, `srv.faults` is the live
     fault plan and `srv.stats` what happened. `clock` (monotonic seconds) drives the rate
     limits only, so tests can step it.
+
+    `public_url` names the server in its log list, its logs' URLs and checkpoint origins instead
+    of the address it is bound to (`srv.address`): a name that stays when the port changes,
+    which the reader's client must resolve to that address (`testlog/resolver.py`).
     """
 
     __test__ = False
@@ -196,6 +206,7 @@ class TestLogServer:
         rate_limit: float | None = None,
         total_rate: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        public_url: str | None = None,
     ) -> None:
         if batch_cap < 1:
             raise ValueError(f"batch_cap must be >= 1, got {batch_cap}")
@@ -225,15 +236,15 @@ class TestLogServer:
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._log_list = b""
-        self.base_url = ""
+        self.public_url = public_url
+        self.address = ""  # where it listens, once started
+        self.base_url = ""  # what it is called: `public_url`, else `address`
 
     # --- URLs ---------------------------------------------------------------------------------
 
     def log_url(self, name: str) -> str:
         """The log's identity URL: RFC 6962 API base, or static monitoring prefix (no '/')."""
-        log = self.logs[name]
-        suffix = f"/{MONITORING}" if log.kind is LogKind.STATIC else ""
-        return f"{self.base_url}/{name}{suffix}"
+        return hosted_log_url(self.base_url, LogConfig(name, self.logs[name].kind))
 
     def _first(self, kind: LogKind) -> str:
         for name, log in self.logs.items():
@@ -278,7 +289,8 @@ class TestLogServer:
         # The origin names the real port, so the logs are created once the socket is bound.
         self.port = int(runner.addresses[0][1])
         host = f"[{self.host}]" if ":" in self.host else self.host
-        self.base_url = f"http://{host}:{self.port}"
+        self.address = f"http://{host}:{self.port}"
+        self.base_url = self.public_url or self.address
         listed = []
         static = sum(1 for cfg in self._configs if cfg.kind is LogKind.STATIC)
         for cfg in self._configs:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 
 import aiohttp
+import aiohttp.abc
 
 from certlake import __version__
 from certlake.ct.backoff import parse_retry_after
@@ -83,19 +84,23 @@ class OperatorBudget:
 
 
 class CTHttp:
-    """A shared HTTP client for CT logs. Use as an async context manager."""
+    """A shared HTTP client for CT logs. Use as an async context manager. `resolver` replaces
+    the system's name resolution (the demo names its test log with one that does not depend on
+    the port it is bound to)."""
 
     def __init__(
         self,
         timeout: float = 30.0,
         user_agent: str = USER_AGENT,
         limits: ReadLimits | None = None,
+        resolver: aiohttp.abc.AbstractResolver | None = None,
     ) -> None:
         """`timeout` is each request's deadline, body included; `limits` bound each answer (the
         defaults of `ReadLimits` unless given)."""
         self._deadline = timeout
         self._headers = {"User-Agent": user_agent, "Accept-Encoding": "gzip, identity"}
         self.limits = limits or ReadLimits()
+        self._resolver = resolver
         self._session: aiohttp.ClientSession | None = None
         self._budgets: dict[str, OperatorBudget] = {}
 
@@ -103,7 +108,7 @@ class CTHttp:
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self._deadline),
             headers=self._headers,
-            connector=aiohttp.TCPConnector(limit=256, limit_per_host=32),
+            connector=aiohttp.TCPConnector(limit=256, limit_per_host=32, resolver=self._resolver),
             auto_decompress=False,
         )
         return self

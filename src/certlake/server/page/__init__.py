@@ -18,7 +18,7 @@ from importlib import resources
 
 from aiohttp import hdrs, web
 
-from certlake.stream.web import Handler
+from certlake.stream.web import Handler, is_websocket_upgrade
 
 STYLE_MARKER = "<!-- certlake:style -->"
 SCRIPT_MARKER = "<!-- certlake:script -->"
@@ -79,10 +79,7 @@ def load_page() -> Page:
 
 def wants_page(method: str, upgrade: str | None) -> bool:
     """A GET (or HEAD) that does not ask for a WebSocket upgrade: a browser opening `/`."""
-    if method not in (hdrs.METH_GET, hdrs.METH_HEAD):
-        return False
-    tokens = {t.strip().lower() for t in (upgrade or "").split(",")}
-    return "websocket" not in tokens
+    return method in (hdrs.METH_GET, hdrs.METH_HEAD) and not is_websocket_upgrade(upgrade)
 
 
 def is_page_request(request: web.BaseRequest) -> bool:

@@ -1,7 +1,9 @@
 "use strict";
 // The live page: one WebSocket on the lite stream (its query string is the filter box's text),
-// and a poll of /api/logs and /api/stats. After a dropped connection it reconnects with
-// `since=<the last cursor seen>`, so the server replays what the page missed meanwhile.
+// and a poll of /api/logs and /api/stats. Unfiltered, the table starts with the newest
+// certificates from /latest.json and the stream joins right after them (`since=` the newest
+// one's cursor). After a dropped connection it reconnects with `since=<the last cursor seen>`,
+// so the server replays what the page missed meanwhile.
 // Certificate fields are attacker-chosen text, so they only ever reach the DOM through
 // textContent and dataset, never as markup.
 (() => {
@@ -154,12 +156,9 @@
       if (Number.isSafeInteger(msg.data?.cursor)) lastCursor = msg.data.cursor;
       const second = Math.floor(performance.now() / 1000);
       buckets.set(second, (buckets.get(second) || 0) + 1);
-      pending.push(msg);
+      pending.push({ msg, fresh: true });
       if (pending.length > ROW_LIMIT) pending = pending.slice(-ROW_LIMIT);
-      if (!paused && !frameQueued) {
-        frameQueued = true;
-        requestAnimationFrame(render);
-      }
+      queueRender();
     } else if (msg.message_type === "heartbeat" && Number.isFinite(msg.skipped)) {
       skipped += msg.skipped;
     } else if (msg.message_type === "resume_gap" && Number.isFinite(msg.lost)) {
@@ -167,11 +166,42 @@
     }
   }
 
+  // The newest certificates the server has seen, so the table does not wait for the next one
+  // (a quiet stream, a slow network). They carry their stream cursors: connecting with `since=`
+  // the newest continues right after them, nothing missed and nothing shown twice. Not with a
+  // filter: the server filters streams, not /latest.json. They are history, not counted as
+  // received.
+  async function prefill(pairs) {
+    let messages = [];
+    try {
+      messages = (await getJson("latest.json")).messages;
+    } catch {
+      return; // switched off or unreachable: the stream alone fills the table
+    }
+    if (pairs !== filterPairs) return; // the filter changed meanwhile
+    const certs = messages.filter(
+      (m) => m.message_type === "certificate_update" && Number.isSafeInteger(m.data?.cursor),
+    );
+    if (certs.length === 0) return;
+    lastCursor = certs[0].data.cursor; // newest first
+    pending = [...certs.reverse().map((msg) => ({ msg, fresh: false })), ...pending];
+    queueRender();
+  }
+
+  function queueRender() {
+    if (!paused && !frameQueued) {
+      frameQueued = true;
+      requestAnimationFrame(render);
+    }
+  }
+
   function render() {
     frameQueued = false;
     if (paused || pending.length === 0) return;
     const fragment = document.createDocumentFragment();
-    for (let i = pending.length - 1; i >= 0; i -= 1) fragment.append(certRow(pending[i]));
+    for (let i = pending.length - 1; i >= 0; i -= 1) {
+      fragment.append(certRow(pending[i].msg, pending[i].fresh));
+    }
     pending = [];
     el.rows.prepend(fragment);
     while (el.rows.childElementCount > ROW_LIMIT) el.rows.lastElementChild.remove();
@@ -203,7 +233,7 @@
     return d.toTimeString().slice(0, 8);
   }
 
-  function certRow(msg) {
+  function certRow(msg, fresh) {
     const data = msg.data || {};
     const leaf = data.leaf_cert || {};
     const source = data.source || {};
@@ -212,7 +242,8 @@
     const precert = data.update_type === "PrecertLogEntry";
 
     const tr = document.createElement("tr");
-    tr.className = "cert fresh";
+    tr.className = fresh ? "cert fresh" : "cert";
+    tr.dataset.cursor = Number.isSafeInteger(data.cursor) ? String(data.cursor) : "";
     tr.dataset.log = source.url || "";
     tr.dataset.logName = source.name || "";
     tr.dataset.issuer = issuer;
@@ -275,7 +306,13 @@
     lastCursor = null;
     showRowCount();
     retryMs = RETRY_FIRST_MS;
-    connect();
+    if (pairs.length) {
+      connect();
+    } else {
+      prefill(pairs).finally(() => {
+        if (pairs === filterPairs) connect(true);
+      });
+    }
   }
 
   el.form.addEventListener("submit", (event) => {
