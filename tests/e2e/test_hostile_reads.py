@@ -9,9 +9,8 @@ no error of any kind moves a watcher's cursor: every index arrives exactly once,
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import time
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,8 @@ import pytest
 from support.live import full_stream, get_json, grow, heads_known, logs_at, set_faults
 from support.procs import CERTLAKE, Procs, server_config
 from support.waiting import until
+
+MAXRSS = Path(__file__).resolve().parents[1] / "support" / "maxrss.py"
 
 PEAK_RSS_MB = 300
 # Unpaced, fast retries, and a failing log tried again within a second: give-ups come quickly.
@@ -46,27 +47,17 @@ class Finished:
 
 
 def _fetch(tmp_path: Path, *args: str) -> Finished:
-    """`certlake fetch` run to the end, with its own peak RSS (from wait4, so no other child of
-    the test process counts)."""
+    """`certlake fetch` run to the end, with its own peak RSS (`support/maxrss.py` says why it
+    is started from a launcher)."""
     cfg = tmp_path / "config.yaml"
     cfg.write_bytes(orjson.dumps({"ct_log": FAST}))  # JSON is YAML
-    out, err = tmp_path / "fetch.out", tmp_path / "fetch.err"
+    out, err, rss = tmp_path / "fetch.out", tmp_path / "fetch.err", tmp_path / "fetch.rss"
     with out.open("wb") as o, err.open("wb") as e:
-        popen = subprocess.Popen(
-            [CERTLAKE, "fetch", "--config", str(cfg), *args], stdout=o, stderr=e, cwd=tmp_path
-        )
-    deadline = time.monotonic() + 120
-    while True:
-        pid, status, usage = os.wait4(popen.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.monotonic() > deadline:
-            popen.kill()
-            os.wait4(popen.pid, 0)
-            raise AssertionError(f"certlake fetch {args} did not finish")
-        time.sleep(0.05)
-    popen.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-    return Finished(popen.returncode, out.read_bytes(), err.read_bytes(), usage.ru_maxrss / 1024)
+        done = subprocess.run(
+            [sys.executable, str(MAXRSS), str(rss), CERTLAKE, "fetch", "--config", str(cfg), *args],
+            stdout=o, stderr=e, cwd=tmp_path, timeout=120, check=False,
+        )  # fmt: skip
+    return Finished(done.returncode, out.read_bytes(), err.read_bytes(), float(rss.read_text()))
 
 
 def _peak_rss_mb(pid: int) -> float:
