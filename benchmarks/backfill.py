@@ -2,7 +2,7 @@
 `certlake backfill` process → a Delta table, for each protocol (RFC 6962 `get-entries`,
 static-ct data tiles) and for both logs at once.
 
-    .venv/bin/python benchmarks/backfill.py [--entries N] [--runs R] [--dir DIR]
+    .venv/bin/python benchmarks/backfill.py [--entries N] [--runs R] [--dir DIR] [--max-entries M]
 
 Each run starts from an empty table with a state file whose `current_index` is N for both logs
 and runs `certlake backfill --from 0 [--logs NAME]`, so all N entries of the log are fetched,
@@ -170,6 +170,9 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=100_000, help="entries per log")
     parser.add_argument("--runs", type=int, default=2, help="runs per case; the best is kept")
     parser.add_argument("--dir", type=Path, default=Path("/tmp/certlake-bench-backfill"))
+    parser.add_argument(
+        "--max-entries", type=int, help="the test log's get-entries cap (e.g. 32, as Google's)"
+    )
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
     print(
@@ -177,9 +180,13 @@ def main() -> None:
         f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.2f}"
     )
     started = time.monotonic()
-    testlog, base = start_testlog(args.dir / "testlog-ready", ["--initial-size", str(args.entries)])
+    capped = [] if args.max_entries is None else ["--max-entries", str(args.max_entries)]
+    testlog, base = start_testlog(
+        args.dir / "testlog-ready", ["--initial-size", str(args.entries), *capped]
+    )
     startup = time.monotonic() - started
-    print(f"test log with {args.entries} entries per log ready in {startup:.1f} s")
+    cap = "" if args.max_entries is None else f", get-entries answers of {args.max_entries}"
+    print(f"test log with {args.entries} entries per log{cap} ready in {startup:.1f} s")
     try:
         for label, logs in (("RFC 6962", "rfc6962"), ("static-ct", "static"), ("both", None)):
             results = [
