@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
+import pickle
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from deltalake import DeltaTable, write_deltalake
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from certlake.certs.message import CertMessage
 from certlake.lake.rows import (
     SLICE_ROWS,
+    TRANSPORT_SCHEMA,
     MalformedMessage,
     message_problem,
     messages_to_batch,
@@ -112,3 +116,21 @@ def test_large_inputs_are_converted_in_slices(messages: MakeMessages) -> None:
     assert table.num_rows == SLICE_ROWS + 4
     assert [b.num_rows for b in table.to_batches()] == [SLICE_ROWS, 4]
     assert [m.cert_index for m, _ in rejected] == [SLICE_ROWS + 1]
+
+
+def test_transport_rows_are_the_archive_rows_with_chains_as_a_dictionary(
+    messages: MakeMessages, tmp_path: Path
+) -> None:
+    msgs = messages(0, 300)
+    plain, _ = split_malformed(msgs)
+    moved, _ = split_malformed(msgs, schema=TRANSPORT_SCHEMA)
+    assert moved.schema == TRANSPORT_SCHEMA and moved.num_rows == 300
+    assert moved.cast(ARCHIVE_SCHEMA).equals(plain)
+    # What crosses the process boundary: the chains' few distinct certificates once.
+    assert len(pickle.dumps(moved)) < len(pickle.dumps(plain)) / 2
+    # delta-rs writes the dictionary column as it is; read back, it is the archive's column.
+    write_deltalake(str(tmp_path / "t"), plain.slice(0, 1))
+    write_deltalake(str(tmp_path / "t"), moved.slice(1), mode="append")
+    back = DeltaTable(str(tmp_path / "t")).to_pyarrow_table().sort_by("cert_index")
+    assert back.column("chain").type == ARCHIVE_SCHEMA.field("chain").type
+    assert back.column("chain").to_pylist() == plain.column("chain").to_pylist()

@@ -27,7 +27,7 @@ from certlake.ct.entry import EntryType, LogEntry, LogSource
 from certlake.ct.leaf import decode_get_entries_element
 from certlake.ct.tls import DecodeError
 from certlake.ct.urls import get_entries_link
-from certlake.lake.rows import split_malformed
+from certlake.lake.rows import TRANSPORT_SCHEMA, split_malformed
 from certlake.lake.txn import SkipKind, SkippedRange
 
 # (index, timestamp_ms, entry type, cert DER, chain, cert_link) of a decoded entry; (index,
@@ -90,7 +90,7 @@ def build_rows(source: LogSource, packed: Packed, seen: float) -> BuiltRows:
                 except CertificateParseError as e:
                     reason = f"certificate: {e}"
         skipped.append(SkippedRange(source.url, index, index, SkipKind.UNPARSEABLE, reason))
-    rows, malformed = split_malformed(messages)
+    rows, malformed = split_malformed(messages, schema=TRANSPORT_SCHEMA)
     skipped.extend(
         SkippedRange(m.source_url, m.cert_index, m.cert_index, SkipKind.MALFORMED, reason)
         for m, reason in malformed

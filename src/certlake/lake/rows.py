@@ -20,6 +20,20 @@ from certlake.certs.message import CertMessage
 from certlake.lake.schema import ARCHIVE_SCHEMA, SEEN_TYPE, SKIPPED_SCHEMA, STRING_LIST
 from certlake.lake.txn import SkippedRange
 
+# The archive's rows as backfill's build workers hand them to the writer: `chain` kept
+# dictionary-encoded. Its JSON is ~4 KB a row but the same few intermediates throughout, and a
+# row crosses the process boundary as a pickle (8 MB of chain strings: 19 ms to pickle, as a
+# dictionary 0.1 ms). delta-rs writes the column as it is and reads it back as strings.
+_DICTIONARY_LIST: Final = pa.list_(
+    pa.field("item", pa.dictionary(pa.int32(), pa.string()), nullable=True)
+)
+TRANSPORT_SCHEMA: Final = pa.schema(
+    [
+        f.with_type(_DICTIONARY_LIST) if f.name == "chain" else f
+        for f in ARCHIVE_SCHEMA
+    ]
+)
+
 _FIELDS: Final = CertMessage._fields
 _STRINGS: Final = (
     "update_type",
@@ -86,28 +100,31 @@ def _text_problem(value: object) -> str | None:
     return None
 
 
-def messages_to_batch(messages: Sequence[CertMessage]) -> pa.RecordBatch:
-    """The archive rows of `messages`, in order; raises `MalformedMessage` if any does not fit."""
+def messages_to_batch(
+    messages: Sequence[CertMessage], *, schema: pa.Schema = ARCHIVE_SCHEMA
+) -> pa.RecordBatch:
+    """The archive rows of `messages`, in order; raises `MalformedMessage` if any does not fit.
+    `schema`: `ARCHIVE_SCHEMA`, or `TRANSPORT_SCHEMA` for rows that cross a process boundary."""
     if not messages:
-        return _empty_batch()
+        return _empty_batch(schema)
     try:
-        return _convert(messages)
+        return _convert(messages, schema)
     except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
         raise MalformedMessage(str(exc)) from exc
 
 
 def split_malformed(
-    messages: Sequence[CertMessage],
+    messages: Sequence[CertMessage], *, schema: pa.Schema = ARCHIVE_SCHEMA
 ) -> tuple[pa.Table, list[tuple[CertMessage, str]]]:
     """The rows of the well-formed messages and, separately, each malformed one with its reason.
     Converted in slices of `SLICE_ROWS`, so string offsets (int32) never overflow whatever the
-    batch size."""
+    batch size. `schema` as in `messages_to_batch`."""
     batches: list[pa.RecordBatch] = []
     bad: list[tuple[CertMessage, str]] = []
     for lo in range(0, len(messages), SLICE_ROWS):
         part = messages[lo : lo + SLICE_ROWS]
         try:
-            batches.append(messages_to_batch(part))
+            batches.append(messages_to_batch(part, schema=schema))
             continue
         except MalformedMessage:
             pass
@@ -118,15 +135,15 @@ def split_malformed(
                 good.append(msg)
             else:
                 bad.append((msg, problem))
-        batches.append(messages_to_batch(good))
-    return pa.Table.from_batches(batches, schema=ARCHIVE_SCHEMA), bad
+        batches.append(messages_to_batch(good, schema=schema))
+    return pa.Table.from_batches(batches, schema=schema), bad
 
 
-def _empty_batch() -> pa.RecordBatch:
-    return pa.RecordBatch.from_pylist([], schema=ARCHIVE_SCHEMA)
+def _empty_batch(schema: pa.Schema) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pylist([], schema=schema)
 
 
-def _convert(messages: Sequence[CertMessage]) -> pa.RecordBatch:
+def _convert(messages: Sequence[CertMessage], schema: pa.Schema) -> pa.RecordBatch:
     columns = dict(zip(_FIELDS, zip(*messages, strict=True), strict=True))
     arrays: dict[str, pa.Array] = {}
     for name in _INTS:
@@ -149,13 +166,13 @@ def _convert(messages: Sequence[CertMessage]) -> pa.RecordBatch:
     arrays["all_domains"] = _string_lists(columns["all_domains"], shared=False)
     # Chain elements are the same few intermediates and roots (and the same str objects, from
     # the message builder's cache): each distinct one is encoded once and repeated in Arrow.
-    arrays["chain"] = _string_lists(columns["chain"], shared=True)
+    arrays["chain"] = _string_lists(
+        columns["chain"], shared=True, dictionary=schema is TRANSPORT_SCHEMA
+    )
     for name, array in arrays.items():
         if array.null_count:
             raise MalformedMessage(f"{name}: null value")
-    return pa.RecordBatch.from_arrays(
-        [arrays[n] for n in ARCHIVE_SCHEMA.names], schema=ARCHIVE_SCHEMA
-    )
+    return pa.RecordBatch.from_arrays([arrays[n] for n in schema.names], schema=schema)
 
 
 def _offsets(lengths: Iterable[int]) -> pa.Array:
@@ -173,7 +190,9 @@ def _strings(values: Sequence[str]) -> pa.Array:
     return pa.StringArray.from_buffers(len(values), offsets.buffers()[1], pa.py_buffer(data))
 
 
-def _string_lists(lists: Sequence[list[str]], *, shared: bool) -> pa.Array:
+def _string_lists(
+    lists: Sequence[list[str]], *, shared: bool, dictionary: bool = False
+) -> pa.Array:
     if not set(map(type, lists)) <= {list}:
         raise MalformedMessage("expected lists of strings")
     flat = list(itertools.chain.from_iterable(lists))
@@ -181,6 +200,10 @@ def _string_lists(lists: Sequence[list[str]], *, shared: bool) -> pa.Array:
         distinct: dict[str, int] = {}
         indices = pa.array([distinct.setdefault(v, len(distinct)) for v in flat], pa.int32())
         values = pa.DictionaryArray.from_arrays(indices, _strings(list(distinct)))
+        if dictionary:
+            return pa.ListArray.from_arrays(
+                _offsets(map(len, lists)), values, type=_DICTIONARY_LIST
+            )
         items = values.cast(pa.string())
     else:
         items = _strings(flat)
