@@ -8,7 +8,10 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import orjson
+import yaml
 
 CERTLAKE = str(Path(sys.executable).with_name("certlake"))
 
@@ -41,3 +44,22 @@ def start_testlog(ready: Path, args: Sequence[str]) -> tuple[subprocess.Popen[by
         return ready.exists() and ready.read_text().strip()
 
     return proc, wait_for(listening, "the test log")
+
+
+def backfill_config(
+    work: Path, base: str, ceilings: dict[str, int], table: Path, **sections: dict[str, Any]
+) -> Path:
+    """A state file giving each log URL in `ceilings` its ceiling, and a config reading the test
+    log's list into `table`; `sections` add keys (to `ct_log` too). Returns the config's path."""
+    state = work / "state.json"
+    logs = {u: {"current_index": c, "tree_size": c, "last_success": 1} for u, c in ceilings.items()}
+    state.write_bytes(orjson.dumps({"version": 1, "logs": logs}))
+    doc: dict[str, Any] = {
+        "ct_logs_url": f"{base}/log_list.json",
+        "ct_log": {"state_file": str(state), **sections.pop("ct_log", {})},
+        "delta_sink": {"table_path": str(table), **sections.pop("delta_sink", {})},
+        **sections,
+    }
+    config = work / "config.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    return config

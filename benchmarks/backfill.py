@@ -28,10 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from deltalake import DeltaTable
 
-from _procs import CERTLAKE, start_testlog
+from _procs import CERTLAKE, backfill_config, start_testlog
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -102,33 +101,15 @@ def run_once(
     table = work / "table"
     shutil.rmtree(table, ignore_errors=True)
     urls = {"rfc6962": f"{base}/rfc6962", "static": f"{base}/static/mon"}
-    state = work / "state.json"
-    state.write_text(
-        json.dumps(
-            {
-                "version": 1,
-                "logs": {
-                    u: {"current_index": entries, "tree_size": entries, "last_success": 1}
-                    for u in urls.values()
-                },
-            }
-        )
-    )
-    config = work / "config.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "ct_logs_url": f"{base}/log_list.json",
-                "ct_log": {
-                    "state_file": str(state),
-                    "default_operator_rate_limit_ms": 0,  # one local log: no need to be polite
-                    "batch_size": 1000,  # the test log's cap, as many real RFC 6962 logs'
-                },
-                "delta_sink": {"table_path": str(table)},  # batch 10,000, zstd 3: defaults
-                "backfill": {"workers": 16, "per_log_workers": 8, "range_split_size": 10_000},
-            }
-        )
-    )
+    # delta_sink: batch 10,000, zstd 3, the defaults
+    config = backfill_config(
+        work, base, dict.fromkeys(urls.values(), entries), table,
+        ct_log={
+            "default_operator_rate_limit_ms": 0,  # one local log: no need to be polite
+            "batch_size": 1000,  # the test log's cap, as many real RFC 6962 logs'
+        },
+        backfill={"workers": 16, "per_log_workers": 8, "range_split_size": 10_000},
+    )  # fmt: skip
     summary = work / "summary.json"
     args = [CERTLAKE, "backfill", "--config", str(config), "--from", "0"]
     args += ["--summary-json", str(summary)] + (["--logs", logs] if logs else [])

@@ -35,10 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
 from deltalake import DeltaTable
 
-from _procs import CERTLAKE, start_testlog
+from _procs import CERTLAKE, backfill_config, start_testlog
 
 CAP = 32
 BASELINE_ENTRIES = 3200
@@ -86,27 +85,7 @@ def _backfill(
     """One `certlake backfill` (from `src` when given) of every index below `entries`."""
     table = work / ("table" if src is None else "table-baseline")
     shutil.rmtree(table, ignore_errors=True)
-    state = work / "state.json"
-    state.write_text(
-        json.dumps(
-            {
-                "version": 1,
-                "logs": {
-                    url: {"current_index": entries, "tree_size": entries, "last_success": 1}
-                },
-            }
-        )
-    )
-    config = work / "config.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "ct_logs_url": f"{base}/log_list.json",
-                "ct_log": {"state_file": str(state)},
-                "delta_sink": {"table_path": str(table)},
-            }
-        )
-    )
+    config = backfill_config(work, base, {url: entries}, table)
     summary = work / "summary.json"
     env = dict(os.environ)
     if src is not None:

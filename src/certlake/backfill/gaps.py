@@ -29,7 +29,7 @@ from typing import Final
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from certlake.ranges import Range, range_text, ranges_text, union_ranges
+from certlake.ranges import Range, range_text, ranges_text, subtract_ranges, union_ranges
 from certlake.texttable import text_table
 
 INT64_MAX: Final = 2**63 - 1
@@ -176,19 +176,12 @@ def complement(runs: Runs, lo: int, hi: int) -> list[Range]:
         pc.greater_equal(runs.ends, min(lo, INT64_MAX)),
         pc.less_equal(runs.starts, min(hi, INT64_MAX)),
     )
-    out: list[Range] = []
-    cursor = lo
-    for start, end in zip(
+    covered = zip(
         pc.filter(runs.starts, touching).to_pylist(),
         pc.filter(runs.ends, touching).to_pylist(),
         strict=True,
-    ):
-        if start > cursor:
-            out.append((cursor, start - 1))
-        cursor = max(cursor, end + 1)
-    if cursor <= hi:
-        out.append((cursor, hi))
-    return out
+    )
+    return subtract_ranges([(lo, hi)], covered)
 
 
 def missing_ranges(present: pa.Array | Sequence[int], lo: int, hi: int) -> list[Range]:

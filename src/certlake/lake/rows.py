@@ -167,7 +167,7 @@ def _convert(messages: Sequence[CertMessage], schema: pa.Schema) -> pa.RecordBat
     # Chain elements are the same few intermediates and roots (and the same str objects, from
     # the message builder's cache): each distinct one is encoded once and repeated in Arrow.
     arrays["chain"] = _string_lists(
-        columns["chain"], shared=True, dictionary=schema is TRANSPORT_SCHEMA
+        columns["chain"], shared=True, dictionary=schema.field("chain").type == _DICTIONARY_LIST
     )
     for name, array in arrays.items():
         if array.null_count:
