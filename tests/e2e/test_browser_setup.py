@@ -37,11 +37,16 @@ def tools(where: Path, *names: str) -> Path:
 
 
 def setup(
-    path: Path, tmp_path: Path, *, prefix: tuple[str, ...] = (), **env: str
+    path: Path,
+    tmp_path: Path,
+    *,
+    prefix: tuple[str, ...] = (),
+    script: Path = TEST_SETUP,
+    **env: str,
 ) -> tuple[int, list[str]]:
     """Run the script; its exit status and the lines it wrote."""
     done = subprocess.run(
-        [*prefix, BASH, str(TEST_SETUP)],
+        [*prefix, BASH, str(script)],
         env={"PATH": str(path), "TMPDIR": str(tmp_path), **env},
         capture_output=True,
         text=True,
@@ -79,11 +84,13 @@ def test_a_user_who_is_not_root_and_has_no_sudo_is_told_root_is_needed(tmp_path:
         if setpriv is None:
             pytest.skip("running as root and no setpriv to drop privileges with")
         prefix = (setpriv, "--reuid=65534", "--regid=65534", "--clear-groups")
-    # Outside tmp_path, whose parents only root may enter.
+    # Outside tmp_path, whose parents only root may enter; the script is copied there too, as
+    # the checkout itself may sit where only root may enter (a clone under `mktemp -d`).
     with tempfile.TemporaryDirectory() as shared:
         Path(shared).chmod(0o755)
         path = tools(Path(shared), "id", "grep", "apt-get")
-        status, lines = setup(path, Path(shared), prefix=prefix)
+        script = Path(shutil.copy(TEST_SETUP, Path(shared) / "test-setup"))
+        status, lines = setup(path, Path(shared), prefix=prefix, script=script)
     assert (status, lines) == (
         0,
         [
