@@ -121,10 +121,11 @@ def run_once(
         naive_rate = asyncio.run(naive(base, url, min(30.0, doc["elapsed_secs"])))
         old_rate = None
         if baseline is not None:
-            # The same test log, its limiter's bucket given time to refill first; fewer
-            # entries, as an older certlake may take far longer for them.
+            # The same test log, its limiter's bucket given time to refill first; under a
+            # limit fewer entries, as an older certlake may take far longer for them.
             time.sleep(2)
-            old, _ = _backfill(work, base, url, min(entries, BASELINE_ENTRIES), baseline)
+            count = entries if limit is None else min(entries, BASELINE_ENTRIES)
+            old, _ = _backfill(work, base, url, count, baseline)
             old_rate = old["records_written"] / old["elapsed_secs"]
     finally:
         testlog.terminate()

@@ -204,3 +204,15 @@ def test_a_real_sized_answer_passes_and_one_that_holds_more_values_is_not_parsed
         check_entries_answer(b'{"entries":[' + b"{}," * 100_000 + b"{}]}", 256, "where")
     assert e.value.limit is Limit.ENTRIES and e.value.bound == 256
     assert "more than the 256 entries asked can hold" in str(e.value)
+
+
+def test_a_small_answer_is_left_to_the_parser_whatever_it_holds() -> None:
+    """Under 256 KiB the values are not counted: parsing builds a few MB at most, and the parsed
+    answer's own count of entries refuses it (`Rfc6962Log.get_entries`)."""
+    small = b'{"entries":[' + b"{}," * 80_000 + b"{}]}"
+    assert len(small) < 256 * 1024
+    check_entries_answer(small, 256, "where")
+    over = b'{"entries":[' + b"{}," * 90_000 + b"{}]}"
+    assert len(over) > 256 * 1024
+    with pytest.raises(AnswerTooLarge):
+        check_entries_answer(over, 256, "where")

@@ -51,12 +51,18 @@ def drive(
     *,
     latency: float = 0.02,
     start: float = 0.0,
+    rates: list[float] | None = None,
 ) -> Run:
     """A client with endless demand: each request starts as soon as the pacer allows (in-flight
-    bounded by the pacer's limits) and is answered `latency` later."""
+    bounded by the pacer's limits) and is answered `latency` later. `rates` gets the pacer's
+    rate as each second ends."""
     now, served, refused, held = start, 0, 0, False
+    second = start + 1.0
     finishing: list[tuple[float, Outcome, float | None, bool]] = []
     while now < start + seconds:
+        while rates is not None and now >= second:
+            rates.append(pacer.rate)
+            second += 1.0
         finishing.sort(key=lambda f: f[0])
         while finishing and finishing[0][0] <= now:
             at, outcome, retry_after, waited = finishing.pop(0)
@@ -87,14 +93,17 @@ def drive(
 )
 def test_converges_under_a_fixed_limit(limit: float, burst: float) -> None:
     pacer = Pacer(PacingLimits(initial_rate=2.0), 0.0)
-    run = drive(pacer, Bucket(limit, burst), 300.0)
+    # It ends held near the limit (the rate read each second: a probe above it now and then,
+    # which the limiter refuses, is how a raised limit would be found).
+    rates: list[float] = []
+    run = drive(pacer, Bucket(limit, burst), 300.0, rates=rates)
     share = run.served / run.seconds / limit
     refused_share = run.refused / (run.served + run.refused)
-    assert share >= 0.88, (share, pacer.snapshot(run.seconds))
+    assert share >= 0.88, (share, pacer.snapshot(300.0))
     assert refused_share <= 0.02, refused_share
-    # It ends near the limit and knows it.
     assert pacer.learned_limit is not None
-    assert 0.85 * limit <= pacer.rate <= 1.15 * limit
+    last = sorted(rates[-100:])
+    assert 0.85 * limit <= last[len(last) // 2] <= 1.15 * limit, last
 
 
 def test_a_strict_operator_of_one_request_per_second() -> None:
@@ -110,6 +119,17 @@ def test_grows_while_unlimited_and_only_while_it_is_the_constraint() -> None:
     # Four in flight at 10 ms cannot exceed 400/s: the rate stops near what is used.
     assert 300 <= pacer.rate <= 450, pacer.rate
     assert pacer.refused == 0 and pacer.learned_limit is None
+
+
+def test_an_unlimited_operator_is_at_full_pace_within_two_seconds() -> None:
+    """A backfill against a log that does not limit: from the default 2 requests/s to what four
+    in flight at 3 ms allow (~1,300/s) within two seconds, not held at the starting pace."""
+    pacer = Pacer(PacingLimits(initial_rate=2.0, max_in_flight=4), 0.0)
+    rates: list[float] = []
+    run = drive(pacer, None, 4.0, latency=0.003, rates=rates)
+    assert rates[1] >= 1000, rates
+    # Two-thirds of what the whole time could carry at full pace: little lost to the ramp.
+    assert run.served >= 4 / 0.003 * 4.0 * 2 / 3, run.served
 
 
 def test_never_exceeds_the_configured_ceiling() -> None:

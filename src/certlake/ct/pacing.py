@@ -6,8 +6,10 @@ magnitude between operators, and change. A fixed spacing is either far too slow 
 whose logs answer 32 entries at a time) or hammers a strict one, so each operator gets a
 controller that finds its limit the way TCP finds a path's capacity:
 
-- **slow start**: until the first refusal the rate grows by two requests/s per clean answer
-  that had to wait for its slot (the rate doubles every half second of demand);
+- **slow start**: until the first refusal the rate grows per clean answer that had to wait for
+  its slot, by two requests/s or a quarter of itself, whichever is more (from 2 requests/s to
+  300 in about a second of demand), and a raised rate applies to the slot already waited for: a
+  backfill is not held at the starting pace for its first seconds;
 - **refusal** (429, 503): the operator is paused until its `Retry-After`, exactly. The *learned
   limit* becomes what the operator served since the previous refusal (a limiter that refused
   us twice was saturated in between, so that is its rate, give or take its burst allowance);
@@ -40,9 +42,13 @@ from dataclasses import dataclass
 
 from certlake.ct.backoff import MAX_RETRY_AFTER
 
-# Slow start: this much per clean answer that waited for its slot, so the rate doubles every
-# half second of demand (from the default 2 requests/s to 500 in four seconds).
+# Slow start: at least this much per clean answer that waited for its slot (the rate doubles
+# with each of the first answers) ...
 _SLOW_START_STEP = 2.0
+# ... or this share of the rate, so that growth keeps pace with the answers it is fed by: from
+# the default 2 requests/s to 300 in about a second. Overshooting a limiter costs little: at most
+# `max_in_flight` requests are out when its first refusal arrives.
+_SLOW_START_GROWTH = 0.25
 # After a refusal, come back to this share of the learned limit ...
 _MARGIN = 0.97
 # ... starting from this share, so the operator's bucket refills while we return.
@@ -143,6 +149,7 @@ class Pacer:
         self.refused = 0
         self.failed = 0
         self._next_start = now
+        self._last_start = -float("inf")
         self._paused_until = now
         self._refused_before = False
         self._last_cut = -float("inf")  # when the rate was last cut (refusal or failure)
@@ -167,7 +174,8 @@ class Pacer:
 
     def start(self, now: float) -> None:
         """A request starts now: its slot is taken and the next one is 1/rate later."""
-        self._next_start = max(now, self._next_start) + 1.0 / self.rate
+        self._last_start = max(now, self._next_start)
+        self._next_start = self._last_start + 1.0 / self.rate
         self.in_flight += 1
         self.requests += 1
 
@@ -262,11 +270,20 @@ class Pacer:
             self._ok_times.popleft()
         best = self._best_latency
         self._best_latency = latency if best is None else min(best, latency)
+        # The very first answer counts as held back: a job's second request is about to wait
+        # for the starting pace, and growing only after it would leave the whole job at that
+        # pace for one slot more.
+        waited = waited or self.requests == 1
         if latency > _SLOW_FACTOR * self._best_latency + _SLOW_FLOOR or not waited:
             return
         limit = self.learned_limit
         if limit is None:
-            self.rate = self._clamp(self.rate + _SLOW_START_STEP)
+            # With every slot taken when this answer came, the client is about to be bound by
+            # its concurrency, not by the rate: the small step, so that the rate stops near what
+            # is used rather than a quarter past it at each answer.
+            slots_free = self.in_flight + 1 < self.limits.max_in_flight
+            share = self.rate * _SLOW_START_GROWTH if slots_free else 0.0
+            self._raise(self.rate + max(_SLOW_START_STEP, share))
             return
         target = limit * _MARGIN
         if self.rate < target:
@@ -282,6 +299,12 @@ class Pacer:
                 # Served cleanly above the old limit: it was raised.
                 self.learned_limit = self.rate
                 self._probe_after = _PROBE_AFTER
+
+    def _raise(self, rate: float) -> None:
+        """Grow the rate to `rate`, the slot being waited for included: it was spaced at the old
+        rate, which the answers just showed to be too low."""
+        self.rate = self._clamp(rate)
+        self._next_start = min(self._next_start, self._last_start + 1.0 / self.rate)
 
     def _on_refused(self, now: float, retry_after: float | None) -> None:
         self.refused += 1

@@ -49,6 +49,9 @@ class OperatorBudget:
         self._slots = asyncio.Semaphore(self.pacer.limits.max_in_flight)
         # Requests take their turn in arrival order; only the head of the line watches the clock.
         self._turn = asyncio.Lock()
+        # Set by each answer: it may have moved the head's slot (slow start brings it forward).
+        self._answered = asyncio.Event()
+        self._held = False  # the head of the line is waiting for the rate
 
     async def acquire(self) -> tuple[float, bool]:
         """Wait for a slot and for the rate; returns (start time, whether the rate held it)."""
@@ -56,11 +59,18 @@ class OperatorBudget:
         try:
             async with self._turn:
                 waited = False
-                # Each sleep lasts until the slot, which a refusal elsewhere may have moved
-                # meanwhile (a Retry-After pause), hence the re-check.
+                # Each sleep lasts until the slot or the next answer, which may have moved it
+                # (a Retry-After pause later, a raised rate sooner), hence the re-check.
                 while (wait := self.pacer.wait(self._clock())) > 0:
-                    waited = True
-                    await asyncio.sleep(wait)
+                    waited = self._held = True
+                    self._answered.clear()
+                    try:
+                        async with asyncio.timeout(wait):
+                            await self._answered.wait()
+                    except TimeoutError:
+                        pass
+                    finally:
+                        self._held = False
                 now = self._clock()
                 self.pacer.start(now)
                 return now, waited
@@ -72,7 +82,11 @@ class OperatorBudget:
         self, started: tuple[float, bool], outcome: Outcome, retry_after: float | None = None
     ) -> None:
         now = self._clock()
-        self.pacer.finish(now, outcome, now - started[0], retry_after, waited=started[1])
+        # The rate is the constraint when it held this request back, or holds one back now (the
+        # first answers of a job: its second request waits for the starting pace).
+        waited = started[1] or self._held
+        self.pacer.finish(now, outcome, now - started[0], retry_after, waited=waited)
+        self._answered.set()
         self._slots.release()
 
     @property
