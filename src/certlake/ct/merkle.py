@@ -54,7 +54,7 @@ def _split(n: int) -> int:
     return 1 << ((n - 1).bit_length() - 1)
 
 
-def _fold_right(hashes: Sequence[bytes]) -> bytes:
+def fold_right(hashes: Sequence[bytes]) -> bytes:
     """Combine perfect-subtree hashes listed left to right, largest first, into their root."""
     acc = hashes[-1]
     for h in reversed(hashes[:-1]):
@@ -186,7 +186,7 @@ class MerkleTree:
             if (hi - lo) >> h & 1:
                 parts.append(self._hash(h, pos >> h))
                 pos += 1 << h
-        return _fold_right(parts)
+        return fold_right(parts)
 
 
 def verify_inclusion(
@@ -291,7 +291,7 @@ def root_from_tile_hashes(size: int, tiles: Mapping[tuple[int, int], bytes]) -> 
             )
         hashes = [tile[i * HASH_SIZE : (i + 1) * HASH_SIZE] for i in range(offset, offset + count)]
         parts.append(root_hash(hashes))
-    return _fold_right(parts)
+    return fold_right(parts)
 
 
 def _root_pieces(size: int) -> list[tuple[int, int, int]]:
