@@ -62,6 +62,12 @@ class CompactRange:
     def __len__(self) -> int:
         return self.end - self.begin
 
+    def copy(self) -> CompactRange:
+        r = CompactRange(self.begin)
+        r.end = self.end
+        r._nodes = list(self._nodes)
+        return r
+
     def append(self, hash_: bytes) -> None:
         """Add the leaf at `end`, given its leaf hash."""
         self._push(Node(0, self.end, hash_))
