@@ -149,7 +149,7 @@ def run_once(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--entries", type=int, default=100_000, help="entries per log")
-    parser.add_argument("--runs", type=int, default=2, help="runs per case; the best is kept")
+    parser.add_argument("--runs", type=int, default=3, help="runs per case; the median is shown")
     parser.add_argument("--dir", type=Path, default=Path("/tmp/certlake-bench-backfill"))
     parser.add_argument(
         "--max-entries", type=int, help="the test log's get-entries cap (e.g. 32, as Google's)"
@@ -173,23 +173,25 @@ def main() -> None:
             results = [
                 run_once(args.dir, base, args.entries, logs, testlog.pid) for _ in range(args.runs)
             ]
-            best = max(results, key=lambda r: r["rate"])
-            cpu = best["cpu"]
-            total_cpu = sum(cpu.values()) + best["testlog_cpu"]
+            # The median run (by rate), its CPU breakdown with it: the machine is shared, and
+            # a best-of-N figure only says how quiet it was once.
+            run = sorted(results, key=lambda r: r["rate"])[len(results) // 2]
+            cpu = run["cpu"]
+            total_cpu = sum(cpu.values()) + run["testlog_cpu"]
             rates = ", ".join(f"{r['rate']:,.0f}" for r in results)
             print(
-                f"\n{label}: {best['entries']:,} entries in {best['elapsed']:.2f} s = "
-                f"{best['rate']:,.0f} entries/s (runs: {rates}); peak RSS main "
-                f"{best['rss_main_mb']:.0f} MB, all processes {best['rss_total_mb']:.0f} MB"
+                f"\n{label}: {run['entries']:,} entries in {run['elapsed']:.2f} s = "
+                f"{run['rate']:,.0f} entries/s, median run (runs: {rates}); peak RSS main "
+                f"{run['rss_main_mb']:.0f} MB, all processes {run['rss_total_mb']:.0f} MB"
             )
             print(
-                f"  CPU {total_cpu:.1f} s = {total_cpu / best['elapsed']:.2f} cores, "
-                f"{total_cpu / best['entries'] * 1e6:.0f} µs per entry:"
+                f"  CPU {total_cpu:.1f} s = {total_cpu / run['elapsed']:.2f} cores, "
+                f"{total_cpu / run['entries'] * 1e6:.0f} µs per entry:"
             )
             for role, seconds in sorted(cpu.items(), key=lambda kv: -kv[1]):
-                print(f"    {role:48} {seconds:6.2f} s  {seconds / best['entries'] * 1e6:5.1f} µs")
-            testlog_us = best["testlog_cpu"] / best["entries"] * 1e6
-            print(f"    {'test log process':48} {best['testlog_cpu']:6.2f} s  {testlog_us:5.1f} µs")
+                print(f"    {role:48} {seconds:6.2f} s  {seconds / run['entries'] * 1e6:5.1f} µs")
+            testlog_us = run["testlog_cpu"] / run["entries"] * 1e6
+            print(f"    {'test log process':48} {run['testlog_cpu']:6.2f} s  {testlog_us:5.1f} µs")
     finally:
         testlog.terminate()
         testlog.wait(timeout=30)
