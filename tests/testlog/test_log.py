@@ -17,6 +17,7 @@ from certlake.ct.merkle import leaf_hash, verify_consistency, verify_inclusion
 from certlake.ct.sth import verify_sth
 from certlake.ct.tile import decode_data_tile
 from certlake.ct.tls import DecodeError
+from certlake.ct.verify import LogVerifier, Mismatch, TreeHead
 from certlake.testlog.faults import CorruptMode
 from certlake.testlog.log import (
     RequestError,
@@ -183,6 +184,30 @@ def test_corruption_modes(pool: CertPool) -> None:
     with pytest.raises(DecodeError):
         decode_rfc6962_entry(3, *raw[3])
     decode_rfc6962_entry(4, *raw[4])
+
+
+@pytest.mark.parametrize("kind", [LogKind.RFC6962, LogKind.STATIC])
+def test_a_tampered_entry_is_valid_and_only_its_leaf_hash_gives_it_away(
+    pool: CertPool, kind: LogKind
+) -> None:
+    log = _filled(kind, pool, 256)
+    log.publish(1_700_000_001_000)
+    tamper = {7: CorruptMode.TAMPER}
+    if kind is LogKind.RFC6962:
+        body = orjson.loads(log.get_entries_body(range(256), tamper))["entries"]
+        leaves = [base64.b64decode(e["leaf_input"]) for e in body]
+        for i, e in enumerate(body):
+            decode_rfc6962_entry(i, leaves[i], base64.b64decode(e["extra_data"]))
+    else:
+        tile = decode_data_tile(gzip.decompress(log.data_tile_gz(0, 256, tamper)), 0, 256)
+        leaves = [t.leaf_input for t in tile]
+    hashes = [leaf_hash(leaf) for leaf in leaves]
+    assert [i for i in range(256) if hashes[i] != log.tree.leaf_hash_at(i)] == [7]
+    # What a verifier makes of it: the head the entries reach does not match them.
+    verifier = LogVerifier()
+    verifier.head(TreeHead(256, log.tree.root(256)))
+    (event,) = verifier.leaves(0, hashes)
+    assert isinstance(event, Mismatch) and verifier.verified_index == 0
 
 
 def test_corrupt_data_tile_fails_to_decode_and_is_not_cached(pool: CertPool) -> None:

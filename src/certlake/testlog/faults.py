@@ -23,6 +23,8 @@ is the probability. The same options are accepted as a JSON object by the admin 
     corrupt:at=5,mode=no-extra   get-entries: entry 5 has no extra_data member
     corrupt:at=5,mode=leaf-index data tiles: entry 5 claims the next leaf_index (framing intact)
     corrupt:at=5,mode=issuer     data tiles: entry 5 names an issuer the log does not serve
+    corrupt:at=5,mode=tamper     entry 5 served with other bytes than the tree was built from
+                                 (its timestamp +1 ms): valid in every way but its leaf hash
     gzip-bomb:endpoint=data-tile data tiles padded with spaces to 4 GiB and sent gzip-encoded:
                                  about 4 MB on the wire (size=1G for another size; K, M, G)
     huge-body:size=300M          answers padded with spaces to 300 MiB (512 MiB by default) and
@@ -103,6 +105,9 @@ class CorruptMode(enum.Enum):
     # A data tile entry whose leaf_index extension is wrong (get-entries: served as it is).
     LEAF_INDEX = "leaf-index"
     ISSUER = "issuer"  # a data tile entry naming an issuer fingerprint the log never served
+    # Served with its timestamp a millisecond later than the one in the log's tree: it decodes
+    # and parses as any entry, and only a root computed from the entries tells it apart.
+    TAMPER = "tamper"
 
 
 class BodyMode(enum.Enum):

@@ -243,7 +243,7 @@ class TestLog:
         mode = corrupt.get(index)
         if mode is CorruptMode.DER:
             cert = cert.garbled()
-        leaf = self._leaf_input(cert, index, ts)
+        leaf = self._leaf_input(cert, index, ts + 1 if mode is CorruptMode.TAMPER else ts)
         if mode is CorruptMode.FRAMING:
             leaf = leaf[: len(leaf) // 2]
         return leaf, cert.extra_data_b64
@@ -322,7 +322,7 @@ class TestLog:
             cert = cert.garbled()
         data = encode_tile_leaf(
             index + 1 if mode is CorruptMode.LEAF_INDEX else index,
-            ts,
+            ts + 1 if mode is CorruptMode.TAMPER else ts,
             cert.entry_type,
             cert.cert_der,
             (_UNKNOWN_ISSUER,) if mode is CorruptMode.ISSUER else cert.chain_fingerprints,
