@@ -250,8 +250,11 @@ class Pacer:
         return flaky
 
     def _cut(self, now: float) -> None:
-        """Book a cut of the rate (called before the rate changes)."""
-        self._cuts.append((self.rate, self._served_rate(now)))
+        """Book a cut of the rate (called before the rate changes). Not the first refusal's:
+        slow start's last rate, and what it served on the operator's burst allowance, are no
+        level the operator ever sustained, so undoing later cuts back to it would hammer it."""
+        if self._refused_before:
+            self._cuts.append((self.rate, self._served_rate(now)))
 
     def _served_rate(self, now: float) -> float:
         """Answers per second over the last `_SERVED_WINDOW` seconds."""
@@ -270,10 +273,6 @@ class Pacer:
             self._ok_times.popleft()
         best = self._best_latency
         self._best_latency = latency if best is None else min(best, latency)
-        # The very first answer counts as held back: a job's second request is about to wait
-        # for the starting pace, and growing only after it would leave the whole job at that
-        # pace for one slot more.
-        waited = waited or self.requests == 1
         if latency > _SLOW_FACTOR * self._best_latency + _SLOW_FLOOR or not waited:
             return
         limit = self.learned_limit

@@ -82,8 +82,8 @@ class OperatorBudget:
         self, started: tuple[float, bool], outcome: Outcome, retry_after: float | None = None
     ) -> None:
         now = self._clock()
-        # The rate is the constraint when it held this request back, or holds one back now (the
-        # first answers of a job: its second request waits for the starting pace).
+        # The rate is the constraint when it held this request back, or holds one back now (a
+        # request that queued behind the starting pace while this one was out).
         waited = started[1] or self._held
         self.pacer.finish(now, outcome, now - started[0], retry_after, waited=waited)
         self._answered.set()
