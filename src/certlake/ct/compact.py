@@ -59,9 +59,6 @@ class CompactRange:
     def nodes(self) -> tuple[Node, ...]:
         return tuple(self._nodes)
 
-    def __len__(self) -> int:
-        return self.end - self.begin
-
     def copy(self) -> CompactRange:
         r = CompactRange(self.begin)
         r.end = self.end

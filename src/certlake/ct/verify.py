@@ -78,7 +78,7 @@ class LogVerifier:
     def __init__(self) -> None:
         self._range = CompactRange(0)
         self._verified: TreeHead | None = None
-        self._pending: list[TreeHead] = []  # heads above the downloaded position, by size
+        # Heads seen, by size; those above the downloaded position are pending.
         self._heads_by_size: dict[int, TreeHead] = {}
         self._at_verified = CompactRange(0)  # the range as it was at the verified head
         self._mismatched = False  # entries disagreed with a head (cleared by `rewind`)
@@ -101,7 +101,7 @@ class LogVerifier:
     def state(self) -> Verification:
         if self._mismatched or self._split:
             return Verification.INCONSISTENT
-        return Verification.PENDING if self._pending else Verification.OK
+        return Verification.OK if self._next_pending() is None else Verification.PENDING
 
     def head(self, head: TreeHead) -> list[Event]:
         """A signed head of this log was seen."""
@@ -118,9 +118,7 @@ class LogVerifier:
             return []
         if head.size == self.downloaded:
             return self._check(head)
-        self._pending.append(head)
-        self._pending.sort(key=lambda h: h.size)
-        return []
+        return []  # pending: checked once the entries reach its size
 
     def leaves(self, begin: int, hashes: Sequence[bytes]) -> list[Event]:
         """Leaf hashes of the entries [begin, begin + len(hashes)), which must follow on from
@@ -131,24 +129,26 @@ class LogVerifier:
         i = 0
         while i < len(hashes):
             # Up to the next pending head exactly: the range's root at that size is its root.
+            pending = self._next_pending()
             take = len(hashes) - i
-            if self._pending:
-                take = min(take, self._pending[0].size - self.downloaded)
+            if pending is not None:
+                take = min(take, pending.size - self.downloaded)
             for h in hashes[i : i + take]:
                 self._range.append(h)
             i += take
-            while self._pending and self._pending[0].size == self.downloaded:
-                events += self._check(self._pending.pop(0))
+            if pending is not None and pending.size == self.downloaded:
+                events += self._check(pending)
         return events
+
+    def _next_pending(self) -> TreeHead | None:
+        """The smallest head above what is downloaded."""
+        above = [h for h in self._heads_by_size.values() if h.size > self.downloaded]
+        return min(above, key=lambda h: h.size) if above else None
 
     def rewind(self) -> int:
         """After a `Mismatch`: forget what was downloaded past the verified position, so that it
         can be fetched once more; returns the index to fetch from. A split view stays."""
         self._range = self._at_verified.copy()
-        self._pending = sorted(
-            (h for h in self._heads_by_size.values() if h.size > self.downloaded),
-            key=lambda h: h.size,
-        )
         self._mismatched = False
         return self.downloaded
 

@@ -237,13 +237,18 @@ class TestLog:
             self._extensions(index),
         )
 
+    def _served_timestamp(self, index: int, mode: CorruptMode | None) -> int:
+        """The timestamp an entry is served with: a tampered one's differs from its tree's."""
+        ts = self._timestamps[index]
+        return ts + 1 if mode is CorruptMode.TAMPER else ts
+
     def _served(self, index: int, corrupt: Mapping[int, CorruptMode]) -> tuple[bytes, bytes]:
         """(leaf_input, extra_data in base64) of an entry as served, corruption applied."""
-        cert, ts = self._certs[index], self._timestamps[index]
+        cert = self._certs[index]
         mode = corrupt.get(index)
         if mode is CorruptMode.DER:
             cert = cert.garbled()
-        leaf = self._leaf_input(cert, index, ts + 1 if mode is CorruptMode.TAMPER else ts)
+        leaf = self._leaf_input(cert, index, self._served_timestamp(index, mode))
         if mode is CorruptMode.FRAMING:
             leaf = leaf[: len(leaf) // 2]
         return leaf, cert.extra_data_b64
@@ -260,7 +265,7 @@ class TestLog:
             elif mode is CorruptMode.NULL:
                 yield b'{"leaf_input":null,"extra_data":"%s"}' % extra
             elif mode is CorruptMode.NO_EXTRA:
-                yield b'{"leaf_input":"%s"}' % base64.b64encode(leaf)
+                yield b'{"leaf_input":"%s"}' % pybase64.b64encode(leaf)
             else:
                 # pybase64: the test log shares the machine with the client it serves, so its
                 # per-request encoding is kept as cheap as a real log's would be to that client.
@@ -316,13 +321,13 @@ class TestLog:
         return self.tree.hash_tile(level, n, width)
 
     def _tile_leaf(self, index: int, corrupt: Mapping[int, CorruptMode]) -> bytes:
-        cert, ts = self._certs[index], self._timestamps[index]
+        cert = self._certs[index]
         mode = corrupt.get(index)
         if mode is CorruptMode.DER:
             cert = cert.garbled()
         data = encode_tile_leaf(
             index + 1 if mode is CorruptMode.LEAF_INDEX else index,
-            ts + 1 if mode is CorruptMode.TAMPER else ts,
+            self._served_timestamp(index, mode),
             cert.entry_type,
             cert.cert_der,
             (_UNKNOWN_ISSUER,) if mode is CorruptMode.ISSUER else cert.chain_fingerprints,
