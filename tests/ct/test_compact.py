@@ -10,8 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from certlake.ct.compact import CompactRange
-from certlake.ct.merkle import MerkleError
+from certlake.ct.compact import (
+    CompactRange,
+    from_hash_tiles,
+    hash_tiles_for,
+    prefix_from_inclusion,
+    subtrees,
+)
+from certlake.ct.merkle import TILE_WIDTH, MerkleError, MerkleTree, leaf_hash
 
 
 def _mth(leaves: list[bytes]) -> bytes:
@@ -85,3 +91,104 @@ def test_misuse_is_refused() -> None:
     with pytest.raises(MerkleError):
         CompactRange(-1)
     assert CompactRange().root() == hashlib.sha256(b"").digest()
+
+
+@given(begin=st.integers(0, 5_000), length=st.integers(0, 700))
+@settings(max_examples=200, deadline=None)
+def test_subtrees_are_the_nodes_of_a_range_and_rebuild_it(begin: int, length: int) -> None:
+    r = CompactRange.of_leaves(begin, _leaves(length))
+    assert subtrees(begin, begin + length) == [(n.level, n.index) for n in r.nodes]
+    again = CompactRange.of_nodes(begin, begin + length, [n.hash for n in r.nodes])
+    assert again.nodes == r.nodes and (again.begin, again.end) == (r.begin, r.end)
+
+
+def test_of_nodes_refuses_the_wrong_number_of_hashes() -> None:
+    r = CompactRange.of_leaves(0, _leaves(7))
+    with pytest.raises(MerkleError, match="3 subtrees; got 2"):
+        CompactRange.of_nodes(0, 7, [n.hash for n in r.nodes][:2])
+
+
+@given(size=st.integers(1, 600), data=st.data())
+@settings(max_examples=300, deadline=None)
+def test_an_inclusion_proof_gives_the_range_before_its_leaf(size: int, data: st.DataObject) -> None:
+    index = data.draw(st.integers(0, size - 1))
+    leaves = _leaves(size)
+    tree = _tree(leaves)
+    proof = tree.inclusion_proof(index, size)
+    prefix = prefix_from_inclusion(index, size, leaf_hash(leaves[index]), proof, _mth(leaves))
+    assert prefix is not None
+    assert prefix.nodes == CompactRange.of_leaves(0, leaves[:index]).nodes
+    # The prefix and the rest of the leaves make the whole tree.
+    prefix.merge(CompactRange.of_leaves(index, leaves[index:]))
+    assert prefix.root() == _mth(leaves)
+
+
+def test_an_inclusion_proof_that_does_not_hold_gives_no_prefix() -> None:
+    leaves = _leaves(100)
+    tree = _tree(leaves)
+    proof = tree.inclusion_proof(40, 100)
+    assert prefix_from_inclusion(40, 100, leaf_hash(b"other"), proof, _mth(leaves)) is None
+    bent = [proof[0][::-1], *proof[1:]]
+    assert prefix_from_inclusion(40, 100, leaf_hash(leaves[40]), bent, _mth(leaves)) is None
+
+
+@given(size=st.integers(1, 70_000), data=st.data())
+@settings(max_examples=60, deadline=None)
+def test_hash_tiles_give_any_range_of_the_tree(size: int, data: st.DataObject) -> None:
+    begin = data.draw(st.integers(0, size))
+    end = data.draw(st.integers(begin, size))
+    tree = _big_tree(size)
+    tiles = {}
+    for ref in hash_tiles_for(begin, end, size):
+        assert 1 <= ref.width <= TILE_WIDTH
+        tiles[(ref.level, ref.index)] = _hash_tile(tree, ref.level, ref.index, ref.width)
+    got = from_hash_tiles(begin, end, tiles)
+    want = CompactRange(begin)
+    for i in range(begin, end):
+        want.append(tree[0][i])
+    assert got.nodes == want.nodes
+
+
+def test_a_missing_or_short_hash_tile_is_named() -> None:
+    tree = _big_tree(1000)
+    (ref,) = hash_tiles_for(0, 1000, 1000)[:1]
+    with pytest.raises(MerkleError, match="missing"):
+        from_hash_tiles(0, 1000, {})
+    short = {(r.level, r.index): _hash_tile(tree, r.level, r.index, 1) for r in [ref]}
+    with pytest.raises(MerkleError, match="need"):
+        from_hash_tiles(0, 1000, short)
+
+
+_TREES: dict[int, list[list[bytes]]] = {}
+
+
+def _big_tree(size: int) -> list[list[bytes]]:
+    """Level by level, the hashes of the perfect subtrees of `size` leaves (level 0: leaves),
+    built by plain pairing: a reference independent of CompactRange."""
+    if size not in _TREES:
+        levels = [[hashlib.sha256(b"\x00" + b"leaf %d" % i).digest() for i in range(size)]]
+        while len(levels[-1]) > 1:
+            below = levels[-1]
+            levels.append(
+                [
+                    hashlib.sha256(b"\x01" + below[i] + below[i + 1]).digest()
+                    for i in range(0, len(below) - 1, 2)
+                ]
+            )
+        _TREES.clear()
+        _TREES[size] = levels
+    return _TREES[size]
+
+
+def _hash_tile(levels: list[list[bytes]], tile_level: int, n: int, width: int) -> bytes:
+    row = levels[tile_level * 8] if tile_level * 8 < len(levels) else []
+    hashes = row[n * TILE_WIDTH : n * TILE_WIDTH + width]
+    assert len(hashes) == width
+    return b"".join(hashes)
+
+
+def _tree(leaves: list[bytes]) -> MerkleTree:
+    tree = MerkleTree()
+    for x in leaves:
+        tree.append(leaf_hash(x))
+    return tree

@@ -8,10 +8,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from certlake.ct.compact import prefix_from_inclusion
 from certlake.ct.merkle import MerkleTree, leaf_hash, root_hash
 from certlake.ct.verify import (
     LogVerifier,
     Mismatch,
+    ServedDifferently,
     SplitView,
     TreeHead,
     Verification,
@@ -47,7 +49,7 @@ def test_an_honest_log_is_verified_head_by_head() -> None:
     assert v.head(TreeHead(10, b"\x00" * 32)) == [] and v.state is Verification.OK
 
 
-def test_a_tampered_entry_is_caught_at_the_next_head_and_refetched_once() -> None:
+def test_a_tampered_entry_is_caught_at_the_next_head_and_read_once_more() -> None:
     tampered = list(HASHES)
     tampered[13] = leaf_hash(b"not what the log committed to")
     v = LogVerifier()
@@ -55,19 +57,34 @@ def test_a_tampered_entry_is_caught_at_the_next_head_and_refetched_once() -> Non
         v.head(_head(size))
     events = _feed(v, tampered, 0, 40, 8)
     assert events[0] == Verified(_head(10))
-    # Each later head the entries reach disagrees too: each is evidence, reported as such.
-    mismatch, again = events[1:]
-    assert isinstance(mismatch, Mismatch) and isinstance(again, Mismatch)
-    assert mismatch.head == _head(25) and mismatch.verified_before == 10
-    assert again.head == _head(40) and again.verified_before == 10
+    # The first head the entries disagree with is the evidence; nothing is checked after it.
+    (mismatch,) = events[1:]
+    assert isinstance(mismatch, Mismatch)
+    assert mismatch.head == _head(25) and mismatch.first == 10
     assert mismatch.computed == root_hash(tampered[:25]) != _head(25).root
-    # Nothing past the contradiction is verified, not even a head the entries reach later.
+    assert (v.verified_index, v.state, v.downloaded) == (10, Verification.INCONSISTENT, 40)
+    assert v.recheck_range == (10, 25)
+    # Read again, the log serves what it committed to: its tree is sound, but what was first
+    # downloaded (and streamed, and archived) was not it. The log stays inconsistent.
+    assert v.recheck(HASHES[10:25]) == [ServedDifferently(_head(25), 10, 25, (13,))]
     assert (v.verified_index, v.state) == (10, Verification.INCONSISTENT)
-    # Fetched again from the verified position, honestly this time: verified up to the end.
-    assert v.rewind() == 10
-    assert v.state is Verification.PENDING
-    assert _feed(v, HASHES, 10, 40, 8) == [Verified(_head(25)), Verified(_head(40))]
-    assert (v.verified_index, v.state) == (40, Verification.OK)
+    assert v.recheck_range is None
+    # Nothing past the contradiction is verified, not even a head the entries reach later.
+    assert _feed(v, HASHES, 40, 60, 8) == [] and v.head(_head(60)) == []
+    assert v.verified_index == 10 and v.downloaded == 60
+
+
+def test_a_second_read_that_agrees_with_the_first_confirms_the_mismatch() -> None:
+    tampered = list(HASHES)
+    tampered[3] = leaf_hash(b"changed")
+    v = LogVerifier()
+    v.head(_head(20))
+    (mismatch,) = _feed(v, tampered, 0, 30, 30)
+    assert isinstance(mismatch, Mismatch) and v.recheck_range == (0, 20)
+    assert v.recheck(tampered[:20]) == []
+    assert v.state is Verification.INCONSISTENT
+    with pytest.raises(ValueError, match="nothing to read again"):
+        v.recheck(tampered[:20])
 
 
 def test_a_head_whose_root_does_not_match_its_entries() -> None:
@@ -86,8 +103,10 @@ def test_two_heads_of_one_size_are_a_split_view_for_good() -> None:
     forked = TreeHead(20, hashlib.sha256(b"the other tree").digest())
     assert v.head(forked) == [SplitView(_head(20), forked)]
     assert v.state is Verification.INCONSISTENT
-    v.rewind()
-    assert v.state is Verification.INCONSISTENT
+    # Reported once; later heads, honest or not, are not believed.
+    assert v.head(TreeHead(20, hashlib.sha256(b"a third").digest())) == []
+    assert _feed(v, HASHES, 20, 30, 10) == [] and v.head(_head(30)) == []
+    assert v.verified_index == 20
 
 
 def test_consistency_between_heads_is_checked_with_the_logs_proof() -> None:
@@ -144,3 +163,78 @@ def test_every_head_is_verified_once_whatever_the_batches(
         # Announced late, only a head at exactly the downloaded size can be checked from entries.
         assert events == [Verified(_head(s)) for s in reached if s == begin]
     assert v.state is (Verification.PENDING if any(s > begin for s in sizes) else Verification.OK)
+
+
+def _tree(n: int, hashes: list[bytes] = HASHES) -> MerkleTree:
+    tree = MerkleTree()
+    for h in hashes[:n]:
+        tree.append(h)
+    return tree
+
+
+def test_a_mid_log_start_is_anchored_by_the_logs_inclusion_proof() -> None:
+    """A fresh start at the tree head (60): the first entry downloaded and the first head past
+    it give the history before the start, proven by the log's proof, with no entry below 60
+    downloaded."""
+    v = LogVerifier.unanchored(60)
+    assert (v.anchored, v.first_leaf, v.start) == (False, None, 60)
+    assert v.head(_head(60)) == [] and v.head(_head(75)) == []
+    assert _feed(v, HASHES, 60, 90, 7) == [] and v.downloaded == 90
+    assert v.first_leaf == HASHES[60] and v.state is Verification.PENDING
+    head = _head(75)
+    prefix = prefix_from_inclusion(60, 75, HASHES[60], _tree(75).inclusion_proof(60, 75), head.root)
+    assert prefix is not None
+    # Both the head at the start and the one the buffered entries reach are checked at once.
+    assert v.anchor(prefix) == [Verified(_head(60)), Verified(_head(75))]
+    assert (v.verified_index, v.downloaded, v.state) == (75, 90, Verification.OK)
+    assert _feed(v, HASHES, 90, 100, 10) == [] and v.head(_head(100)) == [Verified(_head(100))]
+
+
+def test_a_mid_log_start_whose_entries_do_not_fit_the_proofs_tree() -> None:
+    tampered = list(HASHES)
+    tampered[70] = leaf_hash(b"tampered")
+    v = LogVerifier.unanchored(60)
+    v.head(_head(80))
+    _feed(v, tampered, 60, 85, 25)
+    prefix = prefix_from_inclusion(
+        60, 80, HASHES[60], _tree(80).inclusion_proof(60, 80), _head(80).root
+    )
+    assert prefix is not None
+    (mismatch,) = v.anchor(prefix)
+    assert isinstance(mismatch, Mismatch) and (mismatch.first, mismatch.head) == (60, _head(80))
+    assert v.recheck_range == (60, 80)
+
+
+def test_a_proof_that_does_not_hold_makes_the_log_inconsistent() -> None:
+    v = LogVerifier.unanchored(10)
+    (event,) = v.anchor_failed(_head(20), b"\x01" * 32, "its inclusion proof does not hold")
+    assert isinstance(event, Mismatch) and event.detail == "its inclusion proof does not hold"
+    assert v.state is Verification.INCONSISTENT
+
+
+def test_a_snapshot_resumes_verification_where_it_was() -> None:
+    v = LogVerifier()
+    v.head(_head(33))
+    _feed(v, HASHES, 0, 40, 40)
+    snap = v.snapshot()
+    assert snap is not None and snap.head == _head(33) and not snap.inconsistent
+    again = LogVerifier.resumed(snap)
+    assert (again.downloaded, again.verified_index, again.state) == (33, 33, Verification.OK)
+    again.head(_head(50))
+    assert _feed(again, HASHES, 33, 50, 5) == [Verified(_head(50))]
+    # The head it resumed from is remembered: the same size with another root is a split view.
+    forked = TreeHead(33, hashlib.sha256(b"fork").digest())
+    assert isinstance(LogVerifier.resumed(snap).head(forked)[0], SplitView)
+    # Nothing verified yet, nothing to resume from.
+    assert LogVerifier().snapshot() is None and LogVerifier.unanchored(5).snapshot() is None
+
+
+def test_a_watcher_far_behind_keeps_a_bounded_number_of_pending_heads() -> None:
+    v = LogVerifier()
+    for size in range(1, 200):
+        v.head(_head(size))
+    assert 0 < len(v._heads_by_size) <= 64
+    assert min(v._heads_by_size) == 1 and max(v._heads_by_size) == 199
+    events = _feed(v, HASHES, 0, 200, 50)
+    assert events[-1] == Verified(_head(199))
+    assert all(isinstance(e, Verified) for e in events)

@@ -14,9 +14,22 @@ ranges, and the algorithm is short enough to check against a reference root in t
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from certlake.ct.merkle import EMPTY_ROOT, MerkleError, fold_right, leaf_hash, node_hash
+from certlake.ct.merkle import (
+    EMPTY_ROOT,
+    HASH_SIZE,
+    TILE_HEIGHT,
+    TILE_WIDTH,
+    MerkleError,
+    TileRef,
+    fold_right,
+    leaf_hash,
+    node_hash,
+    root_hash,
+    verify_inclusion,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +49,21 @@ class Node:
         return (self.index + 1) << self.level
 
 
+def subtrees(begin: int, end: int) -> list[tuple[int, int]]:
+    """(level, index) of the maximal aligned perfect subtrees that cover [begin, end), left to
+    right: the nodes a compact range of those leaves holds."""
+    out: list[tuple[int, int]] = []
+    pos = begin
+    while pos < end:
+        # As large as `pos`'s alignment allows (any size at 0), and no further than `end`.
+        level = (pos & -pos).bit_length() - 1 if pos else (end - pos).bit_length() - 1
+        while pos + (1 << level) > end:
+            level -= 1
+        out.append((level, pos >> level))
+        pos += 1 << level
+    return out
+
+
 class CompactRange:
     """The leaves [begin, end) of one log, as their maximal aligned perfect subtrees, left to
     right. Grow it by `append` (one leaf hash) or `merge` (the adjacent range that follows)."""
@@ -53,6 +81,20 @@ class CompactRange:
         r = cls(begin)
         for leaf in leaf_inputs:
             r.append(leaf_hash(leaf))
+        return r
+
+    @classmethod
+    def of_nodes(cls, begin: int, end: int, hashes: Sequence[bytes]) -> CompactRange:
+        """The range [begin, end) from the hashes of its subtrees (`subtrees(begin, end)`, left to
+        right), as a state file keeps them or a log's proof or hash tiles give them."""
+        places = subtrees(begin, end)
+        if len(hashes) != len(places) or any(len(h) != HASH_SIZE for h in hashes):
+            raise MerkleError(
+                f"[{begin}, {end}) has {len(places)} subtrees; got {len(hashes)} hashes"
+            )
+        r = cls(begin)
+        r.end = end
+        r._nodes = [Node(lv, i, h) for (lv, i), h in zip(places, hashes, strict=True)]
         return r
 
     @property
@@ -102,3 +144,67 @@ class CompactRange:
             nodes.pop()
             node = Node(node.level + 1, last.index >> 1, node_hash(last.hash, node.hash))
         nodes.append(node)
+
+
+def prefix_from_inclusion(
+    index: int, size: int, leaf_hash_: bytes, proof: Sequence[bytes], root: bytes
+) -> CompactRange | None:
+    """The range [0, index) of the tree (size, root), from the log's inclusion proof of the leaf
+    at `index`; None if the proof does not place `leaf_hash_` there.
+
+    An inclusion proof's left siblings are exactly the subtrees of [0, index): their hashes are
+    proven by the proof itself. This is how a watcher that starts in the middle of a log (a fresh
+    start at the tree head) gets the history it did not download, from one get-proof-by-hash of
+    the first entry it did."""
+    if not verify_inclusion(index, size, leaf_hash_, proof, root):
+        return None
+    # The same walk as verify_inclusion (RFC 9162 §2.1.3.2), keeping what it hashes on the left.
+    lefts: list[bytes] = []
+    fn, sn = index, size - 1
+    for p in proof:
+        if fn & 1 or fn == sn:
+            lefts.append(p)
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        fn >>= 1
+        sn >>= 1
+    return CompactRange.of_nodes(0, index, lefts[::-1])
+
+
+def hash_tiles_for(begin: int, end: int, tree_size: int) -> list[TileRef]:
+    """The hash tiles, as published at `tree_size`, that hold the subtrees of [begin, end).
+
+    A subtree of level b is 2^(b mod 8) consecutive hashes of one level-(b // 8) tile, never
+    straddling two tiles because it is aligned. Each tile is named at its width for `tree_size`:
+    a partial tile of an older size may be gone, while the wider one holds the same hashes."""
+    refs: dict[tuple[int, int], TileRef] = {}
+    for level, index in subtrees(begin, end):
+        tile_level, shift = divmod(level, TILE_HEIGHT)
+        n = (index << shift) // TILE_WIDTH
+        on_level = tree_size >> (tile_level * TILE_HEIGHT)
+        refs.setdefault(
+            (tile_level, n), TileRef(tile_level, n, min(TILE_WIDTH, on_level - n * TILE_WIDTH))
+        )
+    return list(refs.values())
+
+
+def from_hash_tiles(begin: int, end: int, tiles: Mapping[tuple[int, int], bytes]) -> CompactRange:
+    """The range [begin, end) from the hash tiles `hash_tiles_for` names, keyed by (level,
+    index); raises MerkleError when one is missing or too short."""
+    hashes: list[bytes] = []
+    for level, index in subtrees(begin, end):
+        tile_level, shift = divmod(level, TILE_HEIGHT)
+        n, offset = divmod(index << shift, TILE_WIDTH)
+        count = 1 << shift
+        tile = tiles.get((tile_level, n))
+        if tile is None:
+            raise MerkleError(f"hash tile {tile_level}/{n} needed for [{begin}, {end}) is missing")
+        if len(tile) % HASH_SIZE or len(tile) < (offset + count) * HASH_SIZE:
+            raise MerkleError(
+                f"hash tile {tile_level}/{n} has {len(tile)} bytes, "
+                f"need {(offset + count) * HASH_SIZE}"
+            )
+        part = tile[offset * HASH_SIZE : (offset + count) * HASH_SIZE]
+        hashes.append(root_hash([part[i : i + HASH_SIZE] for i in range(0, len(part), HASH_SIZE)]))
+    return CompactRange.of_nodes(begin, end, hashes)

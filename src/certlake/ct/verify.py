@@ -51,11 +51,13 @@ class Verified:
 
 @dataclass(frozen=True, slots=True)
 class Mismatch:
-    """The first `head.size` entries as downloaded do not hash to the head's root."""
+    """The first `head.size` entries as downloaded do not hash to the head's root (or, when the
+    watcher started mid-log, the log's own inclusion proof does not lead to it)."""
 
     head: TreeHead
     computed: bytes
-    verified_before: int  # the verified position when it was found (entries from here are suspect)
+    first: int  # the suspect entries are [first, head.size): all since the last one checked
+    detail: str = "the entries do not hash to the signed root"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,25 +70,97 @@ class SplitView:
     proof_checked: bool = False
 
 
-Event = Verified | Mismatch | SplitView
+@dataclass(frozen=True, slots=True)
+class ServedDifferently:
+    """A second read of a mismatched range reproduced the head's root: the log's tree is sound,
+    but the entries first downloaded (streamed, archived) were not the ones it committed to.
+    `indices` are those whose two reads differ (empty when the first read's hashes were not
+    kept)."""
+
+    head: TreeHead
+    first: int
+    end: int
+    indices: tuple[int, ...]
+
+
+Event = Verified | Mismatch | SplitView | ServedDifferently
+
+# Leaf hashes kept since the verified position, to name the entries a second read serves
+# differently: 32 bytes each, 2 MiB per log at most; past it only the range is named.
+_WINDOW_CAP = 65_536
+# Heads awaiting their entries. A watcher far behind sees a new head every poll; the smallest
+# ones are checked next and the newest says where the log is, so the ones between are dropped
+# (each later head covers them by computation).
+_PENDING_CAP = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What a restart needs to go on verifying without downloading again: the verified head and
+    the subtree hashes of [0, head.size) (`compact.subtrees` order)."""
+
+    head: TreeHead
+    nodes: tuple[bytes, ...]
+    inconsistent: bool
 
 
 class LogVerifier:
     """One log's verification. `leaves(begin, hashes)` as entries arrive, in index order;
-    `head(h)` for each signed head seen. Both return what they established."""
+    `head(h)` for each signed head seen. Both return what they established.
 
-    def __init__(self) -> None:
-        self._range = CompactRange(0)
-        self._verified: TreeHead | None = None
-        # Heads seen, by size; those above the downloaded position are pending.
+    A verifier that starts mid-log (`unanchored`) buffers leaf hashes until the shell gives it
+    the range [0, start) from the log's proofs or hash tiles (`anchor`); its first head then
+    checks those hashes together with the entries."""
+
+    def __init__(self, prefix: CompactRange | None = None, verified: TreeHead | None = None):
+        self._range: CompactRange | None = prefix if prefix is not None else CompactRange(0)
+        self._begin = self._range.end
+        self._downloaded = self._range.end
+        self._verified = verified
+        # The range at the last point checked (the verified head, or a mid-log start's prefix):
+        # what a second read of a mismatched range starts from.
+        self._base: CompactRange | None = self._range.copy()
         self._heads_by_size: dict[int, TreeHead] = {}
-        self._at_verified = CompactRange(0)  # the range as it was at the verified head
-        self._mismatched = False  # entries disagreed with a head (cleared by `rewind`)
-        self._split = False  # the log signed two heads that cannot both hold (for good)
+        # Leaf hashes from the verified position (or, unanchored, from the start) on.
+        self._window: list[bytes] | None = []
+        self._mismatch: Mismatch | None = None  # the first, awaiting its second read
+        self._mismatch_window: list[bytes] | None = None
+        self._inconsistent = False  # for good: nothing past a contradiction is verified
+
+    @classmethod
+    def unanchored(cls, start: int) -> LogVerifier:
+        v = cls()
+        v._range = v._base = None
+        v._begin = v._downloaded = start
+        return v
+
+    @classmethod
+    def resumed(cls, snapshot: Snapshot) -> LogVerifier:
+        head = snapshot.head
+        v = cls(CompactRange.of_nodes(0, head.size, snapshot.nodes), head)
+        v._heads_by_size[head.size] = head
+        v._inconsistent = snapshot.inconsistent
+        return v
 
     @property
     def downloaded(self) -> int:
-        return self._range.end
+        return self._downloaded
+
+    @property
+    def anchored(self) -> bool:
+        return self._range is not None
+
+    @property
+    def start(self) -> int:
+        """Where this verifier's own downloads began (a mid-log start needs [0, start))."""
+        return self._begin
+
+    @property
+    def first_leaf(self) -> bytes | None:
+        """The leaf hash at `start`, once downloaded (while unanchored), for an inclusion proof."""
+        if self._range is None and self._window:
+            return self._window[0]
+        return None
 
     @property
     def verified_index(self) -> int:
@@ -98,10 +172,22 @@ class LogVerifier:
         return self._verified
 
     @property
+    def newest_head(self) -> TreeHead | None:
+        return max(self._heads_by_size.values(), key=lambda h: h.size, default=None)
+
+    @property
     def state(self) -> Verification:
-        if self._mismatched or self._split:
+        if self._inconsistent or self._mismatch is not None:
             return Verification.INCONSISTENT
-        return Verification.OK if self._next_pending() is None else Verification.PENDING
+        if self._range is None or self._next_pending() is not None:
+            return Verification.PENDING
+        return Verification.OK
+
+    def snapshot(self) -> Snapshot | None:
+        base = self._base
+        if self._verified is None or base is None or base.end != self._verified.size:
+            return None
+        return Snapshot(self._verified, tuple(n.hash for n in base.nodes), self._inconsistent)
 
     def head(self, head: TreeHead) -> list[Event]:
         """A signed head of this log was seen."""
@@ -109,14 +195,14 @@ class LogVerifier:
         if seen is not None:
             if seen.root == head.root:
                 return []
-            self._split = True
-            return [SplitView(seen, head)]
-        self._heads_by_size[head.size] = head
+            return self._contradiction([SplitView(seen, head)])
         if head.size < self.downloaded:
-            # Older than what is downloaded: its root was passed without being computed. The
-            # shell checks it against a verified head by a consistency proof.
+            # Its entries passed without it: the shell checks it against a verified head with a
+            # consistency proof.
             return []
-        if head.size == self.downloaded:
+        self._heads_by_size[head.size] = head
+        self._thin()
+        if head.size == self.downloaded and self._range is not None:
             return self._check(head)
         return []  # pending: checked once the entries reach its size
 
@@ -125,6 +211,14 @@ class LogVerifier:
         what was downloaded."""
         if begin != self.downloaded:
             raise ValueError(f"entries from {begin} do not follow on from {self.downloaded}")
+        self._keep(hashes)
+        if self._range is None or self._inconsistent or self._mismatch is not None:
+            self._downloaded += len(hashes)
+            return []
+        return self._grow(hashes)
+
+    def _grow(self, hashes: Sequence[bytes]) -> list[Event]:
+        assert self._range is not None
         events: list[Event] = []
         i = 0
         while i < len(hashes):
@@ -132,12 +226,81 @@ class LogVerifier:
             pending = self._next_pending()
             take = len(hashes) - i
             if pending is not None:
-                take = min(take, pending.size - self.downloaded)
+                take = min(take, pending.size - self._range.end)
             for h in hashes[i : i + take]:
                 self._range.append(h)
             i += take
-            if pending is not None and pending.size == self.downloaded:
+            self._downloaded = self._range.end
+            if pending is not None and pending.size == self._range.end:
                 events += self._check(pending)
+                if self._mismatch is not None:
+                    self._downloaded += len(hashes) - i
+                    break
+        return events
+
+    def anchor(self, prefix: CompactRange) -> list[Event]:
+        """[0, start) as the log's proofs or hash tiles give it; the hashes buffered since the
+        start are then checked against the heads they reach."""
+        if self._range is not None or prefix.begin != 0 or prefix.end != self._begin:
+            raise ValueError(f"a prefix [0, {prefix.end}) does not anchor a start at {self._begin}")
+        if self._window is None:
+            raise ValueError(f"too many entries since {self._begin} to check them from a prefix")
+        self._range, self._base = prefix, prefix.copy()
+        buffered, self._window = self._window, []
+        self._downloaded = self._begin
+        # A head at the start itself is checked by the prefix alone.
+        at_start = self._heads_by_size.get(self._begin)
+        events = self._check(at_start) if at_start is not None else []
+        return events + self.leaves(self._begin, buffered)
+
+    def anchor_failed(self, head: TreeHead, computed: bytes, detail: str) -> list[Event]:
+        """The log's proof for the start does not lead to `head`'s root."""
+        return self._contradiction([Mismatch(head, computed, self._begin, detail)])
+
+    @property
+    def recheck_range(self) -> tuple[int, int] | None:
+        """After a `Mismatch`: the range to read once more, [first, end)."""
+        if self._mismatch is None:
+            return None
+        return self._mismatch.first, self._mismatch.head.size
+
+    def recheck(self, hashes: Sequence[bytes]) -> list[Event]:
+        """The leaf hashes of `recheck_range` as read the second time. The log stays
+        inconsistent either way: a second read that does hash to the root shows that the first
+        (already streamed and archived) was not what the log committed to."""
+        mismatch = self._mismatch
+        if mismatch is None:
+            raise ValueError("nothing to read again")
+        first, end = mismatch.first, mismatch.head.size
+        if len(hashes) != end - first:
+            raise ValueError(f"[{first}, {end}) is {end - first} entries, got {len(hashes)}")
+        self._mismatch, earlier, self._mismatch_window = None, self._mismatch_window, None
+        self._inconsistent = True
+        assert self._base is not None and self._base.end == first
+        again = self._base.copy()
+        for h in hashes:
+            again.append(h)
+        if again.root() != mismatch.head.root:
+            return []  # the same answer: the entries and the head disagree
+        differ: tuple[int, ...] = ()
+        if earlier is not None and len(earlier) == len(hashes):
+            differ = tuple(
+                first + i for i, (a, b) in enumerate(zip(earlier, hashes, strict=True)) if a != b
+            )
+        return [ServedDifferently(mismatch.head, first, end, differ)]
+
+    def consistent(self, earlier: TreeHead, later: TreeHead, proof: Sequence[bytes]) -> list[Event]:
+        """The log's consistency proof between two of its heads, as the shell fetched it."""
+        if verify_consistency(earlier.size, later.size, earlier.root, later.root, proof):
+            return []
+        return self._contradiction([SplitView(earlier, later, proof_checked=True)])
+
+    # --- inside ---------------------------------------------------------------------------------
+
+    def _contradiction(self, events: list[Event]) -> list[Event]:
+        if self._inconsistent:
+            return []  # reported once: a log that lied is not believed again, nor reported daily
+        self._inconsistent = True
         return events
 
     def _next_pending(self) -> TreeHead | None:
@@ -145,29 +308,38 @@ class LogVerifier:
         above = [h for h in self._heads_by_size.values() if h.size > self.downloaded]
         return min(above, key=lambda h: h.size) if above else None
 
-    def rewind(self) -> int:
-        """After a `Mismatch`: forget what was downloaded past the verified position, so that it
-        can be fetched once more; returns the index to fetch from. A split view stays."""
-        self._range = self._at_verified.copy()
-        self._mismatched = False
-        return self.downloaded
+    def _thin(self) -> None:
+        pending = sorted(s for s in self._heads_by_size if s > self.downloaded)
+        for size in pending[_PENDING_CAP // 2 : -1][: max(0, len(pending) - _PENDING_CAP)]:
+            del self._heads_by_size[size]
 
-    def consistent(self, earlier: TreeHead, later: TreeHead, proof: Sequence[bytes]) -> list[Event]:
-        """The log's consistency proof between two of its heads, as the shell fetched it."""
-        if verify_consistency(earlier.size, later.size, earlier.root, later.root, proof):
-            return []
-        self._split = True
-        return [SplitView(earlier, later, proof_checked=True)]
+    def _keep(self, hashes: Sequence[bytes]) -> None:
+        window = self._window
+        if window is None:
+            return
+        if len(window) + len(hashes) > _WINDOW_CAP:
+            self._window = None
+            return
+        window.extend(hashes)
 
     def _check(self, head: TreeHead) -> list[Event]:
+        assert self._range is not None
+        if self._inconsistent or self._mismatch is not None:
+            return []
         computed = self._range.root()
         if computed != head.root:
-            self._mismatched = True
-            return [Mismatch(head, computed, self.verified_index)]
-        if self._mismatched or self._split:
-            return []  # nothing past a contradiction counts as verified
+            assert self._base is not None
+            self._mismatch = Mismatch(head, computed, self._base.end)
+            window = self._window
+            self._mismatch_window = None if window is None else window[: head.size - self._base.end]
+            self._window = None  # nothing after it is checked: no more to keep
+            return [self._mismatch]
+        assert self._base is not None
+        if self._window is not None:
+            # The batch being fed may reach past this head: what follows it stays kept.
+            del self._window[: head.size - self._base.end]
         self._verified = head
-        self._at_verified = self._range.copy()
+        self._base = self._range.copy()
         # Heads below the verified one are only ever checked by proof from here on: not kept,
         # so that a log watched for months holds a few heads, not one per second.
         self._heads_by_size = {s: h for s, h in self._heads_by_size.items() if s >= head.size}
