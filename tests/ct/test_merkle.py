@@ -26,6 +26,7 @@ from certlake.ct.merkle import (
     root_from_tile_hashes,
     root_hash,
     root_tiles,
+    root_with_leaf,
     verify_consistency,
     verify_inclusion,
 )
@@ -305,6 +306,40 @@ def test_inclusion_proofs(tree: MerkleTree, data: st.DataObject) -> None:
         pos = data.draw(st.integers(0, len(proof) - 1), label="tampered")
         bad = [*proof[:pos], flip(proof[pos], 3), *proof[pos + 1 :]]
         assert not verify_inclusion(index, size, LEAVES[index], bad, root)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_root_with_a_leaf_replaced_is_the_root_of_the_rebuilt_tree(
+    tree: MerkleTree, data: st.DataObject
+) -> None:
+    size = data.draw(st.integers(1, MAX), label="size")
+    index = data.draw(st.integers(0, size - 1), label="index")
+    other = data.draw(st.binary(min_size=32, max_size=32), label="other")
+    proof = tree.inclusion_proof(index, size)
+    assert root_with_leaf(index, size, LEAVES[index], proof) == tree.root(size)
+    replaced = [*LEAVES[:index], other, *LEAVES[index + 1 : size]]
+    expected = root_hash(replaced)
+    assert expected == ref_mth(replaced)
+    assert root_with_leaf(index, size, other, proof) == expected
+    # The audit path is the same for the new leaf in the new tree; the root moves with the leaf.
+    assert verify_inclusion(index, size, other, proof, expected)
+    assert (expected == tree.root(size)) == (other == LEAVES[index])
+
+
+def test_root_with_leaf_rejects_what_cannot_be_an_audit_path(tree: MerkleTree) -> None:
+    proof = tree.inclusion_proof(5, 100)
+    for index, size, path in [
+        (100, 100, proof),  # index beyond the tree
+        (-1, 100, proof),
+        (5, 100, proof[:-1]),  # too short
+        (5, 100, [*proof, proof[0]]),  # too long
+        (5, 100, [proof[0][:31], *proof[1:]]),  # a hash of the wrong length
+        (0, 0, []),
+    ]:
+        with pytest.raises(MerkleError):
+            root_with_leaf(index, size, LEAVES[5], path)
+    assert root_with_leaf(0, 1, LEAVES[9], []) == LEAVES[9]  # a one-leaf tree is its leaf
 
 
 @settings(max_examples=200, deadline=None)

@@ -36,6 +36,7 @@ async def test_certlake_testlog_serves_until_signalled(tmp_path: Path, sig: sign
     ready = tmp_path / "ready"
     args = ["--port", "0", "--ready-file", str(ready), "--initial-size", "300"]
     args += ["--batch-cap", "50", "--seed", "9", "--fault", "503:n=1,endpoint=get-sth"]
+    args += ["--fault", "lie:n=1,log=static"]
     proc = await asyncio.create_subprocess_exec(
         CERTLAKE, "testlog", *args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -51,6 +52,12 @@ async def test_certlake_testlog_serves_until_signalled(tmp_path: Path, sig: sign
                 assert len((await resp.json())["entries"]) == 50
             async with http.get(f"{base}/log_list.json") as resp:
                 assert resp.status == 200
+            checkpoints = []
+            for _ in range(2):
+                async with http.get(f"{base}/static/mon/checkpoint") as resp:
+                    checkpoints.append((await resp.read()).split(b"\n")[1:3])
+            lie, honest = checkpoints
+            assert lie[0] == honest[0] == b"300" and lie[1] != honest[1]  # the --fault lie, once
     finally:
         proc.send_signal(sig)
         out, err = await asyncio.wait_for(proc.communicate(), 20)

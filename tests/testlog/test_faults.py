@@ -18,6 +18,7 @@ from certlake.testlog.faults import (
     FaultKind,
     FaultPlan,
     FaultSpecError,
+    LieMode,
     Oversize,
     gzip_padded,
     padded,
@@ -65,6 +66,10 @@ def test_options_round_trip_through_json() -> None:
         "gzip-bomb:mode=length",
         "huge-body:mode=sideways",
         "huge-body:rate=fast",
+        "lie:at=1,at=2",
+        "lie:at=-1",
+        "lie:mode=sideways",
+        "lie:to=3",
     ],
 )
 def test_bad_specs_are_rejected_with_a_typed_error(spec: str) -> None:
@@ -215,3 +220,60 @@ def test_a_bomb_is_small_on_the_wire_and_made_lazily() -> None:
     assert sum(map(len, first)) < 64 << 10
     wire = sum(len(p) for p in parts) + sum(map(len, first))
     assert wire < 2 << 20  # 1 GiB in under 2 MiB
+
+
+def test_lie_spec_defaults_and_json_form() -> None:
+    bare = Fault.from_spec("lie")
+    assert (bare.kind, bare.lie_mode, bare.lie_at) == (FaultKind.LIE, LieMode.ROOT, None)
+    fork = Fault.from_spec("lie:mode=fork,at=5,n=2,log=a")
+    assert (fork.lie_mode, fork.lie_at, fork.n) == (LieMode.FORK, 5, 2)
+    assert not fork.corrupt_at  # a lie's `at` corrupts no entry
+    assert Fault.from_json({"kind": "lie", "mode": "fork", "at": 5, "n": 2, "log": ["a"]}) == fork
+    for fault in (bare, fork, Fault.from_spec("lie:at=0,endpoint=checkpoint")):
+        assert Fault.from_json(fault.to_json()) == fault
+    # `at` is repeatable for corrupt only.
+    assert Fault.from_spec("corrupt:at=1,at=2").corrupt_at == {1, 2}
+
+
+def test_a_lie_reaches_tree_heads_that_hold_its_leaf() -> None:
+    plan = FaultPlan([Fault.from_spec("lie:at=10")])
+    assert plan.decide(Endpoint.GET_ENTRIES, "x", NOW, batch=20).lie is None
+    assert plan.decide(Endpoint.HASH_TILE, "x", NOW).lie is None
+    assert plan.decide(Endpoint.GET_STH, "x", NOW).lie is None  # no head size: no head
+    assert plan.decide(Endpoint.GET_STH, "x", NOW, head_size=10).lie is None  # leaf 10 not in it
+    action = plan.decide(Endpoint.GET_STH, "x", NOW, head_size=11)
+    assert (action.lie, action.fired) == (10, [FaultKind.LIE])
+    assert plan.decide(Endpoint.CHECKPOINT, "x", NOW, head_size=500).lie == 10
+    last = FaultPlan([Fault.from_spec("lie")])
+    assert last.decide(Endpoint.CHECKPOINT, "x", NOW, head_size=0).lie is None
+    assert last.decide(Endpoint.CHECKPOINT, "x", NOW, head_size=1).lie == 0
+    assert last.decide(Endpoint.GET_STH, "x", NOW, head_size=700).lie == 699
+
+
+def test_n_counts_only_the_heads_a_lie_falsifies() -> None:
+    plan = FaultPlan([Fault.from_spec("lie:at=5,n=1")])
+    assert plan.decide(Endpoint.GET_STH, "x", NOW, head_size=5).lie is None
+    assert plan.decide(Endpoint.GET_STH, "x", NOW, head_size=6).lie == 5
+    assert plan.decide(Endpoint.GET_STH, "x", NOW, head_size=6).lie is None  # spent
+
+
+def test_a_failed_head_request_carries_no_lie_and_uses_no_turn() -> None:
+    plan = FaultPlan([Fault.from_spec("503:n=1"), Fault.from_spec("lie:n=1")])
+    failed = plan.decide(Endpoint.GET_STH, "x", NOW, head_size=9)
+    assert (failed.status, failed.lie, failed.fired) == (503, None, [FaultKind.UNAVAILABLE])
+    assert plan.decide(Endpoint.GET_STH, "x", NOW, head_size=9).lie == 8
+
+
+def test_a_fork_alternates_per_log_and_tree_size() -> None:
+    plan = FaultPlan([Fault.from_spec("lie:mode=fork,at=3")])
+
+    def lies(log: str, size: int, k: int) -> list[int | None]:
+        return [plan.decide(Endpoint.GET_STH, log, NOW, head_size=size).lie for _ in range(k)]
+
+    assert lies("a", 10, 3) == [None, 3, None]
+    assert lies("b", 10, 2) == [None, 3]  # each log its own count
+    assert lies("a", 11, 2) == [None, 3]  # a new size starts honest
+    assert lies("c", 3, 2) == [None, None]  # no leaf 3: honest, and no turn taken
+    assert lies("c", 4, 2) == [None, 3]
+    plan.replace(plan.faults)
+    assert lies("b", 10, 2) == [None, 3]  # replacing the plan starts over

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from certlake.ct.checkpoint import verify_checkpoint
 from certlake.ct.entry import EntryType, LogKind
 from certlake.ct.leaf import decode_rfc6962_entry
-from certlake.ct.merkle import leaf_hash, verify_consistency, verify_inclusion
+from certlake.ct.merkle import leaf_hash, root_hash, verify_consistency, verify_inclusion
 from certlake.ct.sth import verify_sth
 from certlake.ct.tile import decode_data_tile
 from certlake.ct.tls import DecodeError
@@ -24,6 +24,7 @@ from certlake.testlog.log import (
     TestLog,
     TileNotFound,
     get_entries_range,
+    lied_leaf_hash,
     tile_width,
 )
 from certlake.testlog.pool import CertPool
@@ -134,6 +135,31 @@ def test_publish_signs_sth_and_checkpoint(pool: CertPool) -> None:
     cp = verify_checkpoint(head.checkpoint, ORIGIN, log.signer.public_key_der)
     assert (cp.tree_size, cp.root_hash, cp.timestamp_ms) == (10, log.tree.root(), 1_700_000_001_000)
     assert log.publish(1_700_000_009_000) is head  # nothing new: the same head
+
+
+@pytest.mark.parametrize("index", [0, 37, 299])
+def test_a_lying_head_is_signed_over_the_tree_with_one_leaf_replaced(
+    pool: CertPool, index: int
+) -> None:
+    log = _filled(LogKind.STATIC, pool, 300)
+    honest = log.publish(1_700_000_001_000)
+    lie = log.lying_head(index)
+    hashes = [log.tree.leaf_hash_at(i) for i in range(300)]
+    hashes[index] = lied_leaf_hash(hashes[index])
+    verify_sth(lie.sth, log.signer.public_key_der)
+    cp = verify_checkpoint(lie.checkpoint, ORIGIN, log.signer.public_key_der)
+    assert (cp.tree_size, cp.timestamp_ms, cp.root_hash) == (
+        300,
+        1_700_000_001_000,
+        root_hash(hashes),
+    )
+    assert (lie.sth.tree_size, lie.sth.timestamp_ms) == (
+        honest.sth.tree_size,
+        honest.sth.timestamp_ms,
+    )
+    assert lie.sth.root_hash == cp.root_hash != honest.sth.root_hash
+    assert log.lying_head(index) is lie  # served the same each time, as the honest head is
+    assert log.head is honest and log.tree.root() == honest.sth.root_hash
 
 
 def test_get_entries_body_decodes_and_hashes_into_the_tree(pool: CertPool) -> None:

@@ -18,11 +18,12 @@ import orjson
 import pytest
 from cryptography import x509
 
-from certlake.ct.checkpoint import verify_checkpoint
+from certlake.ct.checkpoint import Checkpoint, verify_checkpoint
 from certlake.ct.leaf import decode_rfc6962_entry
 from certlake.ct.merkle import (
     leaf_hash,
     root_from_tile_hashes,
+    root_hash,
     root_tiles,
     verify_consistency,
     verify_inclusion,
@@ -33,6 +34,7 @@ from certlake.ct.tls import DecodeError
 from certlake.ct.urls import checkpoint_origin
 from certlake.testlog.certs import CertFactory
 from certlake.testlog.faults import Fault
+from certlake.testlog.log import lied_leaf_hash
 from certlake.testlog.pool import logged
 from certlake.testlog.server import TestLogServer
 
@@ -453,6 +455,136 @@ async def test_corrupt_entries_rfc6962_and_tile(
         assert (await resp.json())["faults"] == []
     _, body, _ = await _raw(http, f"{srv.static_url}/{data_tile_path(1)}")
     decode_data_tile(gzip.decompress(body), 1, 256)
+
+
+async def _verified_sth(http: aiohttp.ClientSession, srv: TestLogServer) -> SignedTreeHead:
+    sth = await _sth(http, srv)
+    verify_sth(sth, base64.b64decode((await _listed(http, srv))["rfc6962"]["key"]))
+    return sth
+
+
+async def _verified_checkpoint(http: aiohttp.ClientSession, srv: TestLogServer) -> Checkpoint:
+    item = (await _listed(http, srv))["static"]
+    _, body, _ = await _raw(http, srv.static_url + "/checkpoint")
+    origin = checkpoint_origin(item["submission_url"])
+    return verify_checkpoint(body, origin, base64.b64decode(item["key"]))
+
+
+async def _entry_hashes(http: aiohttp.ClientSession, srv: TestLogServer, size: int) -> list[bytes]:
+    """The leaf hashes of the RFC 6962 log's first `size` entries, as served."""
+    hashes: list[bytes] = []
+    while len(hashes) < size:
+        url = f"{srv.rfc6962_url}/ct/v1/get-entries?start={len(hashes)}&end={size - 1}"
+        entries = (await _json(http, url))["entries"]
+        hashes += [leaf_hash(base64.b64decode(e["leaf_input"])) for e in entries]
+    return hashes
+
+
+async def _tile_root(http: aiohttp.ClientSession, srv: TestLogServer, size: int) -> bytes:
+    """The static log's root at `size`, from its hash tiles."""
+    tiles = {}
+    for ref in root_tiles(size):
+        path = hash_tile_path(ref.level, ref.index, ref.width)
+        tiles[(ref.level, ref.index)] = (await _raw(http, f"{srv.static_url}/{path}"))[1]
+    return root_from_tile_hashes(size, tiles)
+
+
+async def test_a_lying_sth_is_validly_signed_but_not_the_root_of_its_entries(
+    http: aiohttp.ClientSession, srv: TestLogServer
+) -> None:
+    honest = await _verified_sth(http, srv)
+    await _set_faults(http, srv, "lie:at=700")
+    assert await _verified_sth(http, srv) == honest  # 700 entries: no leaf 700 to lie about
+    srv.grow(50)
+    sth = await _verified_sth(http, srv)
+    hashes = await _entry_hashes(http, srv, 750)
+    published = srv.logs["rfc6962"].head
+    assert published is not None
+    assert (sth.tree_size, sth.timestamp_ms) == (750, published.sth.timestamp_ms)
+    assert sth.root_hash != root_hash(hashes) == published.sth.root_hash
+    lied = [*hashes[:700], lied_leaf_hash(hashes[700]), *hashes[701:]]
+    assert sth.root_hash == root_hash(lied)  # the one leaf it lies about, nothing else
+    # Without `at` (here in the admin endpoint's JSON form): the head's last leaf.
+    async with http.post(srv.base_url + "/admin/faults", json={"faults": [{"kind": "lie"}]}) as r:
+        assert (await r.json())["faults"] == [{"kind": "lie", "p": 1.0, "mode": "root"}]
+    lied = [*hashes[:749], lied_leaf_hash(hashes[749])]
+    assert (await _verified_sth(http, srv)).root_hash == root_hash(lied)
+    assert (await _stats(http, srv))["faults"]["lie"] == 2
+
+
+async def test_a_lying_checkpoint_is_validly_signed_but_not_the_root_of_its_tiles(
+    http: aiohttp.ClientSession, srv: TestLogServer
+) -> None:
+    await _set_faults(http, srv, "lie:at=699,log=static")
+    cp = await _verified_checkpoint(http, srv)
+    honest = await _tile_root(http, srv, 700)
+    assert cp.tree_size == 700 and cp.root_hash != honest
+    leaves = []
+    for n, width in [(0, 256), (1, 256), (2, 188)]:
+        _, body, _ = await _raw(http, f"{srv.static_url}/{data_tile_path(n, width)}")
+        leaves += decode_data_tile(gzip.decompress(body), n, width)
+    hashes = [leaf_hash(leaf.leaf_input) for leaf in leaves]
+    assert root_hash(hashes) == honest  # the data tiles agree with the hash tiles, not the head
+    assert cp.root_hash == root_hash([*hashes[:699], lied_leaf_hash(hashes[699])])
+    assert (await _verified_sth(http, srv)).root_hash == srv.logs["rfc6962"].tree.root()  # log=
+    await _set_faults(http, srv, "lie:at=700")
+    assert (await _verified_checkpoint(http, srv)).root_hash == honest
+
+
+@pytest.mark.parametrize("log", ["rfc6962", "static"])
+async def test_a_fork_shows_two_signed_roots_for_one_size(
+    http: aiohttp.ClientSession, srv: TestLogServer, log: str
+) -> None:
+    async def head() -> tuple[int, bytes]:
+        if log == "static":
+            cp = await _verified_checkpoint(http, srv)
+            return cp.tree_size, cp.root_hash
+        sth = await _verified_sth(http, srv)
+        return sth.tree_size, sth.root_hash
+
+    async def honest_root(size: int) -> bytes:
+        if log == "static":
+            return await _tile_root(http, srv, size)
+        return root_hash(await _entry_hashes(http, srv, size))
+
+    await _set_faults(http, srv, f"lie:mode=fork,at=100,log={log}")
+    heads = [await head() for _ in range(4)]
+    assert {size for size, _ in heads} == {700}
+    honest, forked = heads[0][1], heads[1][1]
+    assert honest != forked and [root for _, root in heads] == [honest, forked] * 2
+    assert honest == await honest_root(700)
+    srv.grow(1)  # a new size: honest first again
+    roots = [(await head())[1] for _ in range(2)]
+    assert roots[0] == await honest_root(701) != roots[1]
+    assert (await _stats(http, srv))["faults"]["lie"] == 3
+
+
+async def test_proofs_and_tiles_stay_honest_under_a_lie(
+    http: aiohttp.ClientSession, srv: TestLogServer
+) -> None:
+    old = await _verified_sth(http, srv)
+    srv.grow(50)
+    # One lie per log, after honest heads: a head inconsistent with the one before and after.
+    await _set_faults(http, srv, "lie:n=1,at=10,log=rfc6962", "lie:n=1,at=10,log=static")
+    lie, new = await _verified_sth(http, srv), await _verified_sth(http, srv)
+    assert lie.tree_size == new.tree_size == 750 and lie.root_hash != new.root_hash
+    base = f"{srv.rfc6962_url}/ct/v1"
+    url = f"{base}/get-sth-consistency?first=700&second=750"
+    proof = [base64.b64decode(h) for h in (await _json(http, url))["consistency"]]
+    assert verify_consistency(700, 750, old.root_hash, new.root_hash, proof)
+    assert not verify_consistency(700, 750, old.root_hash, lie.root_hash, proof)
+    hashes = await _entry_hashes(http, srv, 750)
+    assert root_hash(hashes) == new.root_hash
+    h = quote(base64.b64encode(hashes[10]).decode())
+    answer = await _json(http, f"{base}/get-proof-by-hash?hash={h}&tree_size=750")
+    path = [base64.b64decode(p) for p in answer["audit_path"]]
+    assert answer["leaf_index"] == 10
+    assert verify_inclusion(10, 750, hashes[10], path, new.root_hash)
+    assert not verify_inclusion(10, 750, hashes[10], path, lie.root_hash)
+    cp_lie, cp = await _verified_checkpoint(http, srv), await _verified_checkpoint(http, srv)
+    assert cp_lie.tree_size == cp.tree_size == 750 and cp_lie.root_hash != cp.root_hash
+    assert await _tile_root(http, srv, 750) == cp.root_hash
+    assert (await _stats(http, srv))["faults"]["lie"] == 2
 
 
 async def _head_of_body(

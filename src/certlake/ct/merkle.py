@@ -189,16 +189,22 @@ class MerkleTree:
         return fold_right(parts)
 
 
-def verify_inclusion(
-    index: int, size: int, leaf_hash: bytes, proof: Sequence[bytes], root: bytes
-) -> bool:
-    """RFC 9162 §2.1.3.2: does `proof` place `leaf_hash` at `index` in the tree with `root`?"""
-    if not 0 <= index < size or any(len(p) != HASH_SIZE for p in proof):
-        return False
-    fn, sn, r = index, size - 1, leaf_hash
+def root_with_leaf(index: int, size: int, new_leaf_hash: bytes, proof: Sequence[bytes]) -> bytes:
+    """The root `proof` (the audit path of leaf `index` in a tree of `size`) leads to from
+    `new_leaf_hash`: RFC 9162 §2.1.3.2's walk. With the leaf's own hash that is the tree's root;
+    with another, the root of the same tree with that one leaf replaced, in O(log size).
+
+    Raises MerkleError when the proof cannot be an audit path for `index` in `size` (index out of
+    range, a hash of the wrong length, too many or too few hashes).
+    """
+    if not 0 <= index < size:
+        raise MerkleError(f"leaf {index} outside tree of size {size}")
+    if any(len(p) != HASH_SIZE for p in proof):
+        raise MerkleError(f"audit path hashes must be {HASH_SIZE} bytes")
+    fn, sn, r = index, size - 1, new_leaf_hash
     for p in proof:
         if sn == 0:
-            return False
+            raise MerkleError(f"audit path for leaf {index} of {size} is too long")
         if fn & 1 or fn == sn:
             r = node_hash(p, r)
             while not fn & 1 and fn != 0:
@@ -208,7 +214,19 @@ def verify_inclusion(
             r = node_hash(r, p)
         fn >>= 1
         sn >>= 1
-    return sn == 0 and r == root
+    if sn != 0:
+        raise MerkleError(f"audit path for leaf {index} of {size} is too short")
+    return r
+
+
+def verify_inclusion(
+    index: int, size: int, leaf_hash: bytes, proof: Sequence[bytes], root: bytes
+) -> bool:
+    """RFC 9162 §2.1.3.2: does `proof` place `leaf_hash` at `index` in the tree with `root`?"""
+    try:
+        return root_with_leaf(index, size, leaf_hash, proof) == root
+    except MerkleError:
+        return False
 
 
 def verify_consistency(

@@ -25,6 +25,12 @@ is the probability. The same options are accepted as a JSON object by the admin 
     corrupt:at=5,mode=issuer     data tiles: entry 5 names an issuer the log does not serve
     corrupt:at=5,mode=tamper     entry 5 served with other bytes than the tree was built from
                                  (its timestamp +1 ms): valid in every way but its leaf hash
+    lie:at=5                     tree heads (get-sth, checkpoint) of more than 5 entries carry the
+                                 root of their tree with leaf 5's hash replaced, signed with the
+                                 log's key; entries, tiles and proofs stay honest (mode=root; no
+                                 at: the head's last leaf is replaced)
+    lie:mode=fork,at=5           a split view: at each tree size, the 1st, 3rd, … head request
+                                 gets the honest head, the 2nd, 4th, … the lying one
     gzip-bomb:endpoint=data-tile data tiles padded with spaces to 4 GiB and sent gzip-encoded:
                                  about 4 MB on the wire (size=1G for another size; K, M, G)
     huge-body:size=300M          answers padded with spaces to 300 MiB (512 MiB by default) and
@@ -38,7 +44,8 @@ Common options: `p` (probability, default 1), `n` (the fault fires at most n tim
 `endpoint=` and `log=` (repeatable) restrict the requests it applies to (the log list is reached
 only when named: `endpoint=log-list`). Endpoint names are `Endpoint` values (get-sth, get-entries,
 checkpoint, tile, data-tile, issuer, …). The random choices come from one `random.Random(seed)`,
-so a plan replays identically for the same request sequence.
+so a plan replays identically for the same request sequence. A `lie` counts (n) only the heads
+it falsifies; `lie:n=1` after honest heads makes one head inconsistent with those before it.
 """
 
 from __future__ import annotations
@@ -71,6 +78,7 @@ class FaultKind(enum.Enum):
     SERVER_ERROR = "500"
     GZIP_BOMB = "gzip-bomb"
     HUGE_BODY = "huge-body"
+    LIE = "lie"
 
 
 class Endpoint(enum.Enum):
@@ -110,6 +118,11 @@ class CorruptMode(enum.Enum):
     TAMPER = "tamper"
 
 
+class LieMode(enum.Enum):
+    ROOT = "root"  # every head that has the leaf lies
+    FORK = "fork"  # heads alternate honest / lying per request at each tree size
+
+
 class BodyMode(enum.Enum):
     CHUNKED = "chunked"  # no Content-Length: the reader learns the size only by reading
     LENGTH = "length"  # Content-Length announced up front
@@ -140,14 +153,21 @@ _KIND_KEYS: dict[FaultKind, set[str]] = {
     FaultKind.SERVER_ERROR: set(),
     FaultKind.GZIP_BOMB: {"size"},
     FaultKind.HUGE_BODY: {"size", "mode", "rate"},
+    FaultKind.LIE: {"at", "mode"},
 }
-_REPEATABLE = {"endpoint", "log", "at"}
+_REPEATABLE = {"endpoint", "log"}
+_KIND_REPEATABLE = {FaultKind.CORRUPT: {"at"}}
 _MODES: dict[FaultKind, type[enum.Enum]] = {
     FaultKind.DROP: DropMode,
     FaultKind.CORRUPT: CorruptMode,
     FaultKind.HUGE_BODY: BodyMode,
+    FaultKind.LIE: LieMode,
 }
-_M = TypeVar("_M", DropMode, CorruptMode, BodyMode)
+_M = TypeVar("_M", DropMode, CorruptMode, BodyMode, LieMode)
+_HEAD_ENDPOINTS = {Endpoint.GET_STH, Endpoint.CHECKPOINT}
+# Skipped by the status loop of `FaultPlan.decide`: `corrupt` is looked up per entry
+# (`FaultPlan.corruption`), `lie` rolled once the response is known to carry a head.
+_CONTENT_KINDS = {FaultKind.CORRUPT, FaultKind.LIE}
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 
@@ -191,6 +211,13 @@ class Fault:
     size: int | None = None  # gzip-bomb and huge-body: bytes once padded
     body_mode: BodyMode = BodyMode.CHUNKED
     rate: int | None = None
+    lie_at: int | None = None  # None: the last leaf of each head
+    lie_mode: LieMode = LieMode.ROOT
+
+    def lie_index(self, head_size: int) -> int | None:
+        """The leaf a head of `head_size` lies about, or None when it has no such leaf."""
+        index = head_size - 1 if self.lie_at is None else self.lie_at
+        return index if 0 <= index < head_size else None
 
     def oversize(self) -> Oversize | None:
         if self.size is None:
@@ -204,6 +231,8 @@ class Fault:
         if endpoint not in self.endpoints and (self.endpoints or endpoint is Endpoint.LOG_LIST):
             return False
         if self.kind is FaultKind.SHORT and endpoint is not Endpoint.GET_ENTRIES:
+            return False
+        if self.kind is FaultKind.LIE and endpoint not in _HEAD_ENDPOINTS:
             return False
         return not self.logs or log in self.logs
 
@@ -233,6 +262,10 @@ class Fault:
             out["mode"] = self.body_mode.value
         if self.rate is not None:
             out["rate"] = self.rate
+        if self.kind is FaultKind.LIE:
+            out["mode"] = self.lie_mode.value
+            if self.lie_at is not None:
+                out["at"] = self.lie_at
         return out
 
     @classmethod
@@ -266,13 +299,14 @@ class Fault:
             allowed = ", ".join(k.value for k in FaultKind)
             raise FaultSpecError(f"unknown fault kind {kind_text!r} (allowed: {allowed})") from None
         allowed_keys = _COMMON_KEYS | _KIND_KEYS[kind]
+        repeatable = _REPEATABLE | _KIND_REPEATABLE.get(kind, set())
         for key, values in options.items():
             if key not in allowed_keys:
                 raise FaultSpecError(
                     f"fault {kind.value}: unknown option {key!r} "
                     f"(allowed: {', '.join(sorted(allowed_keys))})"
                 )
-            if len(values) > 1 and key not in _REPEATABLE:
+            if len(values) > 1 and key not in repeatable:
                 raise FaultSpecError(f"fault {kind.value}: option {key!r} given twice")
 
         def one(key: str) -> str | None:
@@ -291,6 +325,7 @@ class Fault:
         if delay < 0:
             raise FaultSpecError(f"fault {kind.value}: negative delay {delay}")
         at = frozenset(_parse_int(kind, "at", a, minimum=0) or 0 for a in options.get("at", ()))
+        corrupt_at = at if kind is FaultKind.CORRUPT else frozenset()
         if kind is FaultKind.CORRUPT and not at:
             raise FaultSpecError("fault corrupt: needs at least one at=INDEX")
         mode = one("mode")
@@ -307,11 +342,13 @@ class Fault:
             delay=delay,
             short_to=_parse_int(kind, "to", one("to"), minimum=1),
             drop_mode=drop_mode,
-            corrupt_at=at,
+            corrupt_at=corrupt_at,
             corrupt_mode=corrupt_mode,
             size=size,
             body_mode=_parse_mode(kind, BodyMode, mode, BodyMode.CHUNKED),
             rate=_parse_size(kind, "rate", one("rate")),
+            lie_at=_parse_int(kind, "at", one("at"), minimum=0) if kind is FaultKind.LIE else None,
+            lie_mode=_parse_mode(kind, LieMode, mode, LieMode.ROOT),
         )
 
 
@@ -386,6 +423,7 @@ class Action:
     drop: DropMode | None = None
     entries: int | None = None  # get-entries: serve only this many
     oversize: Oversize | None = None
+    lie: int | None = None  # tree heads: sign the root with this leaf's hash replaced
     fired: list[FaultKind] = field(default_factory=list)
 
 
@@ -397,6 +435,9 @@ class FaultPlan:
         self.seed = seed
         self._faults: list[Fault] = []
         self._remaining: list[int | None] = []
+        # `lie:mode=fork`: (fault, log) → (tree size, heads asked for at it). Heads are served
+        # only at a log's latest size, which never goes back, so one count per log is enough.
+        self._fork_heads: dict[tuple[int, str | None], tuple[int, int]] = {}
         self.replace(faults)
 
     @property
@@ -409,6 +450,7 @@ class FaultPlan:
             self._rng = random.Random(seed)
         self._faults = list(faults)
         self._remaining = [f.n for f in self._faults]
+        self._fork_heads.clear()
 
     def add(self, faults: Sequence[Fault]) -> None:
         self._faults.extend(faults)
@@ -422,17 +464,24 @@ class FaultPlan:
         return {"seed": self.seed, "faults": live}
 
     def decide(
-        self, endpoint: Endpoint, log: str | None, now: float, batch: int | None = None
+        self,
+        endpoint: Endpoint,
+        log: str | None,
+        now: float,
+        batch: int | None = None,
+        head_size: int | None = None,
     ) -> Action:
         """Roll every applicable fault for one request at wall-clock time `now`.
 
         The first status, drop or oversize fault that fires ends the roll (one response can carry
         one status); delays add up; `short` needs `batch`, the number of entries the response would
         hold, and fires only when it can actually take entries away (batch > its `to`, or >= 2).
+        `lie` needs `head_size`, the size of the tree head the response would carry, and is rolled
+        last, only for a response that will carry that head.
         """
         action = Action()
         for i, fault in enumerate(self._faults):
-            if fault.kind is FaultKind.CORRUPT or self._remaining[i] == 0:
+            if fault.kind in _CONTENT_KINDS or self._remaining[i] == 0:
                 continue
             if not fault.applies(endpoint, log):
                 continue
@@ -462,7 +511,36 @@ class FaultPlan:
                 if fault.retry_after is not None:
                     action.headers["Retry-After"] = fault.retry_after.header(now)
                 return action
+        if head_size is not None:
+            self._roll_lie(action, endpoint, log, head_size)
         return action
+
+    def _roll_lie(self, action: Action, endpoint: Endpoint, log: str | None, size: int) -> None:
+        """The first `lie` that fires sets `action.lie` (a response carries one head)."""
+        for i, fault in enumerate(self._faults):
+            if fault.kind is not FaultKind.LIE or self._remaining[i] == 0:
+                continue
+            index = fault.lie_index(size)
+            if index is None or not fault.applies(endpoint, log):
+                continue
+            if fault.lie_mode is LieMode.FORK and not self._fork_turn(i, log, size):
+                continue
+            if fault.p < 1.0 and self._rng.random() >= fault.p:
+                continue
+            remaining = self._remaining[i]
+            if remaining is not None:
+                self._remaining[i] = remaining - 1
+            action.fired.append(FaultKind.LIE)
+            action.lie = index
+            return
+
+    def _fork_turn(self, i: int, log: str | None, size: int) -> bool:
+        """Count a head request at `size`; True for the 2nd, 4th, … at that size."""
+        seen_size, count = self._fork_heads.get((i, log), (size, 0))
+        if seen_size != size:
+            count = 0
+        self._fork_heads[(i, log)] = (size, count + 1)
+        return count % 2 == 1
 
     def corruption(self, log: str) -> dict[int, CorruptMode]:
         """Indices of `log` to serve corrupted, and how; the last fault naming an index wins."""

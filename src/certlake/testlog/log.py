@@ -23,7 +23,7 @@ import pybase64
 
 from certlake.ct.entry import EntryType, LogKind
 from certlake.ct.leaf import encode_extra_data_precert, encode_extra_data_x509, encode_leaf_input
-from certlake.ct.merkle import TILE_HEIGHT, MerkleTree, leaf_hash
+from certlake.ct.merkle import TILE_HEIGHT, MerkleTree, leaf_hash, root_with_leaf
 from certlake.ct.sth import SignedTreeHead
 from certlake.ct.tile import TILE_WIDTH, encode_tile_leaf, leaf_index_extension
 from certlake.testlog.faults import CorruptMode
@@ -141,6 +141,11 @@ def get_entries_range(start: int, end: int, tree_size: int, cap: int, align: boo
     return range(start, end + 1)
 
 
+def lied_leaf_hash(honest: bytes) -> bytes:
+    """What a lying tree head puts in place of the leaf hash `honest` (`lie` fault)."""
+    return hashlib.sha256(b"certlake lie" + honest).digest()
+
+
 def tile_width(published_size: int, level: int, n: int) -> int:
     """Width of tile `level`/`n` at a tree size: 256 when full, 0 when it does not exist."""
     on_level = published_size >> (level * TILE_HEIGHT)
@@ -177,6 +182,9 @@ class TestLog:
         self.issuers: dict[str, bytes] = {}  # lowercase hex SHA-256 → DER
         self.roots: dict[bytes, None] = {}  # ordered set of root DERs (get-roots)
         self.head: TreeHead | None = None
+        # The last lying head, so that a lie is served byte for byte the same each time, as
+        # the honest head is: (leaf index, head).
+        self._lie: tuple[int, TreeHead] | None = None
         self._tile_cache: OrderedDict[int, bytes] = OrderedDict()
         self._tile_cache_bytes = 0
         self._tile_cache_limit = tile_cache_bytes
@@ -218,13 +226,36 @@ class TestLog:
         """Sign the current size (a no-op when it is already published)."""
         if self.head is not None and self.head.sth.tree_size == self.size:
             return self.head
-        size, root = self.size, self.tree.root()
+        self.head = self._signed(self.size, timestamp_ms, self.tree.root())
+        return self.head
+
+    def lying_head(self, index: int) -> TreeHead:
+        """The published head with another root: that of its tree with leaf `index`'s hash
+        replaced by `lied_leaf_hash` of it. Same size and timestamp, signed with the log's key
+        as the honest head is; the entries, tiles and proofs the log serves stay honest."""
+        if self.head is None:
+            raise RequestError("no tree head published yet")
+        size, timestamp_ms = self.head.sth.tree_size, self.head.sth.timestamp_ms
+        if self._lie is not None:
+            lied_index, lie = self._lie
+            if lied_index == index and lie.sth.tree_size == size:
+                return lie
+        root = root_with_leaf(
+            index,
+            size,
+            lied_leaf_hash(self.tree.leaf_hash_at(index)),
+            self.tree.inclusion_proof(index, size),
+        )
+        lie = self._signed(size, timestamp_ms, root)
+        self._lie = (index, lie)
+        return lie
+
+    def _signed(self, size: int, timestamp_ms: int, root: bytes) -> TreeHead:
         sth = self.signer.sign_sth(size, timestamp_ms, root)
         checkpoint = b""
         if self.kind is LogKind.STATIC:
             checkpoint = self.signer.checkpoint(self.origin, size, timestamp_ms, root)
-        self.head = TreeHead(sth, checkpoint)
-        return self.head
+        return TreeHead(sth, checkpoint)
 
     # --- RFC 6962 ---------------------------------------------------------------------------
 

@@ -44,7 +44,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any
 
 import orjson
 from aiohttp import web
@@ -80,6 +79,7 @@ from certlake.testlog.log import (
     RequestError,
     TestLog,
     TileNotFound,
+    TreeHead,
     get_entries_range,
 )
 from certlake.testlog.loglist import ListedLog, log_list
@@ -407,6 +407,7 @@ class TestLogServer:
         log: str | None,
         make: Callable[[Action], Reply],
         batch: int | None = None,
+        head_size: int | None = None,
     ) -> web.StreamResponse:
         """Count the request, apply the operator's rate limit, roll the faults, then answer (or
         fail, or hang up)."""
@@ -417,7 +418,7 @@ class TestLogServer:
             limited = self._rate_limit(request, log)
             if limited is not None:
                 return _response(limited)
-        action = self.faults.decide(endpoint, log, time.time(), batch)
+        action = self.faults.decide(endpoint, log, time.time(), batch, head_size)
         self.stats.faults.update(action.fired)
         if action.delay:
             await asyncio.sleep(action.delay)
@@ -483,8 +484,9 @@ class TestLogServer:
             raise web.HTTPNotFound(text="static-ct-api log: read the monitoring prefix\n")
         if method == "get-entries":
             return await self._get_entries(request, log)
+        if method == "get-sth":
+            return await self._get_sth(request, log)
         handlers: dict[str, tuple[Endpoint, Callable[[], object]]] = {
-            "get-sth": (Endpoint.GET_STH, lambda: self._sth(log)),
             "get-sth-consistency": (
                 Endpoint.GET_STH_CONSISTENCY,
                 lambda: log.consistency(
@@ -505,10 +507,16 @@ class TestLogServer:
         endpoint, produce = handlers[method]
         return await self._respond(request, endpoint, log.name, lambda _: _json(produce()))
 
-    def _sth(self, log: TestLog) -> dict[str, Any]:
-        if log.head is None:
-            raise RequestError("no tree head published yet")
-        return log.head.sth.to_json()
+    async def _get_sth(self, request: web.Request, log: TestLog) -> web.StreamResponse:
+        def make(action: Action) -> Reply:
+            head = _served_head(log, action)
+            if head is None:
+                raise RequestError("no tree head published yet")
+            return _json(head.sth.to_json())
+
+        return await self._respond(
+            request, Endpoint.GET_STH, log.name, make, head_size=log.published_size
+        )
 
     def _entry_and_proof(self, request: web.Request, log: TestLog) -> dict[str, object]:
         index = _uint_param(request, "leaf_index")
@@ -549,16 +557,19 @@ class TestLogServer:
     async def _checkpoint_handler(self, request: web.Request) -> web.StreamResponse:
         log = self._log(request, LogKind.STATIC)
 
-        def make(_: Action) -> Reply:
-            if log.head is None:
+        def make(action: Action) -> Reply:
+            head = _served_head(log, action)
+            if head is None:
                 raise TileNotFound("no checkpoint published yet")
             return Reply(
-                log.head.checkpoint,
+                head.checkpoint,
                 content_type="text/plain; charset=utf-8",
                 headers={"Cache-Control": "no-store"},
             )
 
-        return await self._respond(request, Endpoint.CHECKPOINT, log.name, make)
+        return await self._respond(
+            request, Endpoint.CHECKPOINT, log.name, make, head_size=log.published_size
+        )
 
     async def _tile_handler(self, request: web.Request) -> web.StreamResponse:
         log = self._log(request, LogKind.STATIC)
@@ -688,6 +699,13 @@ async def _oversized(request: web.Request, reply: Reply, oversize: Oversize) -> 
                 await asyncio.sleep(len(part) / oversize.rate)
         await resp.write_eof()
     return resp
+
+
+def _served_head(log: TestLog, action: Action) -> TreeHead | None:
+    """The head a get-sth or checkpoint answer carries: the published one, unless it lies."""
+    if log.head is None or action.lie is None:
+        return log.head
+    return log.lying_head(action.lie)
 
 
 def _hang_up(request: web.Request) -> None:
