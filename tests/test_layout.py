@@ -47,6 +47,7 @@ PURE = [
     "certlake.backfill.gaps",
     "certlake.merge.keys",
     "certlake.lake.location",
+    "certlake.lake.heads_rows",
     "certlake.config.schema",
     "certlake.ranges",
     "certlake.texttable",

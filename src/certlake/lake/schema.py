@@ -104,3 +104,34 @@ def check_archive_schema(schema: pa.Schema, partition_columns: list[str], where:
         problems.append(f"partitioned by {partition_columns}, expected {list(PARTITION_BY)}")
     if problems:
         raise ArchiveSchemaError(f"{where} is not a certlake archive table: " + "; ".join(problems))
+
+
+# The log's signed tree heads that the archived entries reproduced, and the evidence of each
+# verification failure (see `heads_rows.py`): beside the skipped ranges, for the same reasons.
+# A row below a log's largest verified `tree_size` is covered by a signed head; a row at or above
+# it is not (yet). `kind` is one of "verified", "mismatch", "split-view", "served-differently".
+HEADS_DIR: Final = "_certlake_heads"
+INDEX_LIST: Final = pa.list_(pa.field("item", pa.int64(), nullable=True))
+HEADS_SCHEMA: Final = pa.schema(
+    [
+        pa.field("source_url", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
+        # The head concerned: the verified one, the one the entries did not reproduce, or the
+        # later of two heads that contradict each other.
+        pa.field("tree_size", pa.int64(), nullable=False),
+        pa.field("root_hash", pa.binary(), nullable=False),
+        pa.field("timestamp_ms", pa.int64(), nullable=False),
+        pa.field("signature", pa.binary(), nullable=False),
+        # The earlier head of a split view; for other evidence, the last verified head if any.
+        pa.field("other_tree_size", pa.int64(), nullable=True),
+        pa.field("other_root_hash", pa.binary(), nullable=True),
+        pa.field("other_timestamp_ms", pa.int64(), nullable=True),
+        pa.field("other_signature", pa.binary(), nullable=True),
+        pa.field("computed_root", pa.binary(), nullable=True),  # what the entries hashed to
+        pa.field("first_index", pa.int64(), nullable=True),  # suspect range [first, end)
+        pa.field("end_index", pa.int64(), nullable=True),
+        pa.field("indices", INDEX_LIST, nullable=True),  # entries known to differ
+        pa.field("detail", pa.string(), nullable=False),
+        pa.field("recorded_us", SEEN_TYPE, nullable=False),
+    ]
+)
