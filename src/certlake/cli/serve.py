@@ -23,6 +23,7 @@ from certlake.ingest.metrics import IngestMetrics
 from certlake.ingest.pipeline import Pipeline
 from certlake.ingest.readers import http_client
 from certlake.ingest.state import LogState, StateStore
+from certlake.lake.heads import HeadsRecorder
 from certlake.lake.sink import DeltaSink
 from certlake.server.app import build_app, http_logger
 from certlake.stream.fanout import Fanout
@@ -153,6 +154,11 @@ async def serve(
     async with http_client(config.ct_log, resolver) as http:
         if sink is not None:
             await sink.start()
+        # Verified heads and the evidence of lying logs, beside the archive they vouch for.
+        heads = None
+        if sink is not None and config.ct_log.verify:
+            heads = HeadsRecorder(sink.uri, sink.storage_options)
+        heads_task = asyncio.create_task(heads.run(), name="heads") if heads else None
         fleet = Fleet(
             config,
             http,
@@ -161,6 +167,7 @@ async def serve(
             state,
             archive_cursor=sink.committed_cursor if sink is not None else None,
             prepare=sink.load_committed if sink is not None else None,
+            record_head=heads.record if heads is not None else None,
         )
         app = build_app(config, pipeline, fleet, fanout, metrics, sink=sink)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, logger=http_logger())
@@ -184,6 +191,14 @@ async def serve(
             fleet_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await fleet_task
+            if heads is not None and heads_task is not None:
+                await heads.close()
+                await heads_task
+                if heads.pending:
+                    log.error(
+                        "verified heads not written to the archive's side table",
+                        extra={"table": heads.uri, "records": heads.pending},
+                    )
             if sink is not None:
                 # Watchers are stopped: flush what they handed over, then let the state file
                 # claim what the archive now holds.

@@ -257,6 +257,9 @@ class CtLogConfig:
     max_decompressed_bytes: int = field(
         default=DEFAULT_MAX_DECOMPRESSED_BYTES, metadata=_m(min=MiB, max=1024 * MiB)
     )
+    # Check every entry against the log's signed tree heads (ct/verify.py). Off only to measure
+    # what it costs.
+    verify: bool = True
 
 
 @dataclass(frozen=True, slots=True)

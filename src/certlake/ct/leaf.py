@@ -167,6 +167,15 @@ def _base64_field(value: object, name: str) -> bytes:
         raise DecodeError(f"{name}: not base64 ({e})") from None
 
 
+def served_leaf_input(leaf_input: object) -> bytes | None:
+    """The bytes of a get-entries element's `leaf_input` member when it is base64 at all (what
+    the log's leaf hash covers, even when they do not decode as a leaf)."""
+    try:
+        return _base64_field(leaf_input, "leaf_input")
+    except DecodeError:
+        return None
+
+
 def decode_get_entries_element(index: int, leaf_input: object, extra_data: object) -> LogEntry:
     """Decode one element of a `get-entries` answer as served: its `leaf_input` and `extra_data`
     members (base64 text, or whatever a broken log put there; None when missing).

@@ -135,11 +135,15 @@ class LogVerifier:
         return v
 
     @classmethod
-    def resumed(cls, snapshot: Snapshot) -> LogVerifier:
+    def resumed(cls, snapshot: Snapshot, downloaded: int | None = None) -> LogVerifier:
+        """Going on from a snapshot. A log found inconsistent stays so, and its entries are not
+        checked any more: it may then go on from wherever the download does (`downloaded`)."""
         head = snapshot.head
         v = cls(CompactRange.of_nodes(0, head.size, snapshot.nodes), head)
         v._heads_by_size[head.size] = head
         v._inconsistent = snapshot.inconsistent
+        if snapshot.inconsistent and downloaded is not None:
+            v._downloaded = downloaded
         return v
 
     @property

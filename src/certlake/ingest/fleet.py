@@ -17,11 +17,13 @@ from certlake.ct.entry import LogSource
 from certlake.ct.errors import AnswerTooLarge, FetchError
 from certlake.ct.health import Health, LogHealth
 from certlake.ct.loglist import LogInfo
+from certlake.ct.verify import Event, TreeHead, Verification, Verified
 from certlake.ingest.discovery import discover_logs
 from certlake.ingest.metrics import IngestMetrics
 from certlake.ingest.readers import ct_log_retry_policy, make_reader
 from certlake.ingest.state import StateStore
 from certlake.ingest.watcher import Consumer, LogWatcher
+from certlake.lake.heads_rows import HeadRecord
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +47,12 @@ class Fleet:
         state: StateStore | None,
         archive_cursor: Callable[[str], int | None] | None = None,
         prepare: Callable[[list[str]], Awaitable[object]] | None = None,
+        record_head: Callable[[HeadRecord], None] | None = None,
     ) -> None:
         """`archive_cursor(url)` is how far the archive has a log (docs/architecture.md, "Archive
         and state agree"): a watcher resumes at no more than it, and the state file never claims
         more. `prepare(urls)` runs before watchers of new logs start (the sink reads their
-        committed cursors)."""
+        committed cursors). `record_head` keeps verified heads and evidence beside the archive."""
         self._config = config
         self._http = http
         self._consumer_for = consumer_for
@@ -57,6 +60,7 @@ class Fleet:
         self.state = state
         self._archive_cursor = archive_cursor
         self._prepare = prepare
+        self._record_head = record_head
         self.watched: dict[str, Watched] = {}
         self._issuers = IssuerCache()
         self.list_error: str | None = None
@@ -109,6 +113,9 @@ class Fleet:
                 max_delay=float(ct.health_check_interval_secs),
             ),
             on_error=self._count_error,
+            verify=ct.verify,
+            snapshot=saved.verified if saved is not None else None,
+            on_verification=self._verification,
         )
         task = asyncio.create_task(watcher.run(), name=f"watch {info.url}")
         self.watched[info.url] = Watched(info, watcher, task)
@@ -132,6 +139,15 @@ class Fleet:
         self.metrics.fetch_errors.labels(url, status).inc()
         if isinstance(error, AnswerTooLarge):
             self.metrics.over_limit.labels(url, error.limit.value).inc()
+
+    def _verification(self, url: str, event: Event, verified_before: TreeHead | None) -> None:
+        record = HeadRecord.from_event(url, event, verified_before)
+        if isinstance(event, Verified):
+            self.metrics.verified_heads.labels(url).inc()
+        else:
+            self.metrics.verification_failures.labels(url, record.kind.value).inc()
+        if self._record_head is not None:
+            self._record_head(record)
 
     # --- running --------------------------------------------------------------------------------
 
@@ -163,6 +179,10 @@ class Fleet:
             state = w.watcher.health_state
             for h in Health:
                 m.healthy.labels(url, h.value).set(1 if state is h else 0)
+            if st.verification is not None:
+                m.verified_index.labels(url).set(st.verified_index)
+                for v in Verification:
+                    m.verification.labels(url, v.value).set(1 if st.verification is v else 0)
 
     async def save_state(self) -> None:
         if self.state is None:
@@ -173,8 +193,19 @@ class Fleet:
             if cursor is None or st.tree_size is None:
                 continue
             prev = self.state.get(url)
-            if prev is None or prev.current_index != cursor or prev.tree_size != st.tree_size:
-                self.state.update(url, cursor, st.tree_size, int(st.last_success or time.time()))
+            verifier = w.watcher.verifier
+            verified = verifier.snapshot() if verifier is not None else None
+            if verified is None and prev is not None:
+                verified = prev.verified  # not verified further yet this run: kept as it was
+            if (
+                prev is None
+                or prev.current_index != cursor
+                or prev.tree_size != st.tree_size
+                or prev.verified != verified
+            ):
+                self.state.update(
+                    url, cursor, st.tree_size, int(st.last_success or time.time()), verified
+                )
         await asyncio.to_thread(self.state.save_if_dirty)
 
     async def stop(self) -> None:

@@ -1,6 +1,6 @@
-"""Prometheus metrics of the live ingest path: per-log reads, tree sizes, lag, health and
-messages published. Collectors live on a registry passed in, so tests and several servers in one
-process never share counters."""
+"""Prometheus metrics of the live ingest path: per-log reads, tree sizes, lag, health,
+verification and messages published. Collectors live on a registry passed in, so tests and
+several servers in one process never share counters."""
 
 from __future__ import annotations
 
@@ -53,6 +53,32 @@ class IngestMetrics:
             "certlake_log_health",
             "1 for the log's current health state, 0 for the others",
             ["log", "state"],
+            registry=registry,
+        )
+        self.verified_index = Gauge(
+            "certlake_log_verified_index",
+            "Entries below this are proven to be in a tree head the log signed",
+            ["log"],
+            registry=registry,
+        )
+        self.verification = Gauge(
+            "certlake_log_verification",
+            "1 for the log's verification state (ok, pending, inconsistent), 0 for the others",
+            ["log", "state"],
+            registry=registry,
+        )
+        self.verified_heads = Counter(
+            "certlake_verified_tree_heads",
+            "Signed tree heads whose root the downloaded entries reproduced",
+            ["log"],
+            registry=registry,
+        )
+        self.verification_failures = Counter(
+            "certlake_verification_failures",
+            "Evidence of a misbehaving log (kind=mismatch: a head's root is not its entries'; "
+            "split-view: two heads that cannot both hold; served-differently: entries first "
+            "served otherwise than the tree holds)",
+            ["log", "kind"],
             registry=registry,
         )
         self.messages = Counter(

@@ -1,15 +1,23 @@
 """The per-log cursor file, in certstream-server-rust's format so its files can be reused.
 
     {"version": 1, "logs": {"<normalized url>": {"current_index": N, "tree_size": N,
-                                                 "last_success": unix_seconds}}}
+                                                 "last_success": unix_seconds,
+                                                 "verified": {...}}}}
 
-`current_index` is the next index to fetch (exclusive). `parse_state` / `serialize_state` are the
-pure halves; `StateStore` is the file shell: it loads (a missing file is an empty state), moves a
-damaged file aside instead of discarding it, and saves atomically and durably.
+`current_index` is the next index to fetch (exclusive). `verified` is certlake's own: where
+verification stood (the last verified tree head, the subtree hashes of the tree up to it, and
+whether the log was found inconsistent), so that a restart goes on verifying without reading the
+log again; certstream-server-rust's reader ignores members it does not know.
+
+`parse_state` / `serialize_state` are the pure halves; `StateStore` is the file shell: it loads
+(a missing file is an empty state), moves a damaged file aside instead of discarding it, and
+saves atomically and durably.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import json
 import logging
@@ -21,6 +29,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
+
+from certlake.ct.compact import subtrees
+from certlake.ct.verify import Snapshot, TreeHead
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +53,7 @@ class LogState:
     current_index: int  # next index to fetch
     tree_size: int  # the log's tree size when current_index was last advanced
     last_success: int  # Unix seconds of that advance
+    verified: Snapshot | None = None
 
 
 def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
@@ -93,17 +105,75 @@ def parse_state(data: bytes) -> dict[str, LogState]:
             raise StateDecodeError("logs: empty log URL")
         if not isinstance(entry, dict):
             raise StateDecodeError(f"{where}: expected an object, got {entry!r}")
-        out[url] = LogState(**{key: _number(entry, key, where) for key in _UPPER})
+        numbers = {key: _number(entry, key, where) for key in _UPPER}
+        verified = entry.get("verified")
+        snapshot = None if verified is None else _snapshot(verified, f"{where}.verified")
+        out[url] = LogState(**numbers, verified=snapshot)
     return out
+
+
+def _snapshot(doc: object, where: str) -> Snapshot:
+    if not isinstance(doc, dict):
+        raise StateDecodeError(f"{where}: expected an object, got {doc!r}")
+    size, timestamp = doc.get("tree_size"), doc.get("timestamp")
+    if type(size) is not int or not 0 <= size < 2**64:
+        raise StateDecodeError(f"{where}.tree_size: expected a tree size, got {size!r}")
+    if type(timestamp) is not int or not 0 <= timestamp < 2**64:
+        raise StateDecodeError(f"{where}.timestamp: expected milliseconds, got {timestamp!r}")
+    inconsistent = doc.get("inconsistent")
+    if type(inconsistent) is not bool:
+        raise StateDecodeError(f"{where}.inconsistent: expected true or false")
+    nodes = doc.get("nodes")
+    if not isinstance(nodes, list):
+        raise StateDecodeError(f"{where}.nodes: expected a list")
+    root, signature = (
+        _b64(doc.get("root_hash"), f"{where}.root_hash"),
+        _b64(doc.get("signature"), f"{where}.signature"),
+    )
+    hashes = tuple(_b64(n, f"{where}.nodes") for n in nodes)
+    if len(root) != 32 or any(len(h) != 32 for h in hashes):
+        raise StateDecodeError(f"{where}: hashes must be 32 bytes")
+    if len(hashes) != len(subtrees(0, size)):
+        raise StateDecodeError(f"{where}.nodes: a tree of {size} has {len(subtrees(0, size))}")
+    return Snapshot(TreeHead(size, root, timestamp, signature), hashes, inconsistent)
+
+
+def _b64(value: object, where: str) -> bytes:
+    if not isinstance(value, str):
+        raise StateDecodeError(f"{where}: expected base64 text, got {value!r:.40}")
+    try:
+        return base64.b64decode(value, validate=True)
+    except binascii.Error as exc:
+        raise StateDecodeError(f"{where}: {exc}") from None
+
+
+def _snapshot_doc(snap: Snapshot) -> dict[str, object]:
+    def b64(b: bytes) -> str:
+        return base64.b64encode(b).decode()
+
+    head = snap.head
+    return {
+        "tree_size": head.size,
+        "timestamp": head.timestamp_ms,
+        "root_hash": b64(head.root),
+        "signature": b64(head.signature),
+        "nodes": [b64(h) for h in snap.nodes],
+        "inconsistent": snap.inconsistent,
+    }
+
+
+def _log_doc(state: LogState) -> dict[str, object]:
+    doc: dict[str, object] = {key: getattr(state, key) for key in _UPPER}
+    if state.verified is not None:
+        doc["verified"] = _snapshot_doc(state.verified)
+    return doc
 
 
 def serialize_state(logs: Mapping[str, LogState]) -> bytes:
     """The document certstream-server-rust writes (serde_json pretty: 2-space indent, no final
-    newline, fields in declaration order), with logs sorted so equal states give equal bytes."""
-    doc = {
-        "version": STATE_VERSION,
-        "logs": {url: {key: getattr(logs[url], key) for key in _UPPER} for url in sorted(logs)},
-    }
+    newline, fields in declaration order), with logs sorted so equal states give equal bytes;
+    `verified` follows the Rust fields where certlake has it."""
+    doc = {"version": STATE_VERSION, "logs": {url: _log_doc(logs[url]) for url in sorted(logs)}}
     return json.dumps(doc, indent=2, ensure_ascii=False).encode()
 
 
@@ -223,7 +293,12 @@ class StateStore:
             return self._logs.get(url)
 
     def update(
-        self, url: str, current_index: int, tree_size: int, last_success: int | None = None
+        self,
+        url: str,
+        current_index: int,
+        tree_size: int,
+        last_success: int | None = None,
+        verified: Snapshot | None = None,
     ) -> None:
         """Record that `url` should next be read at `current_index` (`last_success` = now).
 
@@ -233,6 +308,7 @@ class StateStore:
             current_index=current_index,
             tree_size=tree_size,
             last_success=int(time.time()) if last_success is None else last_success,
+            verified=verified,
         )
         for key in _UPPER:
             problem = _range_problem(key, getattr(entry, key))

@@ -63,14 +63,17 @@ _HEX = frozenset(string.hexdigits)
 # --- pure helpers -------------------------------------------------------------------------------
 
 
-def overall_health(states: Sequence[Health], archive_failing: bool = False) -> Health:
+def overall_health(
+    states: Sequence[Health], archive_failing: bool = False, inconsistent: bool = False
+) -> Health:
     """Unhealthy when no log is watched or more than half are unhealthy; healthy when all are and
-    the archive is not failing; degraded otherwise (a log that is behind counts as not healthy).
-    A failing archive alone is not unhealthy: the stream goes on and the rows are kept."""
+    the archive is not failing and no log was found inconsistent; degraded otherwise (a log that
+    is behind counts as not healthy). A failing archive alone is not unhealthy: the stream goes
+    on and the rows are kept; nor is a lying log: the others are read as before."""
     unhealthy = sum(1 for s in states if s is Health.UNHEALTHY)
     if not states or 2 * unhealthy > len(states):
         return Health.UNHEALTHY
-    if not archive_failing and all(s is Health.HEALTHY for s in states):
+    if not archive_failing and not inconsistent and all(s is Health.HEALTHY for s in states):
         return Health.HEALTHY
     return Health.DEGRADED
 
@@ -129,6 +132,9 @@ def log_status(w: Watched, budgets: Mapping[str, OperatorBudget]) -> dict[str, A
         **lag_status(st.lag_report()),
         "answer_cap": w.watcher.reader.answer_cap,
         "pacing": None if budget is None else operator_status(budget),
+        "verification": "off" if st.verification is None else st.verification.value,
+        "verified_index": None if st.verification is None else st.verified_index,
+        "verification_error": st.verification_error,
         "entries": st.entries,
         "unparseable": st.unparseable,
         "last_success": st.last_success,
@@ -147,6 +153,9 @@ _DEEP_KEYS = (
     "behind",
     "cannot_keep_up",
     "behind_reason",
+    "verification",
+    "verified_index",
+    "verification_error",
     "last_success",
     "last_error",
 )
@@ -265,12 +274,15 @@ class HttpApi:
     async def health_deep(self, request: web.Request) -> web.Response:
         logs = [log_status(w, self.fleet.budgets) for w in self.fleet.watched.values()]
         archive = archive_status(self.sink)
+        inconsistent = [row["url"] for row in logs if row["verification"] == "inconsistent"]
         status = overall_health(
             [w.watcher.health_state for w in self.fleet.watched.values()],
             archive_failing=archive.get("failing", False),
+            inconsistent=bool(inconsistent),
         )
         body = {
             "status": status.value,
+            "inconsistent_logs": inconsistent,
             "logs": [{k: row[k] for k in _DEEP_KEYS if k in row} for row in logs],
             "log_list_error": self.fleet.list_error,
             "archive": archive,

@@ -96,9 +96,7 @@ class _Reads:
             if read.task is None:
                 self.start(read)
         while (
-            self.in_flight < depth
-            and self.planned <= self.end
-            and len(self.queue) < _AHEAD * depth
+            self.in_flight < depth and self.planned <= self.end and len(self.queue) < _AHEAD * depth
         ):
             (read,) = self._cut(self.planned, self.end, limit=1)
             self.queue.append(read)

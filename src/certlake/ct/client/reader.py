@@ -9,10 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from certlake.ct.compact import CompactRange
 from certlake.ct.entry import LogEntry, LogSource
-from certlake.ct.leaf import decode_get_entries_element
+from certlake.ct.leaf import decode_get_entries_element, served_leaf_input
+from certlake.ct.merkle import leaf_hash
 from certlake.ct.tls import DecodeError
 from certlake.ct.urls import get_entries_link
+from certlake.ct.verify import TreeHead
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +35,28 @@ class Unparseable:
 
     index: int
     error: str
+    # The hash of the leaf as served, when its bytes could be had: what verification folds in.
+    leaf_hash: bytes | None = None
+
+
+class ProofRefused(Exception):
+    """A log's proof that does not hold: the root it leads to is not the signed one."""
+
+    def __init__(self, detail: str, head: TreeHead, computed: bytes) -> None:
+        super().__init__(detail)
+        self.head = head
+        self.computed = computed
+
+
+def served_leaf_hash(item: FetchedEntry | Unparseable) -> bytes:
+    """The leaf hash of an entry as the log served it. One whose bytes could not be had at all
+    gets a hash no leaf has (of nothing), so the root it is part of cannot match."""
+    if isinstance(item, FetchedEntry):
+        return leaf_hash(item.entry.leaf_input)
+    return item.leaf_hash if item.leaf_hash is not None else UNHASHABLE
+
+
+UNHASHABLE = bytes(32)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +84,8 @@ def settle(item: FetchedEntry | Unparseable | RawEntry, log_url: str) -> Decoded
     try:
         entry = decode_get_entries_element(item.index, item.leaf_input, item.extra_data)
     except DecodeError as e:
-        return Unparseable(item.index, str(e))
+        raw = served_leaf_input(item.leaf_input)
+        return Unparseable(item.index, str(e), None if raw is None else leaf_hash(raw))
     return FetchedEntry(entry, get_entries_link(log_url, item.index))
 
 
@@ -92,6 +118,24 @@ class LogReader(Protocol):
 
     async def latest_size(self) -> int:
         """The log's current (verified when possible) tree size."""
+        ...
+
+    async def latest_head(self) -> TreeHead:
+        """The log's current tree head, its signature checked when the log's key is known."""
+        ...
+
+    async def prefix(
+        self, start: int, head: TreeHead, first_leaf: bytes | None
+    ) -> CompactRange | None:
+        """The subtrees of [0, start) in the tree of `head`, from the log's own proofs, for a
+        watcher that starts at `start` without the entries before it. None while it cannot be
+        had yet (RFC 6962 proves it by the inclusion of the leaf at `start`, `first_leaf`, so
+        it needs that leaf and a head past it). Raises ProofRefused for a proof that does not
+        hold, FetchError when the log does not answer."""
+        ...
+
+    async def consistency(self, earlier: TreeHead, later: TreeHead) -> list[bytes]:
+        """The log's consistency proof between two of its heads (RFC 9162 §2.1.4)."""
         ...
 
     async def read(self, start: int, end: int, tree_size: int) -> Batch:

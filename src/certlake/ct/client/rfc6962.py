@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+
 import orjson
 
 from certlake.ct.client.http import CTHttp, OperatorBudget
-from certlake.ct.client.reader import Batch, RawEntry
+from certlake.ct.client.reader import Batch, ProofRefused, RawEntry
+from certlake.ct.compact import CompactRange, prefix_from_inclusion
 from certlake.ct.entry import LogSource
 from certlake.ct.errors import AnswerTooLarge, FetchError, Limit
 from certlake.ct.keys import SignatureError
 from certlake.ct.limits import SMALL_ANSWER, check_entries_answer
+from certlake.ct.merkle import MerkleError, root_with_leaf
 from certlake.ct.sth import SignedTreeHead, verify_sth
+from certlake.ct.verify import TreeHead
 
 
 class Rfc6962Log:
@@ -91,6 +97,63 @@ class Rfc6962Log:
 
     async def latest_size(self) -> int:
         return (await self.get_sth()).tree_size
+
+    async def latest_head(self) -> TreeHead:
+        sth = await self.get_sth()
+        return TreeHead(sth.tree_size, sth.root_hash, sth.timestamp_ms, sth.signature)
+
+    async def _proof_json(self, method: str, params: dict[str, str | int]) -> dict[str, object]:
+        body = await self._http.get(
+            self._api + method, params=params, budget=self._budget, limits=SMALL_ANSWER
+        )
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError as e:
+            raise FetchError(f"malformed {method} from {self.source.url}: {e}", 200) from None
+        if not isinstance(doc, dict):
+            raise FetchError(f"malformed {method} from {self.source.url}: not an object", 200)
+        return doc
+
+    def _hashes(self, doc: dict[str, object], member: str, method: str) -> list[bytes]:
+        value = doc.get(member)
+        if not isinstance(value, list) or not all(isinstance(h, str) for h in value):
+            raise FetchError(f"malformed {method} from {self.source.url}: no {member}", 200)
+        try:
+            return [base64.b64decode(h, validate=True) for h in value]
+        except binascii.Error as e:
+            raise FetchError(f"malformed {method} from {self.source.url}: {e}", 200) from None
+
+    async def prefix(
+        self, start: int, head: TreeHead, first_leaf: bytes | None
+    ) -> CompactRange | None:
+        if start == 0:
+            return CompactRange(0)
+        if first_leaf is None or head.size <= start:
+            return None
+        method = "get-proof-by-hash"
+        doc = await self._proof_json(
+            method, {"hash": base64.b64encode(first_leaf).decode(), "tree_size": head.size}
+        )
+        path = self._hashes(doc, "audit_path", method)
+        index = doc.get("leaf_index")
+        where = f"the inclusion proof of leaf {start} in the tree of {head.size}"
+        if index != start:
+            # The leaf we were served at `start` is, by the log's own account, elsewhere or
+            # nowhere in its tree.
+            raise ProofRefused(f"{where} places it at {index!r}", head, b"")
+        prefix = prefix_from_inclusion(start, head.size, first_leaf, path, head.root)
+        if prefix is None:
+            try:
+                computed = root_with_leaf(start, head.size, first_leaf, path)
+            except MerkleError:
+                computed = b""
+            raise ProofRefused(f"{where} does not lead to the signed root", head, computed)
+        return prefix
+
+    async def consistency(self, earlier: TreeHead, later: TreeHead) -> list[bytes]:
+        method = "get-sth-consistency"
+        doc = await self._proof_json(method, {"first": earlier.size, "second": later.size})
+        return self._hashes(doc, "consistency", method)
 
     async def get_entries(self, start: int, end: int) -> list[tuple[object, object]]:
         """The (leaf_input, extra_data) members of each element for [start, end], as served: at

@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections import OrderedDict
+from collections.abc import Callable
 
 from certlake.ct.checkpoint import Checkpoint, CheckpointError, parse_checkpoint, verify_checkpoint
 from certlake.ct.client.http import CTHttp, OperatorBudget
 from certlake.ct.client.reader import Batch, FetchedEntry, Unparseable
+from certlake.ct.compact import (
+    CompactRange,
+    consistency_ranges,
+    from_hash_tiles,
+    hash_tiles_for,
+    subtree_hash,
+)
 from certlake.ct.entry import LogSource
 from certlake.ct.errors import FetchError, NotFound
 from certlake.ct.keys import SignatureError
 from certlake.ct.limits import SMALL_ANSWER
-from certlake.ct.merkle import TILE_WIDTH
-from certlake.ct.tile import BadTileLeaf, TileLeaf, data_tile_path, decode_data_tile_prefix
+from certlake.ct.merkle import TILE_WIDTH, MerkleError
+from certlake.ct.tile import (
+    BadTileLeaf,
+    TileLeaf,
+    data_tile_path,
+    decode_data_tile_prefix,
+    hash_tile_path,
+)
+from certlake.ct.verify import TreeHead
 
 # A tile that still fails to decode after this many reads is taken as the log's real content:
 # its decodable prefix is emitted and the rest reported as unparseable, so the log moves on.
@@ -89,6 +105,9 @@ class StaticLog:
         body = await self._http.get(
             self.source.url + "/checkpoint", budget=self._budget, limits=SMALL_ANSWER
         )
+        return self._checked(body)
+
+    def _checked(self, body: bytes) -> Checkpoint:
         try:
             if self._key is not None and self._origin is not None:
                 return verify_checkpoint(body, self._origin, self._key)
@@ -99,17 +118,55 @@ class StaticLog:
     async def latest_size(self) -> int:
         return (await self.checkpoint()).tree_size
 
+    async def latest_head(self) -> TreeHead:
+        body = await self._http.get(
+            self.source.url + "/checkpoint", budget=self._budget, limits=SMALL_ANSWER
+        )
+        cp = self._checked(body)
+        # The signed note as served is the signature: anyone can check it again from the table.
+        return TreeHead(cp.tree_size, cp.root_hash, cp.timestamp_ms or 0, body)
+
     async def data_tile(self, n: int, width: int) -> tuple[bytes, int]:
         """The bytes of data tile `n` read at `width`, and the width actually read: a partial
         tile that is gone (404) is replaced by the full tile, which then holds all 256."""
+        return await self._tile(data_tile_path, n, width)
+
+    async def hash_tile(self, level: int, n: int, width: int) -> bytes:
+        return (await self._tile(functools.partial(hash_tile_path, level), n, width))[0]
+
+    async def _tile(self, path: Callable[..., str], n: int, width: int) -> tuple[bytes, int]:
         base = self.source.url + "/"
         try:
-            return await self._http.get(base + data_tile_path(n, width), budget=self._budget), width
+            return await self._http.get(base + path(n, width), budget=self._budget), width
         except NotFound:
             if width == TILE_WIDTH:
                 raise
-        body = await self._http.get(base + data_tile_path(n), budget=self._budget)
+        body = await self._http.get(base + path(n), budget=self._budget)
         return body, TILE_WIDTH
+
+    async def _range(self, begin: int, end: int, tree_size: int) -> CompactRange:
+        """[begin, end) from the hash tiles published at `tree_size`."""
+        tiles = {}
+        for ref in hash_tiles_for(begin, end, tree_size):
+            tiles[(ref.level, ref.index)] = await self.hash_tile(ref.level, ref.index, ref.width)
+        try:
+            return from_hash_tiles(begin, end, tiles)
+        except MerkleError as e:
+            raise FetchError(f"hash tiles of {self.source.url}: {e}", 200) from None
+
+    async def prefix(
+        self, start: int, head: TreeHead, first_leaf: bytes | None
+    ) -> CompactRange | None:
+        # Not proven by itself: the first head the entries reach checks it with them.
+        return await self._range(0, start, head.size) if head.size >= start else None
+
+    async def consistency(self, earlier: TreeHead, later: TreeHead) -> list[bytes]:
+        # Put together from the later tree's hash tiles; checking it against both roots proves
+        # the same as an RFC 6962 log's get-sth-consistency answer.
+        return [
+            subtree_hash(await self._range(lo, hi, later.size))
+            for lo, hi in consistency_ranges(earlier.size, later.size)
+        ]
 
     async def issuer(self, fingerprint: bytes) -> bytes:
         der = self._issuers.get(fingerprint)

@@ -345,12 +345,20 @@
     return span;
   }
 
+  // "ok": every entry up to the newest head checked so far reproduces the log's signed root.
+  function verifiedText(log) {
+    if (log.verification === "off") return "off";
+    const upTo = log.verified_index === null ? "–" : number.format(log.verified_index);
+    return log.verification === "ok" ? upTo : `${upTo} (${log.verification})`;
+  }
+
   function logItem(log) {
     const li = document.createElement("li");
     li.className = "log";
     li.dataset.url = log.url;
     li.dataset.health = log.health;
     li.dataset.lag = log.lag === null ? "" : String(log.lag);
+    li.dataset.verification = log.verification;
     li.title = log.url;
     const name = document.createElement("div");
     name.className = "name";
@@ -366,6 +374,7 @@
       fact("lag", log.lag === null ? "–" : number.format(log.lag)),
       fact("", log.lag_seconds ? `${Math.round(log.lag_seconds)} s` : "0 s"),
       fact("seen", number.format(log.entries)),
+      fact("verified", verifiedText(log)),
       fact("ok", ago(log.last_success)),
     );
     li.append(name, facts);
@@ -374,6 +383,12 @@
       why.className = "err";
       why.textContent = `cannot keep up: ${log.behind_reason}`;
       li.append(why);
+    }
+    if (log.verification_error) {
+      const lie = document.createElement("div");
+      lie.className = "err";
+      lie.textContent = log.verification_error;
+      li.append(lie);
     }
     if (log.last_error && log.health !== "healthy") {
       const err = document.createElement("div");
@@ -405,8 +420,11 @@
       el.logs.replaceChildren(...list.map(logItem));
       const healthy = list.filter((l) => l.health === "healthy").length;
       const behind = list.filter((l) => l.health === "behind").length;
+      const lying = list.filter((l) => l.verification === "inconsistent").length;
       el.logsSummary.textContent =
-        `${healthy} of ${list.length} healthy` + (behind ? `, ${behind} behind` : "");
+        `${healthy} of ${list.length} healthy` +
+        (behind ? `, ${behind} behind` : "") +
+        (lying ? `, ${lying} inconsistent` : "");
       const listError = logs.value.log_list && logs.value.log_list.error;
       el.logsStatus.textContent = listError ? `Log list: ${listError}` : "";
       el.logsStatus.hidden = !listError;
