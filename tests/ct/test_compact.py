@@ -12,9 +12,11 @@ from hypothesis import strategies as st
 
 from certlake.ct.compact import (
     CompactRange,
+    consistency_ranges,
     from_hash_tiles,
     hash_tiles_for,
     prefix_from_inclusion,
+    subtree_hash,
     subtrees,
 )
 from certlake.ct.merkle import TILE_WIDTH, MerkleError, MerkleTree, leaf_hash
@@ -192,3 +194,23 @@ def _tree(leaves: list[bytes]) -> MerkleTree:
     for x in leaves:
         tree.append(leaf_hash(x))
     return tree
+
+
+@given(new=st.integers(1, 3_000), data=st.data())
+@settings(max_examples=150, deadline=None)
+def test_a_consistency_proof_put_together_from_hash_tiles_is_the_logs(
+    new: int, data: st.DataObject
+) -> None:
+    old = data.draw(st.integers(0, new))
+    tree = _big_tree(new)
+    reference = MerkleTree()
+    for h in tree[0]:
+        reference.append(h)
+    proof = []
+    for lo, hi in consistency_ranges(old, new):
+        tiles = {
+            (r.level, r.index): _hash_tile(tree, r.level, r.index, r.width)
+            for r in hash_tiles_for(lo, hi, new)
+        }
+        proof.append(subtree_hash(from_hash_tiles(lo, hi, tiles)))
+    assert proof == reference.consistency_proof(old, new)
