@@ -12,14 +12,13 @@ from hypothesis import strategies as st
 
 from certlake.ct.compact import (
     CompactRange,
-    consistency_ranges,
     from_hash_tiles,
     hash_tiles_for,
     prefix_from_inclusion,
     subtree_hash,
     subtrees,
 )
-from certlake.ct.merkle import TILE_WIDTH, MerkleError, MerkleTree, leaf_hash
+from certlake.ct.merkle import TILE_WIDTH, MerkleError, MerkleTree, consistency_ranges, leaf_hash
 
 
 def _mth(leaves: list[bytes]) -> bytes:

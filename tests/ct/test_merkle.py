@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from certlake.ct.compact import from_hash_tiles, hash_tiles_for
 from certlake.ct.merkle import (
     EMPTY_ROOT,
     MerkleError,
@@ -23,15 +24,21 @@ from certlake.ct.merkle import (
     TileRef,
     leaf_hash,
     node_hash,
-    root_from_tile_hashes,
     root_hash,
-    root_tiles,
     root_with_leaf,
     verify_consistency,
     verify_inclusion,
 )
 
 # --- independent RFC 6962 reference -------------------------------------------------------------
+
+
+def root_tiles(size: int) -> list[TileRef]:
+    return hash_tiles_for(0, size, size)
+
+
+def root_from_tile_hashes(size: int, tiles: dict[tuple[int, int], bytes]) -> bytes:
+    return from_hash_tiles(0, size, tiles).root()
 
 
 def ref_leaf(data: bytes) -> bytes:

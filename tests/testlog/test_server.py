@@ -19,12 +19,12 @@ import pytest
 from cryptography import x509
 
 from certlake.ct.checkpoint import Checkpoint, verify_checkpoint
+from certlake.ct.compact import from_hash_tiles, hash_tiles_for
 from certlake.ct.leaf import decode_rfc6962_entry
 from certlake.ct.merkle import (
+    TileRef,
     leaf_hash,
-    root_from_tile_hashes,
     root_hash,
-    root_tiles,
     verify_consistency,
     verify_inclusion,
 )
@@ -39,6 +39,14 @@ from certlake.testlog.pool import logged
 from certlake.testlog.server import TestLogServer
 
 pytestmark = pytest.mark.timeout(60)
+
+
+def root_tiles(size: int) -> list[TileRef]:
+    return hash_tiles_for(0, size, size)
+
+
+def root_from_tile_hashes(size: int, tiles: dict[tuple[int, int], bytes]) -> bytes:
+    return from_hash_tiles(0, size, tiles).root()
 
 
 @pytest.fixture

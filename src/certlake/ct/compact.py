@@ -52,6 +52,8 @@ class Node:
 def subtrees(begin: int, end: int) -> list[tuple[int, int]]:
     """(level, index) of the maximal aligned perfect subtrees that cover [begin, end), left to
     right: the nodes a compact range of those leaves holds."""
+    if not 0 <= begin <= end:
+        raise MerkleError(f"no range [{begin}, {end})")
     out: list[tuple[int, int]] = []
     pos = begin
     while pos < end:
@@ -208,34 +210,6 @@ def from_hash_tiles(begin: int, end: int, tiles: Mapping[tuple[int, int], bytes]
         part = tile[offset * HASH_SIZE : (offset + count) * HASH_SIZE]
         hashes.append(root_hash([part[i : i + HASH_SIZE] for i in range(0, len(part), HASH_SIZE)]))
     return CompactRange.of_nodes(begin, end, hashes)
-
-
-def consistency_ranges(old_size: int, new_size: int) -> list[tuple[int, int]]:
-    """The leaf ranges [lo, hi) whose subtree hashes make up the consistency proof between trees
-    of `old_size` and `new_size` (RFC 9162 §2.1.4.1 SUBPROOF), in proof order: a proof can then
-    be put together from any source of subtree hashes, such as a static-ct log's hash tiles."""
-    if not 0 <= old_size <= new_size:
-        raise MerkleError(f"no consistency proof from {old_size} to {new_size}")
-    if old_size in (0, new_size):
-        return []
-    out: list[tuple[int, int]] = []
-
-    def sub(m: int, lo: int, hi: int, whole: bool) -> None:
-        n = hi - lo
-        if m == n:
-            if not whole:
-                out.append((lo, hi))
-            return
-        k = 1 << ((n - 1).bit_length() - 1)
-        if m <= k:
-            sub(m, lo, lo + k, whole)
-            out.append((lo + k, hi))
-        else:
-            sub(m - k, lo + k, hi, False)
-            out.append((lo, lo + k))
-
-    sub(old_size, 0, new_size, True)
-    return out
 
 
 def subtree_hash(r: CompactRange) -> bytes:

@@ -7,7 +7,7 @@ in, hashes out.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 HASH_SIZE = 32
@@ -130,26 +130,7 @@ class MerkleTree:
     def consistency_proof(self, old: int, new: int) -> list[bytes]:
         """RFC 6962 §2.1.2 proof that the first `old` leaves are a prefix of the first `new`."""
         self._check_size(new)
-        if not 0 <= old <= new:
-            raise MerkleError(f"no consistency proof from size {old} to {new}")
-        if old in (0, new):
-            return []
-        path: list[bytes] = []
-        lo, hi, m, complete = 0, new, old, True
-        while m != hi - lo:
-            k = _split(hi - lo)
-            if m <= k:
-                path.append(self._range(lo + k, hi))
-                hi = lo + k
-            else:
-                path.append(self._range(lo, lo + k))
-                lo += k
-                m -= k
-                complete = False
-        if not complete:
-            path.append(self._range(lo, hi))
-        path.reverse()
-        return path
+        return [self._range(lo, hi) for lo, hi in consistency_ranges(old, new)]
 
     def hash_tile(self, level: int, n: int, width: int) -> bytes:
         """Hash tile `level`/`n` of `width` entries: concatenated hashes of complete subtrees.
@@ -274,53 +255,28 @@ class TileRef:
     width: int
 
 
-def root_tiles(size: int) -> list[TileRef]:
-    """The hash tiles a client needs to compute the root of a tree of `size` leaves.
-
-    One perfect subtree per set bit b of size; it is 2^(b mod 8) consecutive hashes of one
-    level-(b // 8) tile, which never straddles two tiles because the subtree is aligned.
-    """
-    refs: dict[tuple[int, int], TileRef] = {}
-    for level, start, _count in _root_pieces(size):
-        index = start // TILE_WIDTH
-        on_level = size >> (level * TILE_HEIGHT)
-        width = min(TILE_WIDTH, on_level - index * TILE_WIDTH)
-        refs.setdefault((level, index), TileRef(level, index, width))
-    return list(refs.values())
-
-
-def root_from_tile_hashes(size: int, tiles: Mapping[tuple[int, int], bytes]) -> bytes:
-    """The root of a tree of `size` leaves from its hash tiles, keyed by (level, index).
-
-    A tile may be given wider than `root_tiles` asks (a full tile fetched after a partial).
-    """
-    if size == 0:
-        return EMPTY_ROOT
-    parts: list[bytes] = []
-    for level, start, count in _root_pieces(size):
-        index, offset = divmod(start, TILE_WIDTH)
-        tile = tiles.get((level, index))
-        if tile is None:
-            raise MerkleError(f"hash tile {level}/{index} needed for size {size} is missing")
-        if len(tile) % HASH_SIZE or len(tile) < (offset + count) * HASH_SIZE:
-            raise MerkleError(
-                f"hash tile {level}/{index} has {len(tile)} bytes, "
-                f"need {(offset + count) * HASH_SIZE}"
-            )
-        hashes = [tile[i * HASH_SIZE : (i + 1) * HASH_SIZE] for i in range(offset, offset + count)]
-        parts.append(root_hash(hashes))
-    return fold_right(parts)
-
-
-def _root_pieces(size: int) -> list[tuple[int, int, int]]:
-    """(tile level, first hash index on that level, hash count) for each perfect subtree."""
-    if size < 0:
-        raise MerkleError(f"negative tree size {size}")
-    pieces = []
-    offset = 0
-    for b in range(size.bit_length() - 1, -1, -1):
-        if size >> b & 1:
-            level, j = divmod(b, TILE_HEIGHT)
-            pieces.append((level, offset >> (level * TILE_HEIGHT), 1 << j))
-            offset += 1 << b
-    return pieces
+def consistency_ranges(old_size: int, new_size: int) -> list[tuple[int, int]]:
+    """The leaf ranges [lo, hi) whose subtree hashes make up the consistency proof between trees
+    of `old_size` and `new_size` (RFC 9162 §2.1.4.1 SUBPROOF), in proof order: a proof can then
+    be put together from any source of subtree hashes (the test log's tree, a static-ct log's
+    hash tiles)."""
+    if not 0 <= old_size <= new_size:
+        raise MerkleError(f"no consistency proof from size {old_size} to {new_size}")
+    if old_size in (0, new_size):
+        return []
+    ranges: list[tuple[int, int]] = []
+    lo, hi, m, complete = 0, new_size, old_size, True
+    while m != hi - lo:
+        k = _split(hi - lo)
+        if m <= k:
+            ranges.append((lo + k, hi))
+            hi = lo + k
+        else:
+            ranges.append((lo, lo + k))
+            lo += k
+            m -= k
+            complete = False
+    if not complete:
+        ranges.append((lo, hi))
+    ranges.reverse()
+    return ranges

@@ -12,7 +12,6 @@ from certlake.ct.client.http import CTHttp, OperatorBudget
 from certlake.ct.client.reader import Batch, FetchedEntry, Unparseable
 from certlake.ct.compact import (
     CompactRange,
-    consistency_ranges,
     from_hash_tiles,
     hash_tiles_for,
     subtree_hash,
@@ -21,7 +20,7 @@ from certlake.ct.entry import LogSource
 from certlake.ct.errors import FetchError, NotFound
 from certlake.ct.keys import SignatureError
 from certlake.ct.limits import SMALL_ANSWER
-from certlake.ct.merkle import TILE_WIDTH, MerkleError
+from certlake.ct.merkle import TILE_WIDTH, MerkleError, consistency_ranges
 from certlake.ct.tile import (
     BadTileLeaf,
     TileLeaf,
