@@ -489,11 +489,8 @@ class FaultPlan:
                 limit = action.entries if action.entries is not None else batch
                 if limit is None or limit <= (fault.short_to or 1):
                     continue
-            if fault.p < 1.0 and self._rng.random() >= fault.p:
+            if not self._fires(i):
                 continue
-            remaining = self._remaining[i]
-            if remaining is not None:
-                self._remaining[i] = remaining - 1
             action.fired.append(fault.kind)
             if fault.kind is FaultKind.SLOW:
                 action.delay += fault.delay
@@ -515,6 +512,16 @@ class FaultPlan:
             self._roll_lie(action, endpoint, log, head_size)
         return action
 
+    def _fires(self, i: int) -> bool:
+        """Whether fault `i`, which applies, fires this time (its chance; it then counts)."""
+        fault = self._faults[i]
+        if fault.p < 1.0 and self._rng.random() >= fault.p:
+            return False
+        remaining = self._remaining[i]
+        if remaining is not None:
+            self._remaining[i] = remaining - 1
+        return True
+
     def _roll_lie(self, action: Action, endpoint: Endpoint, log: str | None, size: int) -> None:
         """The first `lie` that fires sets `action.lie` (a response carries one head)."""
         for i, fault in enumerate(self._faults):
@@ -525,11 +532,8 @@ class FaultPlan:
                 continue
             if fault.lie_mode is LieMode.FORK and not self._fork_turn(i, log, size):
                 continue
-            if fault.p < 1.0 and self._rng.random() >= fault.p:
+            if not self._fires(i):
                 continue
-            remaining = self._remaining[i]
-            if remaining is not None:
-                self._remaining[i] = remaining - 1
             action.fired.append(FaultKind.LIE)
             action.lie = index
             return
