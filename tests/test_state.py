@@ -17,6 +17,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from certlake.ct.compact import CompactRange
+from certlake.ct.verify import Snapshot, TreeHead
 from certlake.ingest.state import (
     LogState,
     StateDecodeError,
@@ -73,6 +75,45 @@ def test_compact_rust_file_with_extra_fields_loads() -> None:
         b'"tree_size":1000,"last_success":1700000000,"log_id":"abc"}},"written_by":"x"}'
     )
     assert parse_state(data) == {"https://ct.example.com": LogState(42, 1000, 1700000000)}
+
+
+def _snapshot(size: int = 1000, inconsistent: bool = False) -> Snapshot:
+    tree = CompactRange.of_leaves(0, [b"leaf %d" % i for i in range(size)])
+    head = TreeHead(size, tree.root(), 1766102400123, b"\x04\x03sig")
+    return Snapshot(head, tuple(n.hash for n in tree.nodes), inconsistent)
+
+
+def test_where_verification_stood_round_trips_after_the_rust_fields() -> None:
+    logs = {ARGON: LogState(1000, 1200, 1766102400, verified=_snapshot())}
+    data = serialize_state(logs)
+    doc = json.loads(data)["logs"][ARGON]
+    # certstream-server-rust's fields first and as they were; its reader ignores the rest.
+    assert list(doc) == ["current_index", "tree_size", "last_success", "verified"]
+    assert doc["verified"]["tree_size"] == 1000 and len(doc["verified"]["nodes"]) == 6  # 512+256+128+64+32+8
+    assert parse_state(data) == logs
+    assert parse_state(serialize_state({ARGON: LogState(1, 2, 3, _snapshot(7, True))})) == {
+        ARGON: LogState(1, 2, 3, _snapshot(7, True))
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"nodes": []}, "a tree of 1000 has 6"),
+        ({"nodes": ["AAAA", "AAAA"]}, "32 bytes"),
+        ({"root_hash": "not base64!"}, "root_hash"),
+        ({"tree_size": -1}, "tree_size"),
+        ({"inconsistent": "no"}, "inconsistent"),
+        ({"timestamp": 1.5}, "timestamp"),
+    ],
+)
+def test_a_damaged_verification_block_is_a_damaged_file(
+    change: dict[str, object], problem: str
+) -> None:
+    doc = json.loads(serialize_state({ARGON: LogState(1000, 1200, 0, verified=_snapshot())}))
+    doc["logs"][ARGON]["verified"].update(change)
+    with pytest.raises(StateDecodeError, match=problem):
+        parse_state(json.dumps(doc).encode())
 
 
 urls = st.text(min_size=1, max_size=40)
