@@ -19,9 +19,12 @@ Figures per run, over a measurement window after a warm-up:
 The median over `--runs` runs is printed last, with the load average. With `--baseline-src DIR`
 each run is followed by one of the certlake found in DIR (e.g. an earlier commit's `src/`) as
 the server, against a test log started the same way, so the two are compared in the same run.
+With `--without-verify` the baseline is this certlake with verification switched off
+(`ct_log.verify: false`), in alternating order, and the summary gives the median of the runs'
+CPU ratios: what verifying every entry costs.
 
     .venv/bin/python benchmarks/ecosystem.py [--runs 3] [--seconds 60] [--rate-limit Q]
-                                             [--baseline-src /tmp/before/src]
+                                             [--baseline-src /tmp/before/src | --without-verify]
 """
 
 from __future__ import annotations
@@ -125,9 +128,10 @@ class Observer:
 
 
 def run_once(
-    work: Path, args: argparse.Namespace, n: int, src: str | None = None
+    work: Path, args: argparse.Namespace, n: int, src: str | None = None, verify: bool = True
 ) -> dict[str, Any]:
-    ready = work / f"testlog-{n}{'' if src is None else '-baseline'}.url"
+    baseline = src is not None or not verify
+    ready = work / f"testlog-{n}{'-baseline' if baseline else ''}.url"
     testlog_args = [
         "--seed", str(n), "--logs", str(args.logs), "--operators", str(args.operators),
         "--max-entries", str(args.max_entries), "--total-rate", str(args.total_rate),
@@ -142,10 +146,10 @@ def run_once(
             "host": "127.0.0.1",
             "port": 0,
             "ct_logs_url": f"{base}/log_list.json",
-            "ct_log": {"state_file": None},
+            "ct_log": {"state_file": None, "verify": verify},
             "delta_sink": {"enabled": args.archive, "table_path": str(work / f"table-{n}")},
         }
-        tag = f"{n}{'' if src is None else '-baseline'}"
+        tag = f"{n}{'-baseline' if baseline else ''}"
         cfg_path = work / f"config-{tag}.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg))
         text = work / f"serve-{tag}.log"
@@ -248,21 +252,37 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--archive", action="store_true", help="also write the Delta archive")
     parser.add_argument("--baseline-src", help="also run the certlake in this src/ directory")
+    parser.add_argument(
+        "--without-verify", action="store_true", help="also run with ct_log.verify: false"
+    )
     args = parser.parse_args()
     results = []
     baseline = []
     with tempfile.TemporaryDirectory(prefix="certlake-ecosystem-") as tmp:
         for n in range(args.runs):
-            r = run_once(Path(tmp), args, n)
-            results.append(r)
-            print(json.dumps({"run": n + 1, **r}), flush=True)
+            pair: list[tuple[bool, str | None, bool]] = [(False, None, True)]
             if args.baseline_src is not None:
-                b = run_once(Path(tmp), args, n, args.baseline_src)
-                baseline.append(b)
-                print(json.dumps({"run": n + 1, "baseline": True, **b}), flush=True)
+                pair.append((True, args.baseline_src, True))
+            elif args.without_verify:
+                # Alternating which goes first, so that a machine getting busier (or quieter)
+                # through a run does not favour one side.
+                pair.insert(n % 2, (True, None, False))
+            for is_baseline, src, verify in pair:
+                r = run_once(Path(tmp), args, n, src, verify)
+                (baseline if is_baseline else results).append(r)
+                print(json.dumps({"run": n + 1, "baseline": is_baseline, **r}), flush=True)
     _summarize(results, args, "certlake")
     if baseline:
-        _summarize(baseline, args, f"baseline ({args.baseline_src})")
+        label = "without verification" if args.without_verify else f"baseline ({args.baseline_src})"
+        _summarize(baseline, args, label)
+        ratios = [
+            r["server_cpu_share"] / b["server_cpu_share"]
+            for r, b in zip(results, baseline, strict=True)
+        ]
+        print(
+            f"server CPU, this / {label}: median of the runs' ratios "
+            f"{statistics.median(ratios):.3f} ({', '.join(f'{x:.3f}' for x in ratios)})"
+        )
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

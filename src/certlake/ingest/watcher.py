@@ -45,9 +45,12 @@ log = logging.getLogger(__name__)
 
 _YIELD_EVERY_MASK = 31  # yield to the event loop every 32 entries
 
-# A watcher that starts mid-log reads no further than this before the log's proof of what came
-# before its start has been asked for (the verifier keeps the hashes meanwhile).
+# A watcher that starts mid-log reads no further than this until the log has proven what came
+# before its start (the verifier keeps the hashes meanwhile, and must not keep too many).
 _UNANCHORED_READ = 4096
+# A log that keeps refusing the proof of an entry it served itself (400 / 404 to its
+# get-proof-by-hash) is taken at its word after this many polls: the entry is not in its tree.
+_PROOF_REFUSALS = 3
 
 Consumer = Callable[[Decoded], Awaitable[None]]
 ErrorReporter = Callable[[str, FetchError], None]
@@ -118,6 +121,10 @@ class LogWatcher:
         self.verifier: LogVerifier | None = None
         self._hashes: list[bytes] = []  # leaf hashes not yet handed to the verifier
         self._checked_old: set[tuple[int, bytes]] = set()  # older heads already proven
+        self._proof_refusals = 0
+        # The verified head as of the last event reported: the verifier's own has already moved
+        # past the events it returns.
+        self._verified_before: TreeHead | None = None
 
     @property
     def health_state(self) -> Health:
@@ -162,6 +169,7 @@ class LogWatcher:
             log.info("fresh start at the tree head", extra={"log": st.url, "tree_size": size})
         if self._verify and self.verifier is None:
             self.verifier = self._new_verifier(st.cursor)
+            self._verified_before = self.verifier.verified_head
         v = self.verifier
         if v is not None:
             self._events(v.head(head))
@@ -181,7 +189,12 @@ class LogWatcher:
             return
         end = min(size, st.cursor + self._max_batch) - 1
         if v is not None and not v.anchored:
-            end = min(end, st.cursor + _UNANCHORED_READ - 1)
+            end = min(end, v.start + _UNANCHORED_READ - 1)
+            if end < st.cursor:
+                return  # waiting for the proof: `_verify_more` asks again next poll
+        # The verifier takes these entries only when it has had every one before them; if not
+        # (its catch-up since a restart is not done), `_verify_more` reads them for it later.
+        feed = v is not None and v.downloaded == st.cursor
         items = fetch_range(
             self.reader,
             st.cursor,
@@ -199,7 +212,7 @@ class LogWatcher:
                     item = settle(item, self.reader.source.url)
                     await self._consumer(item)
                     st.cursor = item.index + 1
-                    if v is not None:
+                    if feed:
                         self._hashes.append(served_leaf_hash(item))
                     if isinstance(item, Unparseable):
                         st.unparseable += 1
@@ -270,16 +283,30 @@ class LogWatcher:
                     prefix = await self.reader.prefix(v.start, head, v.first_leaf)
                 except ProofRefused as e:
                     self._events(v.anchor_failed(e.head, e.computed, str(e)))
+                except FetchError as e:
+                    if e.status not in (400, 404):
+                        raise
+                    self._proof_refusals += 1
+                    if self._proof_refusals < _PROOF_REFUSALS:
+                        raise
+                    detail = (
+                        f"the log answered {e.status} {self._proof_refusals} times to the "
+                        f"inclusion proof of the entry it served at {v.start}"
+                    )
+                    self._events(v.anchor_failed(head, b"", detail))
                 else:
                     if prefix is not None:
                         self._events(v.anchor(prefix))
             cursor = self.status.cursor
-            if v.anchored and cursor is not None and v.downloaded < cursor:
-                hashes = await self._read_hashes(v.downloaded, cursor, head.size)
+            if v.anchored and cursor is not None and v.downloaded < min(cursor, head.size):
+                # One pass at most, and never past the tree (a saved cursor may be beyond it).
+                end = min(cursor, head.size, v.downloaded + self._max_batch)
+                hashes = await self._read_hashes(v.downloaded, end, head.size)
                 if hashes is not None:
                     self._events(v.leaves(v.downloaded, hashes))
             again = v.recheck_range
             if again is not None:
+                # The whole range, however long: the second read is compared as one.
                 hashes = await self._read_hashes(*again, head.size)
                 if hashes is not None:
                     self._events(v.recheck(hashes))
@@ -295,7 +322,6 @@ class LogWatcher:
     async def _read_hashes(self, first: int, end: int, tree_size: int) -> list[bytes] | None:
         """The leaf hashes of [first, end) as the log serves them now, for the verifier only (the
         consumer has had these entries); None when the log gave up."""
-        end = min(end, first + self._max_batch)
         hashes: list[bytes] = []
         items = fetch_range(
             self.reader,
@@ -333,10 +359,12 @@ class LogWatcher:
         self._show_verification()
 
     def _events(self, events: list[Event]) -> None:
-        v = self.verifier
         for event in events:
+            before = self._verified_before
+            if isinstance(event, Verified):
+                self._verified_before = event.head
             if self._on_verification is not None:
-                self._on_verification(self.status.url, event, v.verified_head if v else None)
+                self._on_verification(self.status.url, event, before)
             if isinstance(event, Verified):
                 continue
             evidence = _evidence(event)
