@@ -33,3 +33,24 @@ def test_a_job_that_could_not_run_says_why() -> None:
         "error: --logs 'x' matches no log",
         "0 logs complete, 0 with entries left, 0.0 s; exit code 2",
     ]
+
+
+def test_what_was_verified_and_against_which_head() -> None:
+    s = _summary()
+    a = LogOutcome("https://a", "A", missing=30, ranges=2, fetched=30, written=30, verified=20)
+    a.head_source = "a fresh head from the log (1100)"
+    a.add_unverified(40, 49, "entries [40, 50) as downloaded are not in the tree", evidence=True)
+    b = LogOutcome("https://b", "B", missing=5, ranges=1, fetched=5, written=5, verified=5)
+    b.head_source = "the stored verified head (900)"
+    s.logs += [a, b]
+    lines = format_summary(s).splitlines()
+    at = lines.index("verified A (https://a): 20 entries against a fresh head from the log (1100)")
+    assert lines[at + 1] == (
+        "  NOT verified [40, 49]: entries [40, 50) as downloaded are not in the tree"
+    )
+    assert lines[at + 2] == (
+        "verified B (https://b): 5 entries against the stored verified head (900)"
+    )
+    # A range that is not proven leaves its log incomplete: exit code 1.
+    assert lines[-1].endswith("1 logs complete, 1 with entries left, 0.0 s; exit code 1")
+    assert a.evidence == 1 and not a.complete and b.complete

@@ -143,7 +143,9 @@ def test_backfill_summary_is_a_table_on_a_terminal_and_log_lines_otherwise(
         )  # fmt: skip
     finally:
         bg.call(lambda s: s.faults.replace([]))
-    assert code == 1, shown[-3000:]  # the unknown log's range was left
+    # The unknown log's range was left, and the garbled entry (not the bytes the log's tree
+    # holds) kept its range from being verified.
+    assert code == 1, shown[-3000:]
     assert out == ""
     summary = shown[shown.index("Backfill summary") :]
     assert summary.startswith(f"Backfill summary (historical from 0, into {tmp_path / 'table'})")
@@ -163,7 +165,14 @@ def test_backfill_summary_is_a_table_on_a_terminal_and_log_lines_otherwise(
         re.M,
     )
     assert re.search(
-        r"^1 logs complete, 1 with entries left, \d+\.\d s; exit code 1$", summary, re.M
+        rf"^verified {re.escape(name)} \({re.escape(rfc)}\): 0 entries against a fresh head "
+        rf"from the log \({SIZE}\)$",
+        summary,
+        re.M,
+    ), summary
+    assert re.search(r"^  NOT verified \[0, 299\]: entries \[0, 300\) as downloaded", summary, re.M)
+    assert re.search(
+        r"^0 logs complete, 2 with entries left, \d+\.\d s; exit code 1$", summary, re.M
     )
     # The log lines are still written (before the table, which comes last).
     assert shown.index("backfill finished exit_code=1") < shown.index("Backfill summary")

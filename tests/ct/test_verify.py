@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from certlake.ct.compact import prefix_from_inclusion
+from certlake.ct.compact import CompactRange, prefix_from_inclusion
 from certlake.ct.merkle import MerkleTree, leaf_hash, root_hash
 from certlake.ct.verify import (
     LogVerifier,
@@ -18,6 +18,7 @@ from certlake.ct.verify import (
     TreeHead,
     Verification,
     Verified,
+    range_in_head,
 )
 
 HASHES = [leaf_hash(b"entry %d" % i) for i in range(200)]
@@ -238,3 +239,29 @@ def test_a_watcher_far_behind_keeps_a_bounded_number_of_pending_heads() -> None:
     events = _feed(v, HASHES, 0, 200, 50)
     assert events[-1] == Verified(_head(199))
     assert all(isinstance(e, Verified) for e in events)
+
+
+@given(size=st.integers(1, 200), data=st.data())
+@settings(max_examples=150, deadline=None)
+def test_a_range_in_the_middle_is_checked_against_a_later_head(
+    size: int, data: st.DataObject
+) -> None:
+    first = data.draw(st.integers(0, size - 1))
+    end = data.draw(st.integers(first + 1, size))
+    tree = _tree(size)
+    head = _head(size)
+    prefix = prefix_from_inclusion(
+        first, size, HASHES[first], tree.inclusion_proof(first, size), head.root
+    )
+    assert prefix is not None
+    leaves = CompactRange(first)
+    for h in HASHES[first:end]:
+        leaves.append(h)
+    proof = tree.consistency_proof(end, size)
+    assert range_in_head(prefix, leaves, head, proof)
+    # One entry other than the log's, anywhere in the range, and the proof does not hold.
+    bad = data.draw(st.integers(first, end - 1))
+    tampered = CompactRange(first)
+    for i in range(first, end):
+        tampered.append(leaf_hash(b"tampered") if i == bad else HASHES[i])
+    assert not range_in_head(prefix, tampered, head, proof)

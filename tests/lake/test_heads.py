@@ -58,6 +58,7 @@ def every_kind() -> list[HeadRecord]:
             Mismatch(head(60), b"\x09" * 32, 40, "the inclusion proof does not lead to it"),
             None,
         ),
+        HeadRecord.range_verified(LOG_B, head(90), 30, 60, "entries [30, 60) are in the tree"),
     ]
 
 
@@ -106,7 +107,8 @@ def test_events_map_to_the_documented_columns() -> None:
         LOG_A, verified
     )
     assert not HeadRecord.verified(LOG_A, verified).is_evidence
-    assert all(r.is_evidence for r in every_kind()[1:])
+    *evidence, range_verified = every_kind()[1:]
+    assert all(r.is_evidence for r in evidence) and not range_verified.is_evidence
 
 
 def test_batch_has_the_table_schema_and_reads_back() -> None:

@@ -22,29 +22,42 @@ import pyarrow as pa
 
 from certlake.certs.errors import CertificateParseError
 from certlake.certs.message import CertMessage, build_record
-from certlake.ct.client.reader import FetchedEntry, RawEntry, Unparseable
+from certlake.ct.client.reader import (
+    UNHASHABLE,
+    FetchedEntry,
+    RawEntry,
+    Unparseable,
+    served_leaf_hash,
+)
+from certlake.ct.compact import CompactRange
 from certlake.ct.entry import EntryType, LogEntry, LogSource
-from certlake.ct.leaf import decode_get_entries_element
+from certlake.ct.leaf import decode_get_entries_element, served_leaf_input
+from certlake.ct.merkle import leaf_hash
 from certlake.ct.tls import DecodeError
 from certlake.ct.urls import get_entries_link
 from certlake.lake.rows import TRANSPORT_SCHEMA, split_malformed
 from certlake.lake.txn import SkipKind, SkippedRange
 
-# (index, timestamp_ms, entry type, cert DER, chain, cert_link) of a decoded entry; (index,
-# leaf_input, extra_data) of an RFC 6962 element as served; (index, why it does not decode).
-PackedEntry = tuple[int, int, int, bytes, tuple[bytes, ...], str]
+# (index, timestamp_ms, entry type, cert DER, chain, cert_link, leaf hash) of a decoded entry;
+# (index, leaf_input, extra_data) of an RFC 6962 element as served; (index, (why it does not
+# decode, leaf hash)).
+PackedEntry = tuple[int, int, int, bytes, tuple[bytes, ...], str, bytes]
 PackedRaw = tuple[int, object, object]
-Packed = list[PackedEntry | PackedRaw | tuple[int, str]]
+Packed = list[PackedEntry | PackedRaw | tuple[int, tuple[str, bytes]]]
 
 
 @dataclass(frozen=True, slots=True)
 class BuiltRows:
     """The rows of a chunk, and the indices that became no row: entries or certificates that do
     not decode (`SkipKind.UNPARSEABLE`) and messages that do not fit the schema
-    (`SkipKind.MALFORMED`)."""
+    (`SkipKind.MALFORMED`). `leaves` is the chunk's compact Merkle range (every entry's leaf
+    hash as served, rows or not) and `first_leaf` its first leaf hash: what backfill checks
+    against the log's signed head (`backfill/verify.py`); None when the chunk was empty."""
 
     rows: pa.Table
     skipped: tuple[SkippedRange, ...]
+    leaves: CompactRange | None = None
+    first_leaf: bytes | None = None
 
 
 def pack(items: Iterable[FetchedEntry | Unparseable | RawEntry]) -> Packed:
@@ -57,11 +70,21 @@ def pack(items: Iterable[FetchedEntry | Unparseable | RawEntry]) -> Packed:
             out.append((item.index, item.leaf_input, item.extra_data))
             continue
         if isinstance(item, Unparseable):
-            out.append((item.index, item.error))
+            out.append((item.index, (item.error, served_leaf_hash(item))))
             continue
         e = item.entry
         chain = chains.setdefault(e.chain, e.chain)
-        out.append((e.index, e.timestamp_ms, int(e.entry_type), e.cert_der, chain, item.cert_link))
+        out.append(
+            (
+                e.index,
+                e.timestamp_ms,
+                int(e.entry_type),
+                e.cert_der,
+                chain,
+                item.cert_link,
+                served_leaf_hash(item),
+            )
+        )
     return out
 
 
@@ -69,33 +92,46 @@ def build_rows(source: LogSource, packed: Packed, seen: float) -> BuiltRows:
     """The archive rows of a packed chunk fetched at `seen`."""
     messages: list[CertMessage] = []
     skipped: list[SkippedRange] = []
+    leaves: CompactRange | None = None
+    first_leaf: bytes | None = None
     for item in packed:
         if len(item) == 2:
-            index, reason = item
+            index, (reason, hash_) = item
         else:
             try:
                 if len(item) == 3:
                     index, leaf_input, extra_data = item
-                    entry = decode_get_entries_element(index, leaf_input, extra_data)
+                    try:
+                        entry = decode_get_entries_element(index, leaf_input, extra_data)
+                    except DecodeError:
+                        raw = served_leaf_input(leaf_input)
+                        hash_ = UNHASHABLE if raw is None else leaf_hash(raw)
+                        raise
+                    hash_ = leaf_hash(entry.leaf_input)
                     cert_link = get_entries_link(source.url, index)
                 else:
-                    index, ts, kind, der, chain, cert_link = item
+                    index, ts, kind, der, chain, cert_link, hash_ = item
                     entry = LogEntry(index, ts, EntryType(kind), der, chain)
             except DecodeError as e:
                 reason = str(e)
             else:
-                try:
-                    messages.append(build_record(entry, source, seen, cert_link))
-                    continue
-                except CertificateParseError as e:
-                    reason = f"certificate: {e}"
+                reason = ""
+        if leaves is None:
+            leaves, first_leaf = CompactRange(index), hash_
+        leaves.append(hash_)
+        if not reason:
+            try:
+                messages.append(build_record(entry, source, seen, cert_link))
+                continue
+            except CertificateParseError as e:
+                reason = f"certificate: {e}"
         skipped.append(SkippedRange(source.url, index, index, SkipKind.UNPARSEABLE, reason))
     rows, malformed = split_malformed(messages, schema=TRANSPORT_SCHEMA)
     skipped.extend(
         SkippedRange(m.source_url, m.cert_index, m.cert_index, SkipKind.MALFORMED, reason)
         for m, reason in malformed
     )
-    return BuiltRows(rows, tuple(skipped))
+    return BuiltRows(rows, tuple(skipped), leaves, first_leaf)
 
 
 def worker_init() -> None:

@@ -15,6 +15,8 @@
   spend the whole retry budget on a log that is down), and the other logs go on.
 - Stopped (SIGINT, or the writer failing), a fetcher hands over what it has fetched and records
   the rest of its range as not fetched.
+- Each range fetched whole is then checked against a signed head of its log
+  (`backfill/verify.py`) from the leaf hashes its chunks were built with.
 """
 
 from __future__ import annotations
@@ -31,10 +33,13 @@ from typing import Final, Protocol
 
 from certlake.backfill.build import BuiltRows, build_rows, pack
 from certlake.backfill.summary import FETCHING, LogOutcome
+from certlake.backfill.verify import SignedHead, check_range
 from certlake.ct.backoff import RetryPolicy
 from certlake.ct.client.fetch import GaveUp, fetch_range
 from certlake.ct.client.reader import FetchedEntry, LogReader, RawEntry, Unparseable
+from certlake.ct.compact import CompactRange
 from certlake.ct.errors import FetchError
+from certlake.lake.heads_rows import HeadKind, HeadRecord
 from certlake.lake.txn import SkipKind
 from certlake.ranges import Range
 
@@ -63,6 +68,11 @@ class LogJob:
     outcome: LogOutcome
     items: deque[Range] = field(default_factory=deque)
     failed: str | None = None
+    # What its ranges are checked against, or why they cannot be; None: not checked.
+    signed: SignedHead | str | None = None
+    # What was handed to the writer, as compact ranges with their first leaf hash, by begin:
+    # adjacent pieces are merged and each run checked once, when the job is done.
+    fetched: dict[int, tuple[CompactRange, bytes]] = field(default_factory=dict)
 
 
 class Fetchers:
@@ -85,6 +95,8 @@ class Fetchers:
         self._per_log = per_log_workers
         self._pool = pool
         self._tasks: list[asyncio.Task[None]] = []
+        self.records: list[HeadRecord] = []  # each range's verification, for the heads table
+        self._cancelled = False
 
     async def run(self) -> None:
         """Fetch every item of every job; returns when all are done, failed or cancelled
@@ -96,6 +108,7 @@ class Fetchers:
         for result in await asyncio.gather(*self._tasks, return_exceptions=True):
             if isinstance(result, Exception):  # never expected: items record their own errors
                 log.error("backfill fetcher failed", exc_info=result)
+        await asyncio.gather(*(self._check(job) for job in self._jobs))
         for job in self._jobs:
             reason = self.stopped if job.failed is None else f"not attempted: {job.failed}"
             while job.items:
@@ -107,6 +120,7 @@ class Fetchers:
         """Stop fetching now: items in flight hand over what they fetched and record where
         they stopped, items not started stay listed, both with `reason`."""
         self.stopped = reason
+        self._cancelled = True
         for task in self._tasks:
             task.cancel()
 
@@ -136,6 +150,42 @@ class Fetchers:
         done.set_result(build_rows(source, packed, seen))
         return done
 
+    def fetched(self, job: LogJob, leaves: CompactRange, first: bytes) -> None:
+        """`leaves` were handed to the writer: merged with what was before and after them."""
+        for begin, (r, _) in list(job.fetched.items()):
+            if r.begin == leaves.end:  # the piece that follows
+                leaves.merge(r)
+                del job.fetched[begin]
+        before = next((b for b, (r, _) in job.fetched.items() if r.end == leaves.begin), None)
+        if before is not None:
+            job.fetched[before][0].merge(leaves)
+        else:
+            job.fetched[leaves.begin] = (leaves, first)
+
+    async def _check(self, job: LogJob) -> None:
+        """Check each run of what the job fetched against its signed head."""
+        outcome, signed = job.outcome, job.signed
+        if signed is None:
+            return
+        for leaves, first in sorted(job.fetched.values(), key=lambda f: f[0].begin):
+            last = leaves.end - 1
+            if isinstance(signed, str):
+                outcome.add_unverified(leaves.begin, last, signed)
+                continue
+            if self._cancelled:
+                outcome.add_unverified(leaves.begin, last, f"not verified: {self.stopped}")
+                continue
+            try:
+                record = await check_range(job.reader, signed, leaves, first, self.policy)
+            except FetchError as e:
+                outcome.add_unverified(leaves.begin, last, f"no proof from the log: {e}")
+                continue
+            self.records.append(record)
+            if record.kind is HeadKind.RANGE_VERIFIED:
+                outcome.verified += leaves.end - leaves.begin
+            else:
+                outcome.add_unverified(leaves.begin, last, record.detail, evidence=True)
+
     def fail(self, job: LogJob, reason: str) -> None:
         if job.failed is None:
             job.failed = reason
@@ -158,6 +208,9 @@ class _Item:
         self._pending: deque[tuple[int, asyncio.Future[BuiltRows]]] = deque()
         self._retrying: str | None = None  # the last failure, while a read is being retried
         self.done = start
+        # The leaf hashes of what was handed over, as a compact range, and the first of them.
+        self._leaves: CompactRange | None = None
+        self._first_leaf: bytes | None = None
 
     async def fetch(self) -> None:
         job, outcome = self._job, self._job.outcome
@@ -200,6 +253,10 @@ class _Item:
             )
             await self._stop(f"error: {exc}")
             self._f.fail(job, f"error at {self.done}: {exc}")
+        finally:
+            # Whatever was handed over is checked, the whole range or the part fetched.
+            if self._leaves is not None and self._first_leaf is not None:
+                self._f.fetched(job, self._leaves, self._first_leaf)
 
     def _submit(self) -> None:
         if self._chunk:
@@ -232,6 +289,11 @@ class _Item:
             s.end - s.start + 1 for s in built.skipped if s.kind is SkipKind.UNPARSEABLE
         )
         self.done = upto
+        if built.leaves is not None:
+            if self._leaves is None:
+                self._leaves, self._first_leaf = built.leaves, built.first_leaf
+            else:
+                self._leaves.merge(built.leaves)
 
     async def _stop(self, reason: str | None = None) -> None:
         """Hand what was fetched to the writer — chunks being built once they are, the chunk

@@ -52,6 +52,7 @@ from certlake.backfill.gaps import GapPlan, SkippedLog, log_matches
 from certlake.backfill.presence import plan_gaps
 from certlake.backfill.progress import LOG_INTERVAL, is_terminal, live_display, log_lines
 from certlake.backfill.summary import LogOutcome, Summary, format_summary, reasons_text
+from certlake.backfill.verify import SignedHead, head_for, stored_heads
 from certlake.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from certlake.config import Config, s3_storage_options
 from certlake.ct.backoff import RetryPolicy
@@ -64,8 +65,14 @@ from certlake.ingest.discovery import Discovery, discover_logs
 from certlake.ingest.readers import http_client, make_reader
 from certlake.ingest.state import StateDecodeError, parse_state
 from certlake.lake.committer import WriterSettings
+from certlake.lake.heads import append_heads, read_heads
 from certlake.lake.schema import ArchiveSchemaError
-from certlake.lake.table import TableUnreadableError, committed_cursors, table_uri
+from certlake.lake.table import (
+    TableUnreadableError,
+    committed_cursors,
+    table_storage_options,
+    table_uri,
+)
 from certlake.lake.writer import RowWriter
 from certlake.ranges import ranges_text
 from certlake.stopping import STOP_GRACE, Stopped, abandon, until_stopped
@@ -174,14 +181,10 @@ async def explicit_ceilings(
     sizes: dict[str, int] = {}
     if to == "head":
         readers = [make_reader(http, info, config.ct_log) for info in logs]
-        answers = await asyncio.gather(
-            *(r.latest_size() for r in readers), return_exceptions=True
-        )
+        answers = await asyncio.gather(*(r.latest_size() for r in readers), return_exceptions=True)
         for info, answer in zip(logs, answers, strict=True):
             if isinstance(answer, FetchError):
-                skipped.append(
-                    SkippedLog(info.url, info.description, f"no tree size: {answer}")
-                )
+                skipped.append(SkippedLog(info.url, info.description, f"no tree size: {answer}"))
             elif isinstance(answer, BaseException):
                 raise answer
             else:
@@ -389,6 +392,8 @@ async def _fetch_and_write(
         reporter.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reporter
+    if fetchers.records:
+        await _record_heads(writer, fetchers, summary, stop)
     summary.interrupted = stop.is_set()
     summary.records_written = writer.stats.rows_written
     unwritten = writer.unwritten()
@@ -400,6 +405,59 @@ async def _fetch_and_write(
             if writer.abandoned
             else "closing ran out of time"
         )
+
+
+async def _record_heads(
+    writer: RowWriter, fetchers: Fetchers, summary: Summary, stop: asyncio.Event
+) -> None:
+    """Each range's verification, beside the rows it vouches for; after a stop, for
+    `STOP_GRACE` seconds at most (a store that does not answer is left behind)."""
+    work = asyncio.ensure_future(
+        asyncio.to_thread(append_heads, writer.uri, writer.storage_options, fetchers.records)
+    )
+    what = f"recording verification in {writer.uri}"
+    try:
+        if stop.is_set():
+            try:
+                await asyncio.wait_for(asyncio.shield(work), STOP_GRACE)
+            except TimeoutError:
+                abandon(what)
+                raise Stopped(what) from None
+        else:
+            await until_stopped(work, stop, what)
+    except Stopped:
+        summary.write_error = "the verification records were not written: stopped"
+    except Exception as exc:  # storage errors of any kind: the rows are written all the same
+        summary.write_error = f"the verification records were not written: {exc}"
+        log.error(
+            "verification records not written",
+            extra={"table": writer.uri, "records": len(fetchers.records), "error": str(exc)},
+        )
+
+
+async def _signed_heads(config: Config, jobs: list[LogJob], stop: asyncio.Event) -> None:
+    """Which head each job's ranges are checked against: the newest the live server verified,
+    recorded beside the main archive, or else one asked of the log."""
+    uri = table_uri(config.delta_sink.table_path)
+    options = table_storage_options(uri, s3_storage_options(config.storage.s3))
+    try:
+        records = await until_stopped(
+            asyncio.to_thread(read_heads, uri, options), stop, "reading the verified heads"
+        )
+    except TableUnreadableError as exc:
+        log.warning("verified heads unreadable; asking the logs", extra={"error": str(exc)})
+        records = []
+    stored = stored_heads(records)
+    policy = backfill_retry_policy(config)
+    signed = await until_stopped(
+        asyncio.gather(*(head_for(job.reader, job.ceiling, stored, policy) for job in jobs)),
+        stop,
+        "asking the logs for signed heads",
+    )
+    for job, head in zip(jobs, signed, strict=True):
+        job.signed = head
+        if isinstance(head, SignedHead):
+            job.outcome.head_source = head.source
 
 
 async def _close(writer: RowWriter, stop: asyncio.Event) -> None:
@@ -473,6 +531,15 @@ async def backfill(
                 "skipped_logs": len(plan.skipped),
             },
         )
+        if jobs and config.ct_log.verify:
+            try:
+                await _signed_heads(config, jobs, stop)
+            except Stopped:  # nothing was fetched yet
+                summary.interrupted = True
+                for job in jobs:
+                    for start, end in job.items:
+                        job.outcome.add_unfetched(start, end, INTERRUPTED)
+                return
         if jobs:
             await _fetch_and_write(config, summary, jobs, stop, progress_interval, parse_processes)
 
@@ -514,6 +581,23 @@ def report(summary: Summary) -> None:
                     "ranges": ranges_text(o.unwritten, SHOWN_RANGES),
                     "error": summary.write_error,
                 },
+            )
+        if o.unverified:
+            ordered = sorted(o.unverified, key=lambda u: u.start)
+            log.error(
+                "fetched entries not verified",
+                extra={
+                    "log": o.url,
+                    "entries": sum(u.count for u in ordered),
+                    "ranges": ranges_text([(u.start, u.end) for u in ordered], SHOWN_RANGES),
+                    "reasons": "; ".join(dict.fromkeys(u.reason for u in ordered)),
+                    "against": o.head_source,
+                },
+            )
+        elif o.head_source is not None:
+            log.info(
+                "fetched entries verified",
+                extra={"log": o.url, "entries": o.verified, "against": o.head_source},
             )
     if is_terminal():
         sys.stderr.write(format_summary(summary))

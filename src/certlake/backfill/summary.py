@@ -52,6 +52,10 @@ class LogOutcome:
     # What the log is doing now, for the progress display: fetching, waiting on a 429 for N s,
     # retrying after a 503 ...
     status: str = "queued"
+    verified: int = 0  # entries proven to be in a signed head of the log
+    head_source: str | None = None  # which head they were checked against (None: not checked)
+    unverified: list[Unfetched] = field(default_factory=list)  # fetched, and not proven
+    evidence: int = 0  # ranges that did not verify (the log's proofs did not hold)
 
     @property
     def label(self) -> str:
@@ -59,7 +63,11 @@ class LogOutcome:
 
     @property
     def complete(self) -> bool:
-        return not self.unfetched and not self.unwritten
+        return not self.unfetched and not self.unwritten and not self.unverified
+
+    def add_unverified(self, start: int, end: int, reason: str, evidence: bool = False) -> None:
+        self.unverified.append(Unfetched(start, end, reason))
+        self.evidence += evidence
 
     @property
     def unfetched_count(self) -> int:
@@ -182,6 +190,12 @@ def _log_json(o: LogOutcome) -> dict[str, object]:
         "unwritten": [
             {"start": start, "end": end, "count": end - start + 1} for start, end in o.unwritten
         ],
+        "verified": o.verified,
+        "verified_against": o.head_source,
+        "unverified": [
+            {"start": u.start, "end": u.end, "count": u.count, "reason": u.reason}
+            for u in sorted(o.unverified, key=lambda u: u.start)
+        ],
     }
 
 
@@ -234,6 +248,7 @@ def format_summary(summary: Summary) -> str:
     elif summary.error is None:
         lines.append("no log had anything to fetch")
     lines.extend(skipped_lines(summary.skipped))
+    lines.extend(_verification_lines(summary))
     if summary.unwritten:
         lines.append(
             f"not written: {summary.unwritten} fetched entries ({summary.write_error}); "
@@ -248,3 +263,18 @@ def format_summary(summary: Summary) -> str:
         f"{summary.elapsed:.1f} s; exit code {summary.exit_code}"
     )
     return "\n".join(lines) + "\n"
+
+
+def _verification_lines(summary: Summary) -> list[str]:
+    """Per log checked: what its entries were checked against and what did not verify."""
+    lines = []
+    for o in summary.logs:
+        if o.head_source is None and not o.unverified:
+            continue
+        against = f" against {o.head_source}" if o.head_source is not None else ""
+        lines.append(f"verified {o.label}: {o.verified} entries{against}")
+        for u in sorted(o.unverified, key=lambda u: u.start)[:_SHOWN_RANGES]:
+            lines.append(f"  NOT verified [{u.start}, {u.end}]: {u.reason}")
+        if len(o.unverified) > _SHOWN_RANGES:
+            lines.append(f"  … and {len(o.unverified) - _SHOWN_RANGES} more ranges not verified")
+    return lines

@@ -348,3 +348,23 @@ class LogVerifier:
         # so that a log watched for months holds a few heads, not one per second.
         self._heads_by_size = {s: h for s, h in self._heads_by_size.items() if s >= head.size}
         return [Verified(head)]
+
+
+def range_root(prefix: CompactRange, leaves: CompactRange) -> bytes:
+    """The root of the tree [0, leaves.end) from [0, leaves.begin) and the leaves that follow."""
+    whole = prefix.copy()
+    whole.merge(leaves)
+    return whole.root()
+
+
+def range_in_head(
+    prefix: CompactRange, leaves: CompactRange, head: TreeHead, proof: Sequence[bytes]
+) -> bool:
+    """Whether `leaves` (a downloaded range) are, after `prefix` (the log's proof of what comes
+    before them), the beginning of the tree `head` signed: at once when the range ends at the
+    head, else by the log's consistency proof from the range's end to the head. This is how
+    backfill checks a range in the middle of a log without reading the rest of it."""
+    root = range_root(prefix, leaves)
+    if leaves.end == head.size:
+        return root == head.root and not proof
+    return verify_consistency(leaves.end, head.size, root, head.root, proof)

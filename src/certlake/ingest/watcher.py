@@ -350,7 +350,7 @@ class LogWatcher:
         if key in self._checked_old or v.state is Verification.INCONSISTENT:
             return
         try:
-            proof = await self.reader.consistency(head, verified)
+            proof = await self.reader.consistency(head.size, verified)
         except FetchError as e:
             self._report(e)
             return

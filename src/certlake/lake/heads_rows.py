@@ -20,7 +20,9 @@ from certlake.lake.schema import HEADS_SCHEMA, INDEX_LIST, SEEN_TYPE
 
 
 class HeadKind(enum.StrEnum):
-    VERIFIED = "verified"
+    VERIFIED = "verified"  # the entries [0, size) reproduce the head's root
+    # backfill: the entries [first_index, end_index) are proven to be in the head's tree
+    RANGE_VERIFIED = "verified-range"
     MISMATCH = "mismatch"
     SPLIT_VIEW = "split-view"
     SERVED_DIFFERENTLY = "served-differently"
@@ -47,7 +49,13 @@ class HeadRecord:
 
     @property
     def is_evidence(self) -> bool:
-        return self.kind != HeadKind.VERIFIED
+        return self.kind not in (HeadKind.VERIFIED, HeadKind.RANGE_VERIFIED)
+
+    @classmethod
+    def range_verified(
+        cls, url: str, head: TreeHead, first: int, end: int, detail: str
+    ) -> HeadRecord:
+        return cls(url, HeadKind.RANGE_VERIFIED, head, detail, first_index=first, end_index=end)
 
     @classmethod
     def verified(cls, url: str, head: TreeHead) -> HeadRecord:

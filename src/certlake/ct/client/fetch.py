@@ -19,12 +19,15 @@ import random
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from certlake.ct.backoff import RetryPolicy
 from certlake.ct.client.reader import Batch, FetchedEntry, LogReader, RawEntry, Unparseable
 from certlake.ct.errors import FetchError
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,17 +120,16 @@ class _Reads:
         return out
 
     async def _read(self, start: int, end: int) -> Batch | GaveUp:
-        attempt = 0
-        while True:
-            try:
-                return await self.reader.read(start, end, self.size)
-            except FetchError as e:
-                attempt += 1
-                if self.on_error is not None:
-                    self.on_error(e, attempt)
-                if attempt >= self.policy.attempts_for(e.status):
-                    return GaveUp(start, end, str(e), e.status)
-                await self.sleep(self.policy.delay(attempt, e.retry_after, self.rng))
+        try:
+            return await retried(
+                lambda: self.reader.read(start, end, self.size),
+                self.policy,
+                on_error=self.on_error,
+                rng=self.rng,
+                sleep=self.sleep,
+            )
+        except FetchError as e:
+            return GaveUp(start, end, str(e), e.status)
 
     def answered(self, read: _Read) -> None:
         """Take a finished read into account, once: from its done-callback, or from
@@ -160,6 +162,30 @@ class _Reads:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+async def retried(
+    call: Callable[[], Awaitable[_T]],
+    policy: RetryPolicy,
+    *,
+    on_error: Callable[[FetchError, int], None] | None = None,
+    rng: random.Random | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> _T:
+    """`call()`'s answer, retried with back-off (and any `Retry-After`) on `FetchError`; the
+    last error once the policy's attempts for its status are spent."""
+    rng = rng or random.Random()
+    attempt = 0
+    while True:
+        try:
+            return await call()
+        except FetchError as e:
+            attempt += 1
+            if on_error is not None:
+                on_error(e, attempt)
+            if attempt >= policy.attempts_for(e.status):
+                raise
+            await sleep(policy.delay(attempt, e.retry_after, rng))
 
 
 async def fetch_range(

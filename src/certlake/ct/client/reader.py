@@ -134,8 +134,9 @@ class LogReader(Protocol):
         hold, FetchError when the log does not answer."""
         ...
 
-    async def consistency(self, earlier: TreeHead, later: TreeHead) -> list[bytes]:
-        """The log's consistency proof between two of its heads (RFC 9162 §2.1.4)."""
+    async def consistency(self, old_size: int, later: TreeHead) -> list[bytes]:
+        """The log's consistency proof from its tree of `old_size` to `later` (RFC 9162
+        §2.1.4)."""
         ...
 
     async def read(self, start: int, end: int, tree_size: int) -> Batch:

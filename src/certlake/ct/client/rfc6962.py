@@ -150,9 +150,9 @@ class Rfc6962Log:
             raise ProofRefused(f"{where} does not lead to the signed root", head, computed)
         return prefix
 
-    async def consistency(self, earlier: TreeHead, later: TreeHead) -> list[bytes]:
+    async def consistency(self, old_size: int, later: TreeHead) -> list[bytes]:
         method = "get-sth-consistency"
-        doc = await self._proof_json(method, {"first": earlier.size, "second": later.size})
+        doc = await self._proof_json(method, {"first": old_size, "second": later.size})
         return self._hashes(doc, "consistency", method)
 
     async def get_entries(self, start: int, end: int) -> list[tuple[object, object]]:

@@ -33,6 +33,8 @@ from certlake.ct.verify import TreeHead
 # A tile that still fails to decode after this many reads is taken as the log's real content:
 # its decodable prefix is emitted and the rest reported as unparseable, so the log moves on.
 _CORRUPT_TILE_READS = 3
+# Hash tiles kept per log (8 KiB each at most): those of the last few proofs.
+_HASH_TILES_KEPT = 64
 
 
 class IssuerCache:
@@ -78,6 +80,7 @@ class StaticLog:
         self._budget = budget
         self._issuers = issuers if issuers is not None else IssuerCache()
         self._corrupt_reads: dict[int, int] = {}
+        self._hash_tiles: OrderedDict[tuple[int, int, int], bytes] = OrderedDict()
         self._depth = depth or (budget.max_in_flight if budget is not None else 1)
 
     @property
@@ -131,7 +134,18 @@ class StaticLog:
         return await self._tile(data_tile_path, n, width)
 
     async def hash_tile(self, level: int, n: int, width: int) -> bytes:
-        return (await self._tile(functools.partial(hash_tile_path, level), n, width))[0]
+        # A tile never changes once published (a wider one is another tile): backfill's checks
+        # of neighbouring ranges, and a watcher's consistency proofs, ask for the same ones.
+        key = (level, n, width)
+        tile = self._hash_tiles.get(key)
+        if tile is None:
+            tile = (await self._tile(functools.partial(hash_tile_path, level), n, width))[0]
+            self._hash_tiles[key] = tile
+            while len(self._hash_tiles) > _HASH_TILES_KEPT:
+                self._hash_tiles.popitem(last=False)
+        else:
+            self._hash_tiles.move_to_end(key)
+        return tile
 
     async def _tile(self, path: Callable[..., str], n: int, width: int) -> tuple[bytes, int]:
         base = self.source.url + "/"
@@ -159,12 +173,12 @@ class StaticLog:
         # Not proven by itself: the first head the entries reach checks it with them.
         return await self._range(0, start, head.size) if head.size >= start else None
 
-    async def consistency(self, earlier: TreeHead, later: TreeHead) -> list[bytes]:
+    async def consistency(self, old_size: int, later: TreeHead) -> list[bytes]:
         # Put together from the later tree's hash tiles; checking it against both roots proves
         # the same as an RFC 6962 log's get-sth-consistency answer.
         return [
             subtree_hash(await self._range(lo, hi, later.size))
-            for lo, hi in consistency_ranges(earlier.size, later.size)
+            for lo, hi in consistency_ranges(old_size, later.size)
         ]
 
     async def issuer(self, fingerprint: bytes) -> bytes:
