@@ -89,7 +89,8 @@ def test_where_verification_stood_round_trips_after_the_rust_fields() -> None:
     doc = json.loads(data)["logs"][ARGON]
     # certstream-server-rust's fields first and as they were; its reader ignores the rest.
     assert list(doc) == ["current_index", "tree_size", "last_success", "verified"]
-    assert doc["verified"]["tree_size"] == 1000 and len(doc["verified"]["nodes"]) == 6  # 512+256+128+64+32+8
+    # 1000 = 512 + 256 + 128 + 64 + 32 + 8: six subtrees.
+    assert doc["verified"]["tree_size"] == 1000 and len(doc["verified"]["nodes"]) == 6
     assert parse_state(data) == logs
     assert parse_state(serialize_state({ARGON: LogState(1, 2, 3, _snapshot(7, True))})) == {
         ARGON: LogState(1, 2, 3, _snapshot(7, True))
