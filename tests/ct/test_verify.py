@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from certlake.ct.checkpoint import parse_checkpoint
 from certlake.ct.compact import CompactRange, prefix_from_inclusion
 from certlake.ct.merkle import MerkleTree, leaf_hash, root_hash
 from certlake.ct.verify import (
@@ -265,3 +270,63 @@ def test_a_range_in_the_middle_is_checked_against_a_later_head(
     for i in range(first, end):
         tampered.append(leaf_hash(b"tampered") if i == bad else HASHES[i])
     assert not range_in_head(prefix, tampered, head, proof)
+
+
+# --- real log data -------------------------------------------------------------------------------
+
+
+def _json(shared_data: Path, name: str) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads((shared_data / "rfc6962" / name).read_text())
+    return doc
+
+
+def test_the_real_argon2025h2_proof_gives_the_history_before_its_entry(shared_data: Path) -> None:
+    """Argon2025h2's entry 912557348 and its proof in the tree of 1329315675: the history a
+    watcher starting there is given, without one entry before it."""
+    entry = _json(shared_data, "argon2025h2-get-entries-912557348.json")["entries"][0]
+    proof = _json(shared_data, "argon2025h2-get-proof-by-hash-912557348-at-1329315675.json")
+    sth = _json(shared_data, "argon2025h2-get-sth-1329315675.json")
+    index, size = proof["leaf_index"], sth["tree_size"]
+    leaf = leaf_hash(base64.b64decode(entry["leaf_input"]))
+    path = [base64.b64decode(p) for p in proof["audit_path"]]
+    root = base64.b64decode(sth["sha256_root_hash"])
+    prefix = prefix_from_inclusion(index, size, leaf, path, root)
+    assert prefix is not None and (prefix.begin, prefix.end) == (0, index)
+    assert len(prefix.nodes) == bin(index).count("1")  # one subtree per set bit of 912557348
+    v = LogVerifier.unanchored(index)
+    v.head(TreeHead(size, root, sth["timestamp"]))
+    v.leaves(index, [leaf])
+    assert v.first_leaf == leaf and v.anchor(prefix) == [] and v.state is Verification.PENDING
+    assert prefix_from_inclusion(index, size, leaf, path, bytes(32)) is None
+    assert prefix_from_inclusion(index, size, leaf_hash(b"other"), path, root) is None
+
+
+def test_the_real_argon2025h1_consistency_proof_between_its_two_heads(shared_data: Path) -> None:
+    old = _json(shared_data, "argon2025h1-get-sth-1425614114.json")
+    new = _json(shared_data, "argon2025h1-get-sth-1425633154.json")
+    proof = [
+        base64.b64decode(p)
+        for p in _json(shared_data, "argon2025h1-get-sth-consistency-1425614114-1425633154.json")[
+            "consistency"
+        ]
+    ]
+    earlier = TreeHead(old["tree_size"], base64.b64decode(old["sha256_root_hash"]))
+    later = TreeHead(new["tree_size"], base64.b64decode(new["sha256_root_hash"]))
+    v = LogVerifier()
+    assert v.consistent(earlier, later, proof) == [] and v.state is not Verification.INCONSISTENT
+    forged = TreeHead(later.size, bytes(32))
+    assert v.consistent(earlier, forged, proof) == [SplitView(earlier, forged, True)]
+    assert v.state is Verification.INCONSISTENT
+
+
+@pytest.mark.parametrize("file", ["sycamore2026h1.checkpoint", "arche2026h1.checkpoint"])
+def test_a_real_checkpoint_and_another_root_at_its_size_are_a_split_view(
+    shared_data: Path, file: str
+) -> None:
+    data = (shared_data / "checkpoints" / file).read_bytes()
+    cp = parse_checkpoint(data)
+    head = TreeHead(cp.tree_size, cp.root_hash, 0, data)
+    v = LogVerifier.unanchored(cp.tree_size)
+    assert v.head(head) == [] and v.head(head) == []
+    other = TreeHead(cp.tree_size, hashlib.sha256(cp.root_hash).digest(), 0, data)
+    assert v.head(other) == [SplitView(head, other)]

@@ -81,6 +81,12 @@ async def test_page_shows_the_live_stream_rates_logs_and_filters(
     assert {log["url"] for log in logs} == {rfc6962, static}
     assert all(log["health"] == "healthy" for log in logs), logs
     assert all(log["lag"].isdigit() for log in logs), logs
+    # Each log verified: its entries reproduce the signed roots, and the page says up to where.
+    await page.wait_for(f"{LOGS}.every(l => l.verification === 'ok')", within=20)
+    facts = await page.evaluate(
+        "[...document.querySelectorAll('#logs li.log .facts')].map(f => f.textContent)"
+    )
+    assert all("verified " in f for f in facts), facts
     assert await page.wait_for("document.getElementById('server-rate').textContent !== '–'")
 
     # The stream outgrows the table, which keeps only the newest rows.

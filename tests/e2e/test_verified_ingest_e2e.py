@@ -179,7 +179,11 @@ async def test_each_kind_of_lie_is_caught_at_the_first_head_it_touches(
             # The lying root is never among the verified ones.
             assert not {r.head.root for r in evidence} & {h.root for h in good}
             first = min(evidence, key=lambda r: r.head.size)
-            # Caught at the first head the lie touched.
+            # Caught at the first head the lie touched. The late lie reaches the head of 340
+            # (verified already) if that is asked for again before the log grows: a split view.
+            if kind == "late" and first.kind is HeadKind.SPLIT_VIEW:
+                assert first.head.size == INITIAL + 300, (name, first)
+                continue
             expected = INITIAL + 600 if kind == "late" else INITIAL + 300
             assert first.head.size == expected, (kind, name, first)
             if kind == "fork":

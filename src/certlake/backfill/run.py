@@ -41,7 +41,7 @@ import multiprocessing
 import os
 import sys
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Final
@@ -449,12 +449,39 @@ async def _signed_heads(config: Config, jobs: list[LogJob], stop: asyncio.Event)
         records = []
     stored = stored_heads(records)
     policy = backfill_retry_policy(config)
-    signed = await until_stopped(
-        asyncio.gather(*(head_for(job.reader, job.ceiling, stored, policy) for job in jobs)),
-        stop,
-        "asking the logs for signed heads",
-    )
-    for job, head in zip(jobs, signed, strict=True):
+    last_error: dict[str, str] = {}
+
+    def noting(job: LogJob) -> Callable[[FetchError, int], None]:
+        def note(error: FetchError, attempt: int) -> None:
+            job.outcome.count_retry(error.status)
+            job.outcome.retrying(error, policy.attempts_for(error.status) - attempt)
+            last_error[job.outcome.url] = str(error)
+
+        return note
+
+    async def ask() -> list[SignedHead | str]:
+        return await asyncio.gather(
+            *(head_for(job.reader, job.ceiling, stored, policy, noting(job)) for job in jobs)
+        )
+
+    # Requests only, no thread: on a stop they are cancelled, not left running.
+    asking = asyncio.ensure_future(ask())
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({asking, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if not asking.done():
+        asking.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asking
+        for job in jobs:  # nothing was fetched yet: say what each log was answering
+            error = last_error.get(job.outcome.url)
+            why = INTERRUPTED if error is None else f"{INTERRUPTED} while retrying ({error})"
+            for start, end in job.items:
+                job.outcome.add_unfetched(start, end, why)
+        raise Stopped("asking the logs for signed heads")
+    for job, head in zip(jobs, asking.result(), strict=True):
         job.signed = head
         if isinstance(head, SignedHead):
             job.outcome.head_source = head.source
@@ -534,11 +561,12 @@ async def backfill(
         if jobs and config.ct_log.verify:
             try:
                 await _signed_heads(config, jobs, stop)
-            except Stopped:  # nothing was fetched yet
+            except Stopped:  # nothing was fetched yet; what is left is recorded
                 summary.interrupted = True
-                for job in jobs:
-                    for start, end in job.items:
-                        job.outcome.add_unfetched(start, end, INTERRUPTED)
+                if not any(job.outcome.unfetched for job in jobs):
+                    for job in jobs:
+                        for start, end in job.items:
+                            job.outcome.add_unfetched(start, end, INTERRUPTED)
                 return
         if jobs:
             await _fetch_and_write(config, summary, jobs, stop, progress_interval, parse_processes)

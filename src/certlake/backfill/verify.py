@@ -14,7 +14,7 @@ entries, and nothing records them as verified.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from certlake.ct.backoff import RetryPolicy
@@ -53,14 +53,18 @@ def stored_heads(records: list[HeadRecord]) -> dict[str, TreeHead]:
 
 
 async def head_for(
-    reader: LogReader, ceiling: int, stored: Mapping[str, TreeHead], policy: RetryPolicy
+    reader: LogReader,
+    ceiling: int,
+    stored: Mapping[str, TreeHead],
+    policy: RetryPolicy,
+    on_error: Callable[[FetchError, int], None] | None = None,
 ) -> SignedHead | str:
     """The head to check a job against, or why there is none (the log did not answer)."""
     head = stored.get(reader.source.url)
     if head is not None and head.size >= ceiling:
         return SignedHead(head, fresh=False)
     try:
-        fresh = await retried(reader.latest_head, policy)
+        fresh = await retried(reader.latest_head, policy, on_error=on_error)
     except FetchError as e:
         return f"no signed head: {e}"
     if fresh.size < ceiling:
