@@ -80,12 +80,12 @@ async def naive(base: str, url: str, seconds: float) -> float:
 
 
 def _backfill(
-    work: Path, base: str, url: str, entries: int, src: str | None
+    work: Path, base: str, url: str, entries: int, src: str | None, verify: bool = True
 ) -> tuple[dict[str, Any], Path]:
     """One `certlake backfill` (from `src` when given) of every index below `entries`."""
-    table = work / ("table" if src is None else "table-baseline")
+    table = work / ("table" if src is None and verify else "table-baseline")
     shutil.rmtree(table, ignore_errors=True)
-    config = backfill_config(work, base, {url: entries}, table)
+    config = backfill_config(work, base, {url: entries}, table, ct_log={"verify": verify})
     summary = work / "summary.json"
     env = dict(os.environ)
     if src is not None:
@@ -102,8 +102,10 @@ def _backfill(
 
 
 def run_once(
-    work: Path, limit: float | None, entries: int, baseline: str | None
+    work: Path, limit: float | None, entries: int, baseline: str | None, verify: bool = True
 ) -> dict[str, Any]:
+    """`baseline`: an older certlake's src/ to compare with; `verify=False`: compare with this
+    one without verification."""
     testlog, base = _testlog(work, entries, limit)
     try:
         stats = asyncio.run(_stats(base))
@@ -120,12 +122,12 @@ def run_once(
         requests, refused = after[0] - before[0], after[1] - before[1]
         naive_rate = asyncio.run(naive(base, url, min(30.0, doc["elapsed_secs"])))
         old_rate = None
-        if baseline is not None:
+        if baseline is not None or not verify:
             # The same test log, its limiter's bucket given time to refill first; under a
             # limit fewer entries, as an older certlake may take far longer for them.
             time.sleep(2)
             count = entries if limit is None else min(entries, BASELINE_ENTRIES)
-            old, _ = _backfill(work, base, url, count, baseline)
+            old, _ = _backfill(work, base, url, count, baseline, verify)
             old_rate = old["records_written"] / old["elapsed_secs"]
     finally:
         testlog.terminate()
@@ -152,6 +154,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="target job length")
     parser.add_argument("--unlimited-entries", type=int, default=200_000)
     parser.add_argument("--baseline-src", help="also run the certlake in this src/ directory")
+    parser.add_argument(
+        "--without-verify", action="store_true", help="also run with ct_log.verify: false"
+    )
     args = parser.parse_args()
     print(
         f"{time.strftime('%a %b %d %H:%M UTC %Y', time.gmtime())}, nproc {os.cpu_count()}, "
@@ -165,7 +170,9 @@ def main() -> None:
         results = []
         for n in range(args.runs):
             with tempfile.TemporaryDirectory(prefix="certlake-bench-limits-") as tmp:
-                r = run_once(Path(tmp), limit, entries, args.baseline_src)
+                r = run_once(
+                    Path(tmp), limit, entries, args.baseline_src, not args.without_verify
+                )
             results.append(r)
             print(json.dumps({"limit": limit, "run": n + 1, **r}), flush=True)
         keys = ("rate", "refused_share", "naive_rate", "ratio_to_naive", "ratio_to_baseline")
@@ -182,7 +189,11 @@ def main() -> None:
             f"limit {case} req/s: median {med['rate']:,.0f} entries/s{share}; "
             f"{100 * med['refused_share']:.2f} % of requests refused; naive sequential "
             f"{med['naive_rate']:,.0f} entries/s (x{med['ratio_to_naive']:.1f})"
-            + (f"; baseline certlake x{med['ratio_to_baseline']:.1f}" if args.baseline_src else ""),
+            + (
+                f"; baseline certlake x{med['ratio_to_baseline']:.3f}"
+                if args.baseline_src or args.without_verify
+                else ""
+            ),
             flush=True,
         )
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
