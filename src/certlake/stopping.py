@@ -15,6 +15,7 @@ as long as the store takes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -42,9 +43,12 @@ def abandon(what: str) -> None:
     log.warning("left running after the stop", extra={"call": what})
 
 
-async def until_stopped(work: Awaitable[_T], stop: asyncio.Event, what: str) -> _T:
+async def until_stopped(
+    work: Awaitable[_T], stop: asyncio.Event, what: str, *, threads: bool = True
+) -> _T:
     """`work`'s result; raises `Stopped` if `stop` is set first. `work` is then cancelled and
-    noted as abandoned (`what` names it): it may be a call running on in a thread."""
+    noted as abandoned (`what` names it): it may be a call running on in a thread. Work that
+    runs no thread (`threads=False`: requests only) is cancelled and waited for instead."""
     task = asyncio.ensure_future(work)
     stopped = asyncio.ensure_future(stop.wait())
     try:
@@ -53,7 +57,11 @@ async def until_stopped(work: Awaitable[_T], stop: asyncio.Event, what: str) -> 
         stopped.cancel()
     if not task.done():
         task.cancel()
-        abandon(what)
+        if threads:
+            abandon(what)
+        else:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         raise Stopped(what)
     return task.result()
 

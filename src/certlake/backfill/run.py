@@ -464,24 +464,16 @@ async def _signed_heads(config: Config, jobs: list[LogJob], stop: asyncio.Event)
             *(head_for(job.reader, job.ceiling, stored, policy, noting(job)) for job in jobs)
         )
 
-    # Requests only, no thread: on a stop they are cancelled, not left running.
-    asking = asyncio.ensure_future(ask())
-    stopped = asyncio.ensure_future(stop.wait())
     try:
-        await asyncio.wait({asking, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopped.cancel()
-    if not asking.done():
-        asking.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asking
+        signed = await until_stopped(ask(), stop, "asking the logs for signed heads", threads=False)
+    except Stopped:
         for job in jobs:  # nothing was fetched yet: say what each log was answering
             error = last_error.get(job.outcome.url)
             why = INTERRUPTED if error is None else f"{INTERRUPTED} while retrying ({error})"
             for start, end in job.items:
                 job.outcome.add_unfetched(start, end, why)
-        raise Stopped("asking the logs for signed heads")
-    for job, head in zip(jobs, asking.result(), strict=True):
+        raise
+    for job, head in zip(jobs, signed, strict=True):
         job.signed = head
         if isinstance(head, SignedHead):
             job.outcome.head_source = head.source
