@@ -160,8 +160,14 @@ async def test_each_kind_of_lie_is_caught_at_the_first_head_it_touches(
     assert sorted(deep["inconsistent_logs"]) == sorted(by_name[n] for n in lying)
     assert deep["status"] == "degraded"
     failures = await _metric(server.url, "certlake_verification_failures_total")
+    suspect = await _metric(server.url, "certlake_log_suspect_range")
     for name in lying:
         assert any(by_name[name] in k for k in failures), name
+        if name in plan["tamper"] or name in plan["root"]:
+            # The range: from the start (40, a fresh start) to the head it did not match.
+            first = suspect[f'{{bound="first",log="{by_name[name]}"}}']
+            end = suspect[f'{{bound="end",log="{by_name[name]}"}}']
+            assert (first, end) == (INITIAL, INITIAL + 300), (name, first, end)
     assert server.stop() == 0
 
     text = server.log.read_text()

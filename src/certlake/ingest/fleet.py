@@ -146,6 +146,9 @@ class Fleet:
             self.metrics.verified_heads.labels(url).inc()
         else:
             self.metrics.verification_failures.labels(url, record.kind.value).inc()
+            if record.first_index is not None and record.end_index is not None:
+                self.metrics.suspect_range.labels(url, "first").set(record.first_index)
+                self.metrics.suspect_range.labels(url, "end").set(record.end_index)
         if self._record_head is not None:
             self._record_head(record)
 

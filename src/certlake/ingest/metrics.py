@@ -81,6 +81,14 @@ class IngestMetrics:
             ["log", "kind"],
             registry=registry,
         )
+        # The range is a value, not a label: one series per log, however often it lies.
+        self.suspect_range = Gauge(
+            "certlake_log_suspect_range",
+            "The entries found not to match a signed head: first index (bound=first) and the "
+            "index past the last (bound=end) of the latest evidence",
+            ["log", "bound"],
+            registry=registry,
+        )
         self.messages = Counter(
             "certlake_messages_published", "Messages handed to the stream", registry=registry
         )
