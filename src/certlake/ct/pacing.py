@@ -152,6 +152,7 @@ class Pacer:
         self._last_start = -float("inf")
         self._paused_until = now
         self._refused_before = False
+        self._first_refused_at = -float("inf")
         self._last_cut = -float("inf")  # when the rate was last cut (refusal or failure)
         self._limit_is_guess = True
         self._probe_after = _PROBE_AFTER
@@ -250,10 +251,12 @@ class Pacer:
         return flaky
 
     def _cut(self, now: float) -> None:
-        """Book a cut of the rate (called before the rate changes). Not the first refusal's:
-        slow start's last rate, and what it served on the operator's burst allowance, are no
-        level the operator ever sustained, so undoing later cuts back to it would hammer it."""
-        if self._refused_before:
+        """Book a cut of the rate (called before the rate changes). Not the first refusal's, nor
+        any whose served rate counts answers from before it: slow start's last rate, and what it
+        served on the operator's burst allowance, are no level the operator ever sustained, so
+        undoing later cuts back to them would hammer it (a 3.9/s limit with a burst of 3.8 was
+        held at 13/s for a minute: 8 % refused)."""
+        if self._refused_before and now - _SERVED_WINDOW >= self._first_refused_at:
             self._cuts.append((self.rate, self._served_rate(now)))
 
     def _served_rate(self, now: float) -> float:
@@ -324,6 +327,8 @@ class Pacer:
             guess, measured = False, self._served_since / elapsed
             limit = min(self.rate, max(measured, self.rate * 0.5))
         self._limit_is_guess = guess
+        if not self._refused_before:
+            self._first_refused_at = now
         self._refused_before = True
         self._probing_from = None
         self._clean_since = now
