@@ -31,7 +31,7 @@ from certlake.ct.client.reader import (
 )
 from certlake.ct.compact import CompactRange
 from certlake.ct.entry import EntryType, LogEntry, LogSource
-from certlake.ct.leaf import decode_get_entries_element, served_leaf_input
+from certlake.ct.leaf import decode_get_entries_element, served_leaf_hash_of
 from certlake.ct.merkle import leaf_hash
 from certlake.ct.tls import DecodeError
 from certlake.ct.urls import get_entries_link
@@ -104,8 +104,7 @@ def build_rows(source: LogSource, packed: Packed, seen: float) -> BuiltRows:
                     try:
                         entry = decode_get_entries_element(index, leaf_input, extra_data)
                     except DecodeError:
-                        raw = served_leaf_input(leaf_input)
-                        hash_ = UNHASHABLE if raw is None else leaf_hash(raw)
+                        hash_ = served_leaf_hash_of(leaf_input) or UNHASHABLE
                         raise
                     hash_ = leaf_hash(entry.leaf_input)
                     cert_link = get_entries_link(source.url, index)

@@ -52,7 +52,7 @@ from certlake.backfill.gaps import GapPlan, SkippedLog, log_matches
 from certlake.backfill.presence import plan_gaps
 from certlake.backfill.progress import LOG_INTERVAL, is_terminal, live_display, log_lines
 from certlake.backfill.summary import LogOutcome, Summary, format_summary, reasons_text
-from certlake.backfill.verify import SignedHead, head_for, stored_heads
+from certlake.backfill.verify import SignedHead, head_for
 from certlake.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from certlake.config import Config, s3_storage_options
 from certlake.ct.backoff import RetryPolicy
@@ -65,7 +65,7 @@ from certlake.ingest.discovery import Discovery, discover_logs
 from certlake.ingest.readers import http_client, make_reader
 from certlake.ingest.state import StateDecodeError, parse_state
 from certlake.lake.committer import WriterSettings
-from certlake.lake.heads import append_heads, read_heads
+from certlake.lake.heads import append_heads, verified_heads
 from certlake.lake.schema import ArchiveSchemaError
 from certlake.lake.table import (
     TableUnreadableError,
@@ -441,13 +441,12 @@ async def _signed_heads(config: Config, jobs: list[LogJob], stop: asyncio.Event)
     uri = table_uri(config.delta_sink.table_path)
     options = table_storage_options(uri, s3_storage_options(config.storage.s3))
     try:
-        records = await until_stopped(
-            asyncio.to_thread(read_heads, uri, options), stop, "reading the verified heads"
+        stored = await until_stopped(
+            asyncio.to_thread(verified_heads, uri, options), stop, "reading the verified heads"
         )
     except TableUnreadableError as exc:
         log.warning("verified heads unreadable; asking the logs", extra={"error": str(exc)})
-        records = []
-    stored = stored_heads(records)
+        stored = {}
     policy = backfill_retry_policy(config)
     last_error: dict[str, str] = {}
 

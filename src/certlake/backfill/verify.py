@@ -41,17 +41,6 @@ class SignedHead:
         return f"{how} ({self.head.size})"
 
 
-def stored_heads(records: list[HeadRecord]) -> dict[str, TreeHead]:
-    """The newest head verified from leaf 0 per log, from the records of the heads table."""
-    out: dict[str, TreeHead] = {}
-    for r in records:
-        if r.kind is HeadKind.VERIFIED:
-            seen = out.get(r.source_url)
-            if seen is None or r.head.size > seen.size:
-                out[r.source_url] = r.head
-    return out
-
-
 async def head_for(
     reader: LogReader,
     ceiling: int,

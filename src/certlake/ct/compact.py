@@ -25,10 +25,10 @@ from certlake.ct.merkle import (
     MerkleError,
     TileRef,
     fold_right,
+    inclusion_walk,
     leaf_hash,
     node_hash,
     root_hash,
-    verify_inclusion,
 )
 
 
@@ -158,19 +158,12 @@ def prefix_from_inclusion(
     proven by the proof itself. This is how a watcher that starts in the middle of a log (a fresh
     start at the tree head) gets the history it did not download, from one get-proof-by-hash of
     the first entry it did."""
-    if not verify_inclusion(index, size, leaf_hash_, proof, root):
+    try:
+        computed, lefts = inclusion_walk(index, size, leaf_hash_, proof)
+    except MerkleError:
         return None
-    # The same walk as verify_inclusion (RFC 9162 §2.1.3.2), keeping what it hashes on the left.
-    lefts: list[bytes] = []
-    fn, sn = index, size - 1
-    for p in proof:
-        if fn & 1 or fn == sn:
-            lefts.append(p)
-            while not fn & 1 and fn != 0:
-                fn >>= 1
-                sn >>= 1
-        fn >>= 1
-        sn >>= 1
+    if computed != root:
+        return None
     return CompactRange.of_nodes(0, index, lefts[::-1])
 
 

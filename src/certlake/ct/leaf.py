@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import pybase64
 
 from certlake.ct.entry import EntryType, LogEntry
+from certlake.ct.merkle import leaf_hash
 from certlake.ct.tls import DecodeError, Reader, u, vec
 
 
@@ -167,11 +168,11 @@ def _base64_field(value: object, name: str) -> bytes:
         raise DecodeError(f"{name}: not base64 ({e})") from None
 
 
-def served_leaf_input(leaf_input: object) -> bytes | None:
-    """The bytes of a get-entries element's `leaf_input` member when it is base64 at all (what
-    the log's leaf hash covers, even when they do not decode as a leaf)."""
+def served_leaf_hash_of(leaf_input: object) -> bytes | None:
+    """The leaf hash of a get-entries element's `leaf_input` member as served, when it is base64
+    at all (what the log's tree covers, even when the bytes do not decode as a leaf)."""
     try:
-        return _base64_field(leaf_input, "leaf_input")
+        return leaf_hash(_base64_field(leaf_input, "leaf_input"))
     except DecodeError:
         return None
 

@@ -178,16 +178,27 @@ def root_with_leaf(index: int, size: int, new_leaf_hash: bytes, proof: Sequence[
     Raises MerkleError when the proof cannot be an audit path for `index` in `size` (index out of
     range, a hash of the wrong length, too many or too few hashes).
     """
+    return inclusion_walk(index, size, new_leaf_hash, proof)[0]
+
+
+def inclusion_walk(
+    index: int, size: int, leaf_hash: bytes, proof: Sequence[bytes]
+) -> tuple[bytes, list[bytes]]:
+    """RFC 9162 §2.1.3.2's walk up an audit path: the root it leads to, and the hashes it took
+    as left siblings, bottom-up (exactly the subtrees of [0, index), smallest first). Raises
+    MerkleError as `root_with_leaf` does."""
     if not 0 <= index < size:
         raise MerkleError(f"leaf {index} outside tree of size {size}")
     if any(len(p) != HASH_SIZE for p in proof):
         raise MerkleError(f"audit path hashes must be {HASH_SIZE} bytes")
-    fn, sn, r = index, size - 1, new_leaf_hash
+    fn, sn, r = index, size - 1, leaf_hash
+    lefts: list[bytes] = []
     for p in proof:
         if sn == 0:
             raise MerkleError(f"audit path for leaf {index} of {size} is too long")
         if fn & 1 or fn == sn:
             r = node_hash(p, r)
+            lefts.append(p)
             while not fn & 1 and fn != 0:
                 fn >>= 1
                 sn >>= 1
@@ -197,7 +208,7 @@ def root_with_leaf(index: int, size: int, new_leaf_hash: bytes, proof: Sequence[
         sn >>= 1
     if sn != 0:
         raise MerkleError(f"audit path for leaf {index} of {size} is too short")
-    return r
+    return r, lefts
 
 
 def verify_inclusion(

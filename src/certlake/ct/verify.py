@@ -176,10 +176,6 @@ class LogVerifier:
         return self._verified
 
     @property
-    def newest_head(self) -> TreeHead | None:
-        return max(self._heads_by_size.values(), key=lambda h: h.size, default=None)
-
-    @property
     def state(self) -> Verification:
         if self._inconsistent or self._mismatch is not None:
             return Verification.INCONSISTENT

@@ -71,12 +71,20 @@ class WatcherStatus:
     unparseable: int = 0
     lag_tracker: LagTracker = field(default_factory=LagTracker, repr=False)
 
-    verified_index: int = 0
-    verification: Verification | None = None  # None: not verified (switched off)
     verification_error: str | None = None  # what made the log inconsistent
+    verifier: LogVerifier | None = field(default=None, repr=False)  # None: not (yet) verifying
 
     def lag_report(self) -> LagReport:
         return self.lag_tracker.report(time.monotonic())
+
+    @property
+    def verified_index(self) -> int:
+        return 0 if self.verifier is None else self.verifier.verified_index
+
+    @property
+    def verification(self) -> Verification | None:
+        """None: not verified (switched off, or before the first tree head)."""
+        return None if self.verifier is None else self.verifier.state
 
     @property
     def lag(self) -> int | None:
@@ -118,13 +126,16 @@ class LogWatcher:
         self._verify = verify
         self._snapshot = snapshot
         self._on_verification = on_verification
-        self.verifier: LogVerifier | None = None
         self._hashes: list[bytes] = []  # leaf hashes not yet handed to the verifier
         self._checked_old: set[tuple[int, bytes]] = set()  # older heads already proven
         self._proof_refusals = 0
         # The verified head as of the last event reported: the verifier's own has already moved
         # past the events it returns.
         self._verified_before: TreeHead | None = None
+
+    @property
+    def verifier(self) -> LogVerifier | None:
+        return self.status.verifier
 
     @property
     def health_state(self) -> Health:
@@ -168,8 +179,8 @@ class LogWatcher:
             st.cursor = size
             log.info("fresh start at the tree head", extra={"log": st.url, "tree_size": size})
         if self._verify and self.verifier is None:
-            self.verifier = self._new_verifier(st.cursor)
-            self._verified_before = self.verifier.verified_head
+            st.verifier = self._new_verifier(st.cursor)
+            self._verified_before = st.verifier.verified_head
         v = self.verifier
         if v is not None:
             self._events(v.head(head))
@@ -185,7 +196,6 @@ class LogWatcher:
         if st.cursor == size:
             self.health.success()
             st.last_success = time.time()
-            self._show_verification()
             return
         end = min(size, st.cursor + self._max_batch) - 1
         if v is not None and not v.anchored:
@@ -265,12 +275,6 @@ class LogWatcher:
         self._hashes = []
         self._events(v.leaves(v.downloaded, hashes))
 
-    def _show_verification(self) -> None:
-        v = self.verifier
-        if v is not None:
-            self.status.verified_index = v.verified_index
-            self.status.verification = v.state
-
     async def _verify_more(self, head: TreeHead) -> None:
         """What the entries alone cannot settle: the proof of a mid-log start, entries the
         verifier has not seen since a restart, the second read of a mismatched range. Each is
@@ -316,8 +320,6 @@ class LogWatcher:
                 "verification read failed; tried again next poll",
                 extra={"log": self.status.url, "error": str(e)},
             )
-        finally:
-            self._show_verification()
 
     async def _read_hashes(self, first: int, end: int, tree_size: int) -> list[bytes] | None:
         """The leaf hashes of [first, end) as the log serves them now, for the verifier only (the
@@ -356,7 +358,6 @@ class LogWatcher:
             return
         self._checked_old.add(key)
         self._events(v.consistent(head, verified, proof))
-        self._show_verification()
 
     def _events(self, events: list[Event]) -> None:
         for event in events:

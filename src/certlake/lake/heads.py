@@ -1,8 +1,8 @@
 """The side table of tree heads (`<archive>/_certlake_heads`): the shell.
 
-`append_heads`, `read_heads` and `verified_size` do blocking I/O; on an event loop they run in a
-thread. `HeadsRecorder` is the live server's writer: the watchers hand it records without
-waiting, and it commits them in the background, one commit at a time.
+`append_heads`, `read_heads`, `verified_heads` and `verified_size` do blocking I/O; on an event
+loop they run in a thread. `HeadsRecorder` is the live server's writer: the watchers hand it
+records without waiting, and it commits them in the background, one commit at a time.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Final
 import pyarrow.compute as pc
 from deltalake import write_deltalake
 
+from certlake.ct.verify import TreeHead
 from certlake.lake.heads_rows import HeadKind, HeadRecord, batch_to_records, records_to_batch
 from certlake.lake.schema import HEADS_DIR
 from certlake.lake.table import child_uri, open_table
@@ -64,19 +65,31 @@ def read_heads(
     return batch_to_records(data)
 
 
+def verified_heads(uri: str, storage_options: Mapping[str, str] | None) -> dict[str, TreeHead]:
+    """The newest verified head of each log in the heads table of the archive at `uri` (none for
+    a log never verified; empty without the table). Only the verified rows' head columns are
+    read: the table holds a row per log every flush, evidence and backfill's ranges besides."""
+    table = open_table(heads_uri(uri), storage_options, role="heads")
+    if table is None:
+        return {}
+    columns = ["source_url", "tree_size", "root_hash", "timestamp_ms", "signature"]
+    data = table.to_pyarrow_dataset().to_table(
+        columns=columns, filter=pc.field("kind") == HeadKind.VERIFIED.value
+    )
+    newest = data.group_by("source_url").aggregate([("tree_size", "max")])
+    newest = newest.rename_columns({"tree_size_max": "tree_size"})
+    rows = data.join(newest, keys=["source_url", "tree_size"], join_type="inner").to_pylist()
+    return {
+        r["source_url"]: TreeHead(r["tree_size"], r["root_hash"], r["timestamp_ms"], r["signature"])
+        for r in rows
+    }
+
+
 def verified_size(uri: str, storage_options: Mapping[str, str] | None, source_url: str) -> int:
     """The largest verified tree size recorded for the log `source_url` (0: none): its archived
     rows below this index are covered by a signed head."""
-    table = open_table(heads_uri(uri), storage_options, role="heads")
-    if table is None:
-        return 0
-    data = table.to_pyarrow_table(columns=["source_url", "kind", "tree_size"])
-    mask = pc.and_(
-        pc.equal(data.column("source_url"), source_url),
-        pc.equal(data.column("kind"), HeadKind.VERIFIED.value),
-    )
-    largest = pc.max(data.filter(mask).column("tree_size")).as_py()
-    return 0 if largest is None else int(largest)
+    head = verified_heads(uri, storage_options).get(source_url)
+    return 0 if head is None else head.size
 
 
 class HeadsRecorder:

@@ -11,7 +11,7 @@ from typing import Protocol
 
 from certlake.ct.compact import CompactRange
 from certlake.ct.entry import LogEntry, LogSource
-from certlake.ct.leaf import decode_get_entries_element, served_leaf_input
+from certlake.ct.leaf import decode_get_entries_element, served_leaf_hash_of
 from certlake.ct.merkle import leaf_hash
 from certlake.ct.tls import DecodeError
 from certlake.ct.urls import get_entries_link
@@ -84,8 +84,7 @@ def settle(item: FetchedEntry | Unparseable | RawEntry, log_url: str) -> Decoded
     try:
         entry = decode_get_entries_element(item.index, item.leaf_input, item.extra_data)
     except DecodeError as e:
-        raw = served_leaf_input(item.leaf_input)
-        return Unparseable(item.index, str(e), None if raw is None else leaf_hash(raw))
+        return Unparseable(item.index, str(e), served_leaf_hash_of(item.leaf_input))
     return FetchedEntry(entry, get_entries_link(log_url, item.index))
 
 
