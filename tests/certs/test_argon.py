@@ -14,6 +14,7 @@ from cryptography.x509.oid import NameOID
 from certlake.certs.message import CertMessage, build_message
 from certlake.ct.entry import LogEntry, LogKind, LogSource
 from certlake.ct.leaf import decode_rfc6962_entry
+from support.leaf_cert import leaf_cert
 
 INDEX = 912557348
 URL = "https://ct.googleapis.com/logs/us1/argon2025h2"
@@ -62,7 +63,7 @@ def test_leaf_comes_from_the_precertificate(entry: LogEntry, message: CertMessag
 
 def test_leaf_fields(entry: LogEntry, message: CertMessage) -> None:
     cert = x509.load_der_x509_certificate(entry.cert_der)
-    leaf = message.leaf
+    leaf = leaf_cert(message)
     assert leaf["serial_number"] == "133392502140A8CF12801DA61896855E"
     assert int(leaf["serial_number"], 16) == cert.serial_number
     assert leaf["subject"]["CN"] == "*.google.com"

@@ -12,6 +12,7 @@ from certlake.certs.gojson import go_escape, go_float, go_text, html_escape
 from certlake.certs.message import CertMessage, build_message, build_record
 from certlake.ct.entry import EntryType, LogEntry, LogKind, LogSource
 from certlake.testlog.certs import CertFactory, LeafSpec
+from support.leaf_cert import leaf_cert
 
 LEAF_KEYS = [
     "all_domains",
@@ -202,7 +203,7 @@ def test_invalid_utf8_is_written_as_escaped_replacement(factory: CertFactory) ->
     entry = LogEntry(5, 1_700_000_000_000, EntryType.X509, der, ())
     m = build_message(entry, LogSource("https://l", "l", LogKind.RFC6962), 1.0, "")
     assert b'"O":"Org \\ufffd\\ufffdZ\\ufffd"' in m.full
-    assert m.leaf["subject"]["O"] == "Org \ufffd\ufffdZ\ufffd"
+    assert leaf_cert(m)["subject"]["O"] == "Org \ufffd\ufffdZ\ufffd"
 
 
 def test_helpers() -> None:
@@ -211,7 +212,6 @@ def test_helpers() -> None:
     assert go_escape(b'"plain ascii"') == b'"plain ascii"'
     assert go_escape('"\u2028\u2029\ufffd é"'.encode()) == b'"\\u2028\\u2029\\ufffd \xc3\xa9"'
     assert html_escape(b'["<a>&"]') == b'["\\u003ca\\u003e\\u0026"]'
-
 
 
 def test_build_record_has_exactly_the_messages_row_fields(

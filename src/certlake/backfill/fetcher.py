@@ -31,7 +31,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-from certlake.backfill.build import BuiltRows, build_rows, pack
+from certlake.backfill.build import BuiltRows, build_rows
 from certlake.backfill.summary import FETCHING, LogOutcome
 from certlake.backfill.verify import SignedHead, check_range
 from certlake.ct.backoff import RetryPolicy
@@ -39,6 +39,7 @@ from certlake.ct.client.fetch import GaveUp, fetch_range
 from certlake.ct.client.reader import FetchedEntry, LogReader, RawEntry, Unparseable
 from certlake.ct.compact import CompactRange
 from certlake.ct.errors import FetchError
+from certlake.ingest.packed import pack
 from certlake.lake.heads_rows import HeadKind, HeadRecord
 from certlake.lake.txn import SkipKind
 from certlake.ranges import Range

@@ -37,7 +37,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import multiprocessing
 import os
 import sys
 from collections import Counter, deque
@@ -46,7 +45,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Final
 
-from certlake.backfill.build import BuiltRows, worker_init
+from certlake.backfill.build import BuiltRows
 from certlake.backfill.fetcher import INTERRUPTED, Fetchers, LogJob
 from certlake.backfill.gaps import GapPlan, SkippedLog, log_matches
 from certlake.backfill.presence import plan_gaps
@@ -62,6 +61,7 @@ from certlake.ct.errors import FetchError
 from certlake.ct.loglist import LogInfo
 from certlake.ct.urls import URLError, normalize_url
 from certlake.ingest.discovery import Discovery, discover_logs
+from certlake.ingest.packed import build_workers
 from certlake.ingest.readers import http_client, make_reader
 from certlake.ingest.state import StateDecodeError, parse_state
 from certlake.lake.committer import WriterSettings
@@ -290,9 +290,7 @@ def build_pool(missing: int, parse_processes: int | None) -> ProcessPoolExecutor
         parse_processes = min(cores, MAX_PROCESSES) if cores > 1 and missing >= POOL_MIN else 0
     if parse_processes < 1:
         return None
-    return ProcessPoolExecutor(
-        parse_processes, mp_context=multiprocessing.get_context("spawn"), initializer=worker_init
-    )
+    return build_workers(parse_processes)
 
 
 class _CountingWriter:

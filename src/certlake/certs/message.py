@@ -25,15 +25,15 @@ _AS_DER_KEY = b',"as_der":"'
 class CertMessage(NamedTuple):
     """One entry, serialized: the stream payloads and the plain values the archive row needs.
 
-    `full` and `lite` end with `\\n` as Go's do; `domains` does not. `leaf` is the parsed
-    `leaf_cert` object (with `as_der`); it shares cached sub-objects, so never mutate it.
-    `chain` holds one JSON document per chain certificate, exactly as in `full`.
+    `full` and `lite` end with `\\n` as Go's do; `domains` does not. `chain` holds one JSON
+    document per chain certificate, exactly as in `full`. The parsed leaf object is not kept:
+    the payloads and fields hold all of it, and a message may cross a process boundary and sit
+    in the resume ring, where every object it holds costs.
     """
 
     full: bytes
     lite: bytes
     domains: bytes
-    leaf: CertObject
     cert_index: int
     update_type: str
     seen: float
@@ -135,7 +135,6 @@ def _message(
         full=full,
         lite=lite,
         domains=domains,
-        leaf=leaf,
         cert_index=entry.index,
         update_type=entry.entry_type.update_type,
         seen=seen,

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import signal
 import ssl
 import sys
@@ -18,11 +19,13 @@ from prometheus_client import CollectorRegistry
 
 from certlake.cli.exits import EXIT_OK
 from certlake.config import Config, s3_storage_options
+from certlake.ingest.build import build_messages
 from certlake.ingest.fleet import Fleet
 from certlake.ingest.metrics import IngestMetrics
 from certlake.ingest.pipeline import Pipeline
 from certlake.ingest.readers import http_client
 from certlake.ingest.state import LogState, StateStore
+from certlake.ingest.workers import WorkerPool
 from certlake.lake.heads import HeadsRecorder
 from certlake.lake.sink import DeltaSink
 from certlake.server.app import build_app, http_logger
@@ -47,6 +50,15 @@ def hub_config(config: Config) -> HubConfig:
         stall_timeout=float(s.slow_client_timeout_secs),
         resume_ring=s.resume_ring_size,
     )
+
+
+def workers_wanted(configured: int | None) -> int:
+    """How many build workers to start: as configured, or one per core beyond the first (the
+    event loop's), and one on a two-core machine, where the loop leaves most of a core."""
+    if configured is not None:
+        return configured
+    cores = os.cpu_count() or 1
+    return max(1, cores - 1) if cores > 1 else 0
 
 
 def demo_log_size(saved: Iterable[LogState | None], committed: Iterable[int | None]) -> int:
@@ -149,7 +161,11 @@ async def serve(
     metrics = IngestMetrics(registry)
     fanout = Fanout(hub_config(config))
     sink = DeltaSink.from_config(config, registry)
-    pipeline = Pipeline(metrics, fanout.publish, sink, config.api.cache_capacity)
+    n = workers_wanted(config.stream.build_workers)
+    workers = WorkerPool(build_messages, n) if n else None
+    if workers is not None:
+        await workers.start()
+    pipeline = Pipeline(metrics, fanout.publish, sink, config.api.cache_capacity, workers)
     if state is None and config.ct_log.state_file:
         state = StateStore.load(config.ct_log.state_file)
 
@@ -198,6 +214,10 @@ async def serve(
             fleet_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await fleet_task
+            # What the watchers handed over is built and delivered before the archive closes.
+            await pipeline.drain()
+            if workers is not None:
+                await workers.close()
             if heads is not None and heads_task is not None:
                 await heads.close()
                 await heads_task

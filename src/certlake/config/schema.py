@@ -277,6 +277,9 @@ class StreamConfig:
     slow_client_timeout_secs: int = field(default=300, metadata=_m(min=1, max=_DAY_SECS))
     # certificates remembered per `?dedupe=1` client
     dedupe_window: int = field(default=10000, metadata=_m(min=1, max=_MILLION))
+    # processes building messages (certificate parsing, JSON) off the event loop; null: one per
+    # core beyond the first, at least one on a machine with two or more cores; 0: on the loop
+    build_workers: int | None = field(default=None, metadata=_m(min=0, max=64))
 
 
 @dataclass(frozen=True, slots=True)

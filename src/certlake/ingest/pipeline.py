@@ -1,25 +1,43 @@
 """What happens to each entry a watcher reads: message built once, then handed to the stream and
-to the archive — and remembered for /example.json, /latest.json and /api/cert."""
+to the archive — and remembered for /example.json, /latest.json and /api/cert.
+
+Building a message (certificate parsing, JSON) is most of the live path's CPU; with build workers
+(`stream.build_workers`) it runs in other processes, so the event loop only reads, verifies and
+fans out, and a burst of entries does not hold it. Each log's entries go to the workers in
+batches of what its watcher handed over since the loop last ran (a `get-entries` answer, a
+tile's worth), and their messages are delivered in index order, one log's batches in the order
+they were sent; logs do not wait for each other. A watcher is held (its `consume` waits) while
+`MAX_IN_FLIGHT` of its entries are being built, so a log that grows faster than workers build
+is read no faster than that. Without workers the same `build_messages` runs at once, inline.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from certlake.certs.errors import CertificateParseError
-from certlake.certs.message import CertMessage, build_message
+from certlake.certs.message import CertMessage
 from certlake.ct.client.reader import FetchedEntry, Unparseable
 from certlake.ct.entry import LogSource
+from certlake.ingest.build import Built, NotBuilt, build_messages
 from certlake.ingest.metrics import IngestMetrics
+from certlake.ingest.packed import Packed, pack
 from certlake.ingest.watcher import Consumer
+from certlake.ingest.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
 LATEST = 25  # /latest.json holds the 25 newest lite messages, as the Elixir server's does
+# Entries of one log handed to one worker at most: a burst of a busy log is spread over workers.
+BATCH = 256
+# Entries of one log being built before its watcher waits: a few answers' worth, so reads and
+# builds overlap, and a bound on what a crash of the workers could hold.
+MAX_IN_FLIGHT = 2048
 
 
 class CertIndex:
@@ -63,10 +81,30 @@ class Archive(Protocol):
     def offer_unparseable(self, source_url: str, index: int, reason: str) -> None: ...
 
 
+@dataclass(slots=True)
+class _Flight:
+    """A batch sent to the workers: kept packed, so that it can be built here should they fail."""
+
+    built: asyncio.Future[list[Built]]
+    packed: Packed
+    seen: float
+
+
+@dataclass(slots=True)
+class _LogQueue:
+    """One log's entries between its watcher and delivery."""
+
+    source: LogSource
+    pending: list[FetchedEntry | Unparseable] = field(default_factory=list)
+    flights: deque[_Flight] = field(default_factory=deque)
+    in_flight: int = 0
+    room: asyncio.Event = field(default_factory=asyncio.Event)
+
+
 class Pipeline:
     """The consumer given to every watcher. `publish` and `archive` must not block: the stream's
     hub and the sink each take the message and return at once; `publish` returns the message's
-    stream cursor."""
+    stream cursor. `workers`: a started pool running `build_messages`, or None to build inline."""
 
     def __init__(
         self,
@@ -74,46 +112,111 @@ class Pipeline:
         publish: Callable[[CertMessage], int | None],
         archive: Archive | None = None,
         cert_index_capacity: int = 10_000,
+        workers: WorkerPool | None = None,
     ) -> None:
         self.metrics = metrics
         self._publish = publish
         self._archive = archive
+        self._workers = workers
+        self._queues: dict[str, _LogQueue] = {}
         self.latest: deque[Sent] = deque(maxlen=LATEST)
         self.certs = CertIndex(cert_index_capacity)
         self.processed = 0
         self.started = time.time()
 
     def consumer(self, source: LogSource) -> Consumer:
+        if self._workers is None:
+
+            async def consume_inline(item: FetchedEntry | Unparseable) -> None:
+                self.handle(source, item)
+
+            return consume_inline
+        queue = self._queues.setdefault(source.url, _LogQueue(source))
+
         async def consume(item: FetchedEntry | Unparseable) -> None:
-            self.handle(source, item)
+            # Wait before taking the item: a watcher cancelled here has handed nothing over.
+            while queue.in_flight >= MAX_IN_FLIGHT:
+                queue.room.clear()
+                await queue.room.wait()
+            queue.pending.append(item)
+            queue.in_flight += 1
+            if len(queue.pending) >= BATCH:
+                self._send(queue)
+            elif len(queue.pending) == 1:
+                asyncio.get_running_loop().call_soon(self._send, queue)
 
         return consume
 
     def handle(self, source: LogSource, item: FetchedEntry | Unparseable) -> None:
+        """Build and deliver one entry now, here."""
+        for built in build_messages(source, pack([item]), time.time()):
+            self._deliver(source, built)
+
+    async def drain(self) -> None:
+        """Return once every entry handed over has been delivered (call after the watchers
+        stopped, before the archive is closed)."""
+        while True:
+            building = [f.built for q in self._queues.values() for f in q.flights]
+            if building:
+                await asyncio.wait(building)
+            elif any(q.pending for q in self._queues.values()):
+                await asyncio.sleep(0)  # their `_send` is scheduled: let it run
+            else:
+                return
+
+    def _send(self, queue: _LogQueue) -> None:
+        if not queue.pending:
+            return
+        packed, queue.pending = pack(queue.pending), []
+        seen = time.time()
+        loop = asyncio.get_running_loop()
+        if self._workers is None:  # they failed: build here
+            built: asyncio.Future[list[Built]] = loop.create_future()
+            built.set_result(build_messages(queue.source, packed, seen))
+        else:
+            built = self._workers.submit(len(packed), queue.source, packed, seen)
+        queue.flights.append(_Flight(built, packed, seen))
+        built.add_done_callback(lambda _: self._land(queue))
+
+    def _land(self, queue: _LogQueue) -> None:
+        """Deliver every batch at the head of the log's queue that is built, in order."""
+        while queue.flights and queue.flights[0].built.done():
+            flight = queue.flights.popleft()
+            try:
+                batch = flight.built.result()
+            except Exception as e:  # a worker died or the pool broke: nothing may be lost
+                if self._workers is not None:
+                    log.error(
+                        "build workers failed; building messages on the event loop from now on",
+                        extra={"error": repr(e)},
+                    )
+                    self._workers = None
+                batch = build_messages(queue.source, flight.packed, flight.seen)
+            for built in batch:
+                self._deliver(queue.source, built)
+            queue.in_flight -= len(flight.packed)
+        if queue.in_flight < MAX_IN_FLIGHT:
+            queue.room.set()
+
+    def _deliver(self, source: LogSource, built: Built) -> None:
         m = self.metrics
         m.entries.labels(source.url).inc()
-        if isinstance(item, Unparseable):
-            m.parse_failures.labels(source.url, "entry").inc()
-            self._passed_without_message(source, item.index, item.error)
-            return
-        try:
-            msg = build_message(item.entry, source, time.time(), item.cert_link)
-        except CertificateParseError as e:
-            m.parse_failures.labels(source.url, "certificate").inc()
-            log.error(
-                "certificate does not parse",
-                extra={"log": source.url, "index": item.index, "error": str(e)},
-            )
-            self._passed_without_message(source, item.index, f"certificate: {e}")
+        if isinstance(built, NotBuilt):
+            m.parse_failures.labels(source.url, built.part).inc()
+            reason = built.reason
+            if built.part == "certificate":
+                log.error(
+                    "certificate does not parse",
+                    extra={"log": source.url, "index": built.cert_index, "error": reason},
+                )
+                reason = f"certificate: {reason}"
+            # The archive must hear of every index the watcher passes, or it would record a gap.
+            if self._archive is not None:
+                self._archive.offer_unparseable(source.url, built.cert_index, reason)
             return
         self.processed += 1
-        self.certs.add(msg)
-        self.latest.append(Sent(msg, self._publish(msg)))
+        self.certs.add(built)
+        self.latest.append(Sent(built, self._publish(built)))
         m.messages.inc()
         if self._archive is not None:
-            self._archive.offer(msg)
-
-    def _passed_without_message(self, source: LogSource, index: int, reason: str) -> None:
-        # The archive must hear of every index the watcher passes, or it would record a gap.
-        if self._archive is not None:
-            self._archive.offer_unparseable(source.url, index, reason)
+            self._archive.offer(built)

@@ -139,7 +139,8 @@ class _LossWatcher(asyncio.Protocol):
 
 def _transport(request: web.Request) -> asyncio.Transport:
     transport = request.transport
-    if not isinstance(transport, asyncio.Transport):
+    # uvloop's transports are not asyncio.Transport subclasses: test for None, not the type.
+    if transport is None or transport.is_closing():
         raise ConnectionResetError("client went away before the stream started")
     return transport
 
