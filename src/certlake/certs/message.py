@@ -55,6 +55,42 @@ class CertMessage(NamedTuple):
     chain: list[str]
 
 
+class Streamed(NamedTuple):
+    """A message as the live stream keeps it (the resume ring, /latest.json, /api/cert): the
+    three payloads and the fields filters and de-duplication read, not the archive's columns,
+    which would double what every kept message costs."""
+
+    full: bytes
+    lite: bytes
+    domains: bytes
+    cert_index: int
+    update_type: str
+    source_name: str
+    source_url: str
+    sha256: str
+    sha1: str
+    serial_number: str
+    issuer_aggregated: str
+    all_domains: list[str]
+
+    @classmethod
+    def of(cls, m: CertMessage) -> Streamed:
+        return cls(
+            m.full,
+            m.lite,
+            m.domains,
+            m.cert_index,
+            m.update_type,
+            m.source_name,
+            m.source_url,
+            m.sha256,
+            m.sha1,
+            m.serial_number,
+            m.issuer_aggregated,
+            m.all_domains,
+        )
+
+
 def build_message(entry: LogEntry, source: LogSource, seen: float, cert_link: str) -> CertMessage:
     """Build the message for `entry`; raises `CertificateParseError` (with `part` naming the
     leaf or the chain element) if any certificate of the entry cannot be read."""

@@ -35,6 +35,7 @@ from certlake.stream.hub import HubConfig
 log = logging.getLogger(__name__)
 
 DEMO_DIR = Path("data")
+MAX_BUILD_WORKERS = 8
 DEMO_RATE = 25.0  # entries per second: lively on screen, light on a laptop
 # The demo's test log is published under this name, whatever port it is bound to: its logs keep
 # one identity (state key, the archive's source_url) from run to run (testlog/resolver.py).
@@ -49,16 +50,18 @@ def hub_config(config: Config) -> HubConfig:
         ping_interval=float(s.ping_interval_secs),
         stall_timeout=float(s.slow_client_timeout_secs),
         resume_ring=s.resume_ring_size,
+        resume_ring_bytes=s.resume_ring_megabytes * 1024 * 1024,
     )
 
 
 def workers_wanted(configured: int | None) -> int:
-    """How many build workers to start: as configured, or one per core beyond the first (the
-    event loop's), and one on a two-core machine, where the loop leaves most of a core."""
+    """How many build workers to start: as configured, or one per core on a machine with two or
+    more (the event loop mostly waits; at 5,000 entries/s on two cores, one worker queued
+    entries for over a second, two kept p99 under 0.5 s: benchmarks/server.py, lite5000)."""
     if configured is not None:
         return configured
     cores = os.cpu_count() or 1
-    return max(1, cores - 1) if cores > 1 else 0
+    return min(cores, MAX_BUILD_WORKERS) if cores > 1 else 0
 
 
 def demo_log_size(saved: Iterable[LogState | None], committed: Iterable[int | None]) -> int:

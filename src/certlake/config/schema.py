@@ -272,13 +272,15 @@ class StreamConfig:
     client_queue_size: int = field(default=10000, metadata=_m(min=1, max=_MILLION))
     # messages kept for `?since=`; 0 disables resume
     resume_ring_size: int = field(default=10000, metadata=_m(min=0, max=_MILLION))
+    # ... and at most this many megabytes of their payloads (the ring is most of the memory)
+    resume_ring_megabytes: int = field(default=48, metadata=_m(min=1, max=_MILLION))
     ping_interval_secs: int = field(default=30, metadata=_m(min=1, max=_HOUR_SECS))
     # no heartbeat delivered for this long
     slow_client_timeout_secs: int = field(default=300, metadata=_m(min=1, max=_DAY_SECS))
     # certificates remembered per `?dedupe=1` client
     dedupe_window: int = field(default=10000, metadata=_m(min=1, max=_MILLION))
     # processes building messages (certificate parsing, JSON) off the event loop; null: one per
-    # core beyond the first, at least one on a machine with two or more cores; 0: on the loop
+    # core (up to 8) on a machine with two or more; 0: on the loop
     build_workers: int | None = field(default=None, metadata=_m(min=0, max=64))
 
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from certlake.certs.message import CertMessage
+from certlake.certs.message import CertMessage, Streamed
 from certlake.ct.client.reader import FetchedEntry, Unparseable
 from certlake.ct.entry import LogSource
 from certlake.ingest.build import Built, NotBuilt, build_messages
@@ -38,25 +38,39 @@ BATCH = 256
 # Entries of one log being built before its watcher waits: a few answers' worth, so reads and
 # builds overlap, and a bound on what a crash of the workers could hold.
 MAX_IN_FLIGHT = 2048
+# Payload bytes /api/cert remembers (each certificate is counted under both its hashes).
+CERT_INDEX_BYTES = 32 * 1024 * 1024
 
 
 class CertIndex:
-    """Recent certificates by sha256, sha1 and fingerprint for /api/cert. Bounded: it answers for
-    what the server saw lately, not for the archive."""
+    """Recent certificates' full-stream payloads by sha256 and sha1 for /api/cert. Bounded in
+    entries and in bytes: it answers for what the server saw lately, not for the archive. The
+    payload is the stream's own bytes object, so what the resume ring also holds is not copied."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, max_bytes: int = CERT_INDEX_BYTES) -> None:
         self._capacity = capacity
-        self._by_key: OrderedDict[str, CertMessage] = OrderedDict()
+        self._max_bytes = max_bytes
+        self._bytes = 0
+        self._by_key: OrderedDict[str, bytes] = OrderedDict()
 
-    def add(self, msg: CertMessage) -> None:
+    def add(self, msg: Streamed) -> None:
         for key in (msg.sha256, msg.sha1):
-            self._by_key[_norm(key)] = msg
-            self._by_key.move_to_end(_norm(key))
-        while len(self._by_key) > 2 * self._capacity:
-            self._by_key.popitem(last=False)
+            k = _norm(key)
+            old = self._by_key.pop(k, None)
+            if old is not None:
+                self._bytes -= len(old)
+            self._by_key[k] = msg.full
+            self._bytes += len(msg.full)
+        while len(self._by_key) > 2 * self._capacity or self._bytes > self._max_bytes:
+            self._bytes -= len(self._by_key.popitem(last=False)[1])
 
-    def get(self, key: str) -> CertMessage | None:
+    def get(self, key: str) -> bytes | None:
+        """The full-stream payload of the certificate with this sha256 or sha1."""
         return self._by_key.get(_norm(key))
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
 
 
 def _norm(key: str) -> str:
@@ -69,7 +83,7 @@ class Sent:
     """A message handed to the stream, with the cursor the stream gave it (None when there is
     no stream: the cursor is what lets /latest.json's reader join the stream without a seam)."""
 
-    message: CertMessage
+    message: Streamed
     cursor: int | None
 
 
@@ -109,7 +123,7 @@ class Pipeline:
     def __init__(
         self,
         metrics: IngestMetrics,
-        publish: Callable[[CertMessage], int | None],
+        publish: Callable[[Streamed], int | None],
         archive: Archive | None = None,
         cert_index_capacity: int = 10_000,
         workers: WorkerPool | None = None,
@@ -215,8 +229,9 @@ class Pipeline:
                 self._archive.offer_unparseable(source.url, built.cert_index, reason)
             return
         self.processed += 1
-        self.certs.add(built)
-        self.latest.append(Sent(built, self._publish(built)))
+        streamed = Streamed.of(built)
+        self.certs.add(streamed)
+        self.latest.append(Sent(streamed, self._publish(streamed)))
         m.messages.inc()
         if self._archive is not None:
             self._archive.offer(built)

@@ -342,10 +342,10 @@ class HttpApi:
         key = request.match_info["key"]
         if not is_cert_key(key):
             return _json({"error": "expected a SHA-256 or SHA-1 in hex (colons optional)"}, 400)
-        msg = self.pipeline.certs.get(key)
-        if msg is None:
+        full = self.pipeline.certs.get(key)
+        if full is None:
             return _json({"error": "not among the certificates seen recently", "key": key}, 404)
-        return _message(msg.full)
+        return _message(full)
 
 
 class LiveCollector(Collector):

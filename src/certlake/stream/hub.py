@@ -131,6 +131,9 @@ class HubConfig:
     high_water: int = 1024 * 1024
     tick: float = 0.1
     resume_ring: int = 10_000  # messages kept for `since`; 0 disables replay
+    # ... and at most this many payload bytes of them (all three payloads of each message): the
+    # ring is most of what the server's memory holds.
+    resume_ring_bytes: int = 48 * 1024 * 1024
 
     def __post_init__(self) -> None:
         positive = {
@@ -139,6 +142,7 @@ class HubConfig:
             "ping_interval": self.ping_interval,
             "stall_timeout": self.stall_timeout,
             "high_water": self.high_water,
+            "resume_ring_bytes": self.resume_ring_bytes,
             "tick": self.tick,
         }
         for name, value in positive.items():
@@ -203,7 +207,9 @@ class Hub:
         self._wall_clock = wall_clock
         self._base = cursor_base
         self._seq = cursor_base
-        self._ring: CursorRing[StreamMessage] = CursorRing(config.resume_ring, cursor_base)
+        self._ring: CursorRing[StreamMessage] = CursorRing(
+            config.resume_ring, cursor_base, config.resume_ring_bytes, _payload_bytes
+        )
         # What clients' filters derive from a message, computed once per message for all.
         self.facts = FactsCache()
         # Every client, by stream and wire; `_scan` holds those without keys, which publish
@@ -218,6 +224,11 @@ class Hub:
         self._pending: list[Client] = []
         self._stalled: dict[Client, None] = {}
         self._flush_requested = False
+
+    @property
+    def ring_bytes(self) -> int:
+        """Payload bytes the resume ring holds."""
+        return self._ring.bytes
 
     @property
     def seq(self) -> int:
@@ -446,6 +457,10 @@ class Hub:
         if self._pending and not self._flush_requested:
             self._flush_requested = True
             self._wake()
+
+
+def _payload_bytes(message: StreamMessage) -> int:
+    return len(message.full) + len(message.lite) + len(message.domains)
 
 
 class _Frames:

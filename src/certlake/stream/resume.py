@@ -38,7 +38,8 @@ replays so slowly that the ring overwrites what it had not read yet.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -70,16 +71,29 @@ def stamp_cursor(payload: bytes, cursor: int) -> bytes:
 
 
 class CursorRing(Generic[T]):
-    """The last `capacity` published items, by cursor. Cursors are consecutive, so an item is
-    found by arithmetic: slot = cursor mod capacity."""
+    """The last `capacity` published items, by cursor, and no more than `max_bytes` of them by
+    `size_of`: the oldest go first when either bound is passed. Cursors are consecutive, so an
+    item is found by arithmetic: slot = cursor mod capacity."""
 
-    def __init__(self, capacity: int, base: int) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        base: int,
+        max_bytes: int | None = None,
+        size_of: Callable[[T], int] | None = None,
+    ) -> None:
         if capacity < 0:
             raise ResumeError(f"ring capacity must be >= 0, got {capacity}")
+        if (max_bytes is None) != (size_of is None):
+            raise ResumeError("a ring bounded in bytes needs both max_bytes and size_of")
         self.capacity = capacity
         self._slots: list[T | None] = [None] * capacity
-        self._first = base + 1  # this run's first cursor: nothing older was ever held
+        self._first = base + 1  # the oldest cursor held: nothing older was ever held this run
         self._next = base + 1  # the cursor the next append gets
+        self._max_bytes = max_bytes
+        self._size_of = size_of
+        self._sizes: deque[int] = deque()  # of the items held, oldest first (bytes bound only)
+        self.bytes = 0
 
     @property
     def oldest(self) -> int:
@@ -94,8 +108,24 @@ class CursorRing(Generic[T]):
         if cursor != self._next:
             raise ResumeError(f"cursor {cursor} out of sequence, expected {self._next}")
         if self.capacity:
-            self._slots[cursor % self.capacity] = item
-        self._next = cursor + 1
+            slot = cursor % self.capacity
+            sizes = self._sizes
+            if self._size_of is not None:
+                if len(sizes) == self.capacity:  # the slot's item leaves by the count bound
+                    self.bytes -= sizes.popleft()
+                    self._first = max(self._first, cursor - self.capacity + 1)
+                size = self._size_of(item)
+                sizes.append(size)
+                self.bytes += size
+            self._slots[slot] = item
+            self._next = cursor + 1
+            assert self._max_bytes is None or self._size_of is not None
+            while self._max_bytes is not None and self.bytes > self._max_bytes and len(sizes) > 1:
+                self.bytes -= sizes.popleft()
+                self._slots[self._first % self.capacity] = None
+                self._first += 1
+        else:
+            self._next = cursor + 1
 
     def get(self, cursor: int) -> T:
         if not self.oldest <= cursor <= self.newest:
