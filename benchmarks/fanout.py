@@ -1,4 +1,9 @@
-"""Fan-out benchmark: one server process, one load-generator process, loopback WebSocket.
+"""Fan-out benchmark (a kernel): one server process, one load-generator process, loopback WebSocket.
+
+What it leaves out: there is no CT log, no fetching, no certificate parsing and no message
+building — the hub publishes pre-built bytes from a smooth producer, and the load generator
+counts frame headers without decoding them. It measures the hub and the WebSocket stack alone;
+what clients of the real server get is benchmarks/server.py's to say.
 
     .venv/bin/python benchmarks/fanout.py                      # certlake's stack (hub + aiohttp)
     .venv/bin/python benchmarks/fanout.py --stack all          # the stack comparison
