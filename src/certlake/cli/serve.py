@@ -26,8 +26,6 @@ from certlake.ingest.pipeline import Pipeline
 from certlake.ingest.readers import http_client
 from certlake.ingest.state import LogState, StateStore
 from certlake.ingest.workers import WorkerPool
-from certlake.lake.heads import HeadsRecorder
-from certlake.lake.sink import DeltaSink
 from certlake.server.app import build_app, http_logger
 from certlake.stream.fanout import Fanout
 from certlake.stream.hub import HubConfig
@@ -163,7 +161,12 @@ async def serve(
     registry = CollectorRegistry()
     metrics = IngestMetrics(registry)
     fanout = Fanout(hub_config(config))
-    sink = DeltaSink.from_config(config, registry)
+    sink = None
+    if config.delta_sink.enabled:
+        # Delta and Arrow are ~40 MB of the process's memory: loaded only for an archive.
+        from certlake.lake.sink import DeltaSink
+
+        sink = DeltaSink.from_config(config, registry)
     n = workers_wanted(config.stream.build_workers)
     workers = WorkerPool(build_messages, n) if n else None
     if workers is not None:
@@ -183,6 +186,8 @@ async def serve(
         # Verified heads and the evidence of lying logs, beside the archive they vouch for.
         heads = None
         if sink is not None and config.ct_log.verify:
+            from certlake.lake.heads import HeadsRecorder
+
             heads = HeadsRecorder(sink.uri, sink.storage_options)
         heads_task = asyncio.create_task(heads.run(), name="heads") if heads else None
         fleet = Fleet(

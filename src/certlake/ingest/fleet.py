@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from certlake.config import Config
 from certlake.ct.client.http import CTHttp, OperatorBudget
@@ -23,7 +24,10 @@ from certlake.ingest.metrics import IngestMetrics
 from certlake.ingest.readers import ct_log_retry_policy, make_reader
 from certlake.ingest.state import StateStore
 from certlake.ingest.watcher import Consumer, LogWatcher
-from certlake.lake.heads_rows import HeadRecord
+
+if TYPE_CHECKING:  # Delta and Arrow load only where an archive is written
+    from certlake.lake.heads_rows import HeadRecord
+
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +145,8 @@ class Fleet:
             self.metrics.over_limit.labels(url, error.limit.value).inc()
 
     def _verification(self, url: str, event: Event, verified_before: TreeHead | None) -> None:
+        from certlake.lake.heads_rows import HeadRecord  # only with an archive: loads Arrow
+
         record = HeadRecord.from_event(url, event, verified_before)
         if isinstance(event, Verified):
             self.metrics.verified_heads.labels(url).inc()

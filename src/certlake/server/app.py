@@ -27,7 +27,7 @@ import string
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
@@ -43,7 +43,6 @@ from certlake.ct.lag import LagReport
 from certlake.ingest.fleet import Fleet, Watched
 from certlake.ingest.metrics import IngestMetrics
 from certlake.ingest.pipeline import Pipeline, Sent
-from certlake.lake.sink import DeltaSink
 from certlake.rates import RateMeter
 from certlake.server.guard import Guard, guard_middleware
 from certlake.server.page import is_page_request, with_page
@@ -52,6 +51,10 @@ from certlake.stream.fanout import Fanout
 from certlake.stream.hub import StreamKind
 from certlake.stream.resume import stamp_cursor
 from certlake.stream.web import SocketOptions, add_stream_routes
+
+if TYPE_CHECKING:  # Delta and Arrow load only where an archive is written
+    from certlake.lake.sink import DeltaSink
+
 
 GUARD = web.AppKey("guard", Guard)
 HTTP_LOGGER = "certlake.http"

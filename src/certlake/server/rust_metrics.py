@@ -46,17 +46,20 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from prometheus_client.samples import Sample
 
 from certlake.ct.entry import LogKind
 from certlake.ingest.fleet import Fleet
 from certlake.ingest.metrics import IngestMetrics
-from certlake.lake.sink import DeltaSink
 from certlake.lake.txn import SkipKind
 from certlake.server.guard import GuardStats
 from certlake.stream.hub import Hub, StreamKind, Wire
+
+if TYPE_CHECKING:  # Delta and Arrow load only where an archive is written
+    from certlake.lake.sink import DeltaSink
+
 
 Kind = Literal["counter", "gauge", "histogram"]
 Labels = Mapping[str, str]
