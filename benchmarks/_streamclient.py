@@ -6,7 +6,8 @@ prints `ready` when all are upgraded, then obeys one command per line on stdin:
 
 - `reset`: start counting (everything before is warm-up);
 - `pause N`: the first N connections stop reading (their kernel buffers fill, then the server's
-  backlog for them: the slow-client case); they are reported apart as `paused`;
+  backlog for them: the slow-client case); they are reported apart as `paused`; `resume`: they
+  read again (and so learn, from a heartbeat, how many messages the server dropped for them);
 - `report`: one JSON line with what was received since `reset`; `quit`.
 
 Every frame is parsed whole (a client that only counted frame headers would not notice a
@@ -237,6 +238,10 @@ async def main() -> None:
                 conn.paused = True
                 if conn.transport is not None:
                     conn.transport.pause_reading()
+        elif line == "resume":
+            for conn in conns:
+                if conn.paused and conn.transport is not None:
+                    conn.transport.resume_reading()
         elif line == "report":
             counters.counting = False
             report = {

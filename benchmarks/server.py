@@ -26,8 +26,9 @@ Cases (`--case`, repeatable; default all):
 - `full20`: 1,000 entries/s × 20 full-stream clients;
 - `lite5000`: 5,000 entries/s × 10 lite clients (ingest bound);
 - `cpu100`: 1,000 entries/s × 100 lite clients (CPU per delivered message);
-- `slow`: `cpu100` with one more connection that stops reading at the window's start: it alone
-  loses messages, is told how many, and the others' p99 is compared with `cpu100`'s.
+- `slow`: `cpu100` with one more connection that stops reading at the window's start and reads
+  again at its end: it alone loses messages, is told how many (the `skipped` of the heartbeats
+  it then reads, against what it lost), and the others' p99 is compared with `cpu100`'s.
 
     .venv/bin/python benchmarks/server.py [--case lite200 ...] [--runs 3] [--seconds 30]
 """
@@ -260,6 +261,8 @@ def run_once(work: Path, name: str, case: Case, args: argparse.Namespace, n: int
         sizes0, cpu0, t0 = published(base), watch.cpu(), time.monotonic()
         time.sleep(args.seconds)
         sizes1, cpu1, t1 = published(base), watch.cpu(), time.monotonic()
+        if case.paused:
+            clients.send("resume")
         time.sleep(args.grace)
         reports = clients.report()
         load = os.getloadavg()[0]

@@ -131,6 +131,7 @@ class Pipeline:
         self.metrics = metrics
         self._publish = publish
         self._archive = archive
+        self._archived = archive is not None
         self._workers = workers
         self._queues: dict[str, _LogQueue] = {}
         self.latest: deque[Sent] = deque(maxlen=LATEST)
@@ -163,7 +164,7 @@ class Pipeline:
 
     def handle(self, source: LogSource, item: FetchedEntry | Unparseable) -> None:
         """Build and deliver one entry now, here."""
-        for built in build_messages(source, pack([item]), time.time()):
+        for built in build_messages(source, pack([item]), time.time(), self._archived):
             self._deliver(source, built)
 
     async def drain(self) -> None:
@@ -186,9 +187,9 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         if self._workers is None:  # they failed: build here
             built: asyncio.Future[list[Built]] = loop.create_future()
-            built.set_result(build_messages(queue.source, packed, seen))
+            built.set_result(build_messages(queue.source, packed, seen, self._archived))
         else:
-            built = self._workers.submit(len(packed), queue.source, packed, seen)
+            built = self._workers.submit(len(packed), queue.source, packed, seen, self._archived)
         queue.flights.append(_Flight(built, packed, seen))
         built.add_done_callback(lambda _: self._land(queue))
 
@@ -205,7 +206,7 @@ class Pipeline:
                         extra={"error": repr(e)},
                     )
                     self._workers = None
-                batch = build_messages(queue.source, flight.packed, flight.seen)
+                batch = build_messages(queue.source, flight.packed, flight.seen, self._archived)
             for built in batch:
                 self._deliver(queue.source, built)
             queue.in_flight -= len(flight.packed)
@@ -229,9 +230,9 @@ class Pipeline:
                 self._archive.offer_unparseable(source.url, built.cert_index, reason)
             return
         self.processed += 1
-        streamed = Streamed.of(built)
+        streamed = built if isinstance(built, Streamed) else Streamed.of(built)
         self.certs.add(streamed)
         self.latest.append(Sent(streamed, self._publish(streamed)))
         m.messages.inc()
-        if self._archive is not None:
+        if self._archive is not None and isinstance(built, CertMessage):
             self._archive.offer(built)
