@@ -242,3 +242,34 @@ def test_every_message_is_either_delivered_in_order_or_counted_as_skipped(
     assert received == sorted(set(received))  # in order, no duplicates
     assert len(received) + reported == published
     assert reported == client.dropped
+
+
+def test_backlog_bounded_in_bytes_drops_oldest_and_reports_skipped() -> None:
+    # Frames of 13 bytes (a 2-byte header, an 11-byte payload): 100 bytes hold 7 of them.
+    rig = Rig(backlog=1000, backlog_bytes=100, high_water=100)
+    client, sink = rig.connect()
+    sink.held = 100
+    for i in range(12):
+        rig.hub.publish(msg(i))
+    rig.hub.flush(now=1.0)
+    assert client.queued == sum(len(f) for f in client.backlog) <= 100
+    kept = [json.loads(split_frames(f)[0][1])["lite"] for f in client.backlog]
+    assert kept == list(range(5, 12))
+    assert client.skipped == client.dropped == 5 == rig.hub.stats.dropped
+
+    sink.held = 0  # the client read again
+    rig.hub.tick(now=2.0)
+    rig.hub.flush(now=2.0)
+    frames = payloads(sink)
+    assert json.loads(frames[0])["skipped"] == 5
+    assert [json.loads(f)["lite"] for f in frames[1:]] == kept
+    assert client.queued == 0
+
+
+def test_a_frame_larger_than_the_byte_bound_is_still_delivered() -> None:
+    rig = Rig(backlog=1000, backlog_bytes=10, high_water=1000)
+    client, sink = rig.connect()
+    rig.hub.publish(msg(7))
+    rig.hub.flush(now=1.0)
+    assert [json.loads(f)["lite"] for f in payloads(sink)] == [7]
+    assert client.dropped == 0

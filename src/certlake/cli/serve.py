@@ -44,6 +44,7 @@ def hub_config(config: Config) -> HubConfig:
     s = config.stream
     return HubConfig(
         backlog=s.client_queue_size,
+        backlog_bytes=s.client_queue_megabytes * 1024 * 1024,
         heartbeat_interval=float(s.heartbeat_interval_secs),
         ping_interval=float(s.ping_interval_secs),
         stall_timeout=float(s.slow_client_timeout_secs),

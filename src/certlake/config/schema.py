@@ -270,6 +270,8 @@ class StreamConfig:
     heartbeat_interval_secs: int = field(default=15, metadata=_m(min=1, max=_HOUR_SECS))
     # messages queued per client before dropping
     client_queue_size: int = field(default=10000, metadata=_m(min=1, max=_MILLION))
+    # ... and at most this many megabytes of them (a full-stream message is ~5x a lite one)
+    client_queue_megabytes: int = field(default=32, metadata=_m(min=1, max=_MILLION))
     # messages kept for `?since=`; 0 disables resume
     resume_ring_size: int = field(default=10000, metadata=_m(min=0, max=_MILLION))
     # ... and at most this many megabytes of their payloads (the ring is most of the memory)

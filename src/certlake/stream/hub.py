@@ -11,8 +11,9 @@ Why it is shaped this way:
   appends, no awaits, no I/O.
 - Each payload is framed once per wire encoding and the same bytes object is shared by every
   client's backlog; a slow client costs references, not copies.
-- A backlog holds at most `backlog` messages. Appending to a full one drops the oldest message,
-  and the drop is counted and reported to the client as `"skipped"` in the next heartbeat.
+- A backlog holds at most `backlog` messages and `backlog_bytes` of frames. Appending to a
+  full one drops the oldest message(s), and the drop is counted and reported to the client as
+  `"skipped"` in the next heartbeat.
 - Every message gets the next cursor (see `resume.py`), spliced into its payload once per
   stream kind, and goes into a bounded ring. A client that connects with `since` is fed from
   the ring, as its connection takes it, and joins the live fan-out when it has caught up:
@@ -120,6 +121,9 @@ class HubConfig:
     # of entries within a second; the backlog must hold such a burst for a client that keeps up
     # on average. It holds references to frames shared by every client, not copies.
     backlog: int = 10_000
+    # ... and at most this many bytes of frames: a full-stream message is ~5x a lite one, and
+    # the count alone would let one slow full-stream client hold ~75 MB.
+    backlog_bytes: int = 32 * 1024 * 1024
     heartbeat_interval: float = 15.0
     ping_interval: float = 30.0
     # How long a client may be unable to take anything, heartbeats included, before it is cut.
@@ -138,6 +142,7 @@ class HubConfig:
     def __post_init__(self) -> None:
         positive = {
             "backlog": self.backlog,
+            "backlog_bytes": self.backlog_bytes,
             "heartbeat_interval": self.heartbeat_interval,
             "ping_interval": self.ping_interval,
             "stall_timeout": self.stall_timeout,
@@ -165,6 +170,7 @@ class Client:
     backlog: deque[bytes]
     last_sent: float
     last_ping: float
+    queued: int = 0  # bytes in `backlog`
     skipped: int = 0  # dropped since the client was last told
     dropped: int = 0  # dropped over the connection's life
     heartbeat_due: bool = False
@@ -293,6 +299,7 @@ class Hub:
                     del self._index[key]
         self._stalled.pop(client, None)
         client.backlog.clear()
+        client.queued = 0
         self.stats.clients[client.kind] -= 1
 
     def publish(self, message: StreamMessage) -> int:
@@ -305,6 +312,7 @@ class Hub:
         if self._index:
             groups = itertools.chain(groups, self._offered(message).items())
         limit = self.config.backlog
+        byte_limit = self.config.backlog_bytes
         pending = self._pending
         for (kind, wire), group in groups:
             frame: bytes | None = None
@@ -317,10 +325,14 @@ class Hub:
                     frame = frames.get(kind, wire)
                 backlog = client.backlog
                 if len(backlog) == limit:
+                    client.queued -= len(backlog[0])  # the append below pushes it out
                     client.skipped += 1
                     client.dropped += 1
                     self.stats.dropped_on[wire] += 1
                 backlog.append(frame)
+                client.queued += len(frame)
+                if client.queued > byte_limit:
+                    self._drop_to_fit(client)
                 if not client.pending:
                     client.pending = True
                     pending.append(client)
@@ -402,6 +414,7 @@ class Hub:
             frame = backlog.popleft()
             chunks.append(frame)
             size += len(frame)
+        client.queued -= size
         if chunks:
             client.sink.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
             # A ping alone does not count: certstream-go clients only see data frames.
@@ -414,7 +427,7 @@ class Hub:
         ring = self._ring
         plan = plan_resume(since, ring.oldest, ring.newest, self._base)
         if plan.notice is not None:
-            client.backlog.append(client.wire.encode(plan.notice))
+            self._enqueue(client, client.wire.encode(plan.notice))
         if plan.start <= ring.newest:
             client.replay_next = plan.start
         if client.backlog or client.replay_next is not None:
@@ -432,10 +445,10 @@ class Hub:
         if start < ring.oldest:  # the ring moved on while the client was reading slowly
             plan = plan_resume(start - 1, ring.oldest, ring.newest, self._base)
             if plan.notice is not None:
-                backlog.append(client.wire.encode(plan.notice))
+                self._enqueue(client, client.wire.encode(plan.notice))
             start = plan.start
         keys, accepts = client.keys, client.accepts
-        size = sum(len(frame) for frame in backlog)
+        size = client.queued
         for cursor, message in ring.items(start, REPLAY_SCAN):
             if size >= room or len(backlog) == backlog.maxlen:
                 break
@@ -444,9 +457,31 @@ class Hub:
                 continue
             if accepts is None or accepts(message):
                 frame = _Frames(message, cursor).get(client.kind, client.wire)
-                backlog.append(frame)
+                self._enqueue(client, frame)
                 size += len(frame)
         client.replay_next = start if start <= ring.newest else None
+
+    def _enqueue(self, client: Client, frame: bytes) -> None:
+        """Append outside the publish loop (notices, replay): the same bounds, the same count."""
+        backlog = client.backlog
+        if len(backlog) == backlog.maxlen:
+            client.queued -= len(backlog[0])
+            client.skipped += 1
+            client.dropped += 1
+            self.stats.dropped_on[client.wire] += 1
+        backlog.append(frame)
+        client.queued += len(frame)
+        if client.queued > self.config.backlog_bytes:
+            self._drop_to_fit(client)
+
+    def _drop_to_fit(self, client: Client) -> None:
+        """Drop the oldest frames until the backlog is within its bytes (the newest stays)."""
+        backlog, limit = client.backlog, self.config.backlog_bytes
+        while client.queued > limit and len(backlog) > 1:
+            client.queued -= len(backlog.popleft())
+            client.skipped += 1
+            client.dropped += 1
+            self.stats.dropped_on[client.wire] += 1
 
     def _mark_pending(self, client: Client) -> None:
         if not client.pending:
