@@ -68,10 +68,6 @@ class CertIndex:
         """The full-stream payload of the certificate with this sha256 or sha1."""
         return self._by_key.get(_norm(key))
 
-    @property
-    def bytes(self) -> int:
-        return self._bytes
-
 
 def _norm(key: str) -> str:
     # Accept `AB:CD:…`, `abcd…` and any mix, as users paste whatever their tool printed.

@@ -65,8 +65,7 @@ def _worker_main(fn: Callable[..., Any], requests: Connection, results: Connecti
 class _Worker(asyncio.Protocol):
     """The parent's side of one worker: its request transport and its result stream."""
 
-    def __init__(self, pool: WorkerPool) -> None:
-        self.pool = pool
+    def __init__(self) -> None:
         self.waiting: deque[tuple[asyncio.Future[Any], int]] = deque()  # sent, in order
         self.queued: deque[tuple[asyncio.Future[Any], int, bytes]] = deque()  # not sent yet
         self.load = 0  # work units given (sent or queued) and not answered
@@ -140,10 +139,6 @@ class WorkerPool:
         self._processes = processes
         self._workers: list[_Worker] = []
 
-    @property
-    def size(self) -> int:
-        return len(self._workers)
-
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         ctx = multiprocessing.get_context("spawn")
@@ -158,7 +153,7 @@ class WorkerPool:
             await asyncio.to_thread(process.start)
             req_r.close()
             res_w.close()
-            worker = _Worker(self)
+            worker = _Worker()
             worker.process = process
             worker.requests, _ = await loop.connect_write_pipe(asyncio.Protocol, req_w)
             await loop.connect_read_pipe(lambda w=worker: w, res_r)  # type: ignore[misc]

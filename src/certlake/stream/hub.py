@@ -232,11 +232,6 @@ class Hub:
         self._flush_requested = False
 
     @property
-    def ring_bytes(self) -> int:
-        """Payload bytes the resume ring holds."""
-        return self._ring.bytes
-
-    @property
     def seq(self) -> int:
         """Cursor of the newest published message (`cursor_base` before the first)."""
         return self._seq
