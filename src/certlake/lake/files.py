@@ -97,6 +97,8 @@ class TableFiles:
         self._table = table
         self._keys: ds.FileSystemDataset | None = None
         self._fragments: dict[str, ds.Fragment] = {}
+        self._rows: ds.FileSystemDataset | None = None
+        self._row_fragments: dict[str, ds.Fragment] = {}
         with self._reading():
             self.schema = pa.schema(table.schema().to_arrow())
             metadata = table.metadata()
@@ -113,12 +115,16 @@ class TableFiles:
         table = open_table(uri, storage_options, role)
         return None if table is None else cls(table, uri, storage_options, role)
 
+    @property
+    def version(self) -> int:
+        return int(self._table.version())
+
     def refresh(self) -> None:
         """Read the commits made since the table was opened or last refreshed."""
         with self._reading():
             self._table.update_incremental()
             self.stats = normalize_stats(pa.table(self._table.get_add_actions(flatten=True)))
-        self._keys = None
+        self._keys = self._rows = None
 
     def archive(self, compression_level: int) -> ArchiveTable:
         """An appender to this table through the same handle, so `refresh` sees its commits."""
@@ -128,26 +134,53 @@ class TableFiles:
         self, paths: Sequence[str], predicate: pc.Expression, batch_rows: int
     ) -> Iterator[pa.RecordBatch]:
         """`source_url` and `cert_index` of the rows of `paths` that `predicate` keeps."""
-        if not paths:
-            return
         with self._reading():
             if self._keys is None:
                 self._keys = self._table.to_pyarrow_dataset(
                     parquet_read_options=ds.ParquetReadOptions(dictionary_columns={SOURCE_URL})
                 )
                 self._fragments = {f.path: f for f in self._keys.get_fragments()}
-            dataset = self._keys
+        yield from self._scan(
+            self._keys, self._fragments, paths, [SOURCE_URL, CERT_INDEX], predicate, batch_rows
+        )
+
+    def scan(
+        self,
+        paths: Sequence[str],
+        columns: Sequence[str],
+        predicate: pc.Expression | None,
+        batch_rows: int,
+    ) -> Iterator[pa.RecordBatch]:
+        """`columns` (the partition column among them if asked) of the rows of `paths` that
+        `predicate` keeps."""
+        with self._reading():
+            if self._rows is None:
+                self._rows = self._table.to_pyarrow_dataset()
+                self._row_fragments = {f.path: f for f in self._rows.get_fragments()}
+        yield from self._scan(
+            self._rows, self._row_fragments, paths, columns, predicate, batch_rows
+        )
+
+    def _scan(
+        self,
+        dataset: ds.FileSystemDataset,
+        fragments: Mapping[str, ds.Fragment],
+        paths: Sequence[str],
+        columns: Sequence[str],
+        predicate: pc.Expression | None,
+        batch_rows: int,
+    ) -> Iterator[pa.RecordBatch]:
+        if not paths:
+            return
+        with self._reading():
             subset = ds.FileSystemDataset(
-                [self._fragment(p, self._fragments) for p in paths],
+                [self._fragment(p, fragments) for p in paths],
                 dataset.schema,
                 dataset.format,
                 dataset.filesystem,
             )
             scanner = subset.scanner(
-                columns=[SOURCE_URL, CERT_INDEX],
-                filter=predicate,
-                batch_size=batch_rows,
-                use_threads=True,
+                columns=list(columns), filter=predicate, batch_size=batch_rows, use_threads=True
             )
             yield from scanner.to_batches()
 

@@ -1,0 +1,354 @@
+"""A page of a search of the archive (the I/O shell around `spec`).
+
+One page is read from one archive snapshot (the cursor's version, or the newest) in two steps:
+1. candidates: the keys (`cert_index`, `source_url`) that may match, smallest first after the
+   cursor — from the domain index for a domain, plus a direct scan of the files the index does
+   not cover yet (`uncovered`); from the archive's own columns otherwise (issuer and dates only:
+   no index answers those, the partitions bound the dates);
+2. rows: the archive rows of those keys, read from the files whose statistics may hold them,
+   each checked against `Query.matches`, the definition, so that an index that says too much
+   (a row deleted by another tool) never changes a result.
+When the check turns candidates down (an issuer filter), more are taken until the page is full
+or there are no more. Only the page's keys and rows are ever held: memory follows the page size,
+not the number of matches.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import DeltaTable
+from deltalake.exceptions import DeltaError, TableNotFoundError
+
+from certlake.lake.domains import KEY, ArchiveLog, covered_version, open_index
+from certlake.lake.files import TableFiles, may_hold
+from certlake.lake.schema import CERT_INDEX, SOURCE_URL
+from certlake.lake.table import STORAGE_ERRORS, TableUnreadableError
+from certlake.query.spec import After, Cursor, DomainFilter, DomainMode, PageRequest, Query
+
+BATCH_ROWS: Final = 65_536
+# What a result holds: the fork's fields (subject and issuer under their short names), then
+# certlake's `source_url`.
+ROW_COLUMNS: Final = (
+    "cert_index",
+    "fingerprint",
+    "sha256",
+    "serial_number",
+    "subject_aggregated",
+    "issuer_aggregated",
+    "not_before",
+    "not_after",
+    "all_domains",
+    "source_name",
+    "seen",
+    "is_ca",
+    "source_url",
+    "seen_date",
+)
+_KEYS: Final = [CERT_INDEX, SOURCE_URL]
+
+
+class NoArchiveError(Exception):
+    """There is no archive table (yet) at the configured location (HTTP 503)."""
+
+
+class CursorGoneError(Exception):
+    """The cursor's table version can no longer be read: vacuumed, or its log cleaned (410)."""
+
+
+class QueryTimeoutError(Exception):
+    """The search ran out of its time (HTTP 504)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    version: int
+    rows: list[dict[str, Any]]  # archive columns (`ROW_COLUMNS`), in page order
+    next_cursor: str | None
+    has_more: bool
+
+    def api_results(self) -> list[dict[str, Any]]:
+        """The rows as the fork's API answers them (plus `source_url`)."""
+        return [api_result(r) for r in self.rows]
+
+
+def api_result(row: Mapping[str, Any]) -> dict[str, Any]:
+    seen = row["seen"]
+    if isinstance(seen, dt.datetime):
+        seen = seen.astimezone(dt.UTC).isoformat()
+    return {
+        "cert_index": row["cert_index"],
+        "fingerprint": row["fingerprint"],
+        "sha256": row["sha256"],
+        "serial_number": row["serial_number"],
+        "subject": row["subject_aggregated"],
+        "issuer": row["issuer_aggregated"],
+        "not_before": row["not_before"],
+        "not_after": row["not_after"],
+        "all_domains": list(row["all_domains"] or ()),
+        "source_name": row["source_name"],
+        "seen": seen,
+        "is_ca": row["is_ca"],
+        "source_url": row["source_url"],
+    }
+
+
+class _Deadline:
+    def __init__(self, seconds: float | None) -> None:
+        self._at = None if seconds is None else time.monotonic() + seconds
+
+    def check(self) -> None:
+        if self._at is not None and time.monotonic() > self._at:
+            raise QueryTimeoutError("query timed out")
+
+
+class Snapshot:
+    """The archive at one version: its files' statistics, and which of them the domain index
+    does not cover."""
+
+    def __init__(
+        self, uri: str, storage_options: Mapping[str, str] | None, version: int | None
+    ) -> None:
+        options = None if storage_options is None else dict(storage_options)
+        try:
+            table = DeltaTable(uri, storage_options=options, version=version)
+        except TableNotFoundError as exc:
+            if version is None:
+                raise NoArchiveError(f"no archive table at {uri}") from exc
+            raise CursorGoneError(f"table version {version} is gone") from exc
+        except (DeltaError, OSError) as exc:
+            if version is not None:
+                raise CursorGoneError(f"table version {version} cannot be read: {exc}") from exc
+            raise TableUnreadableError(f"archive {uri} cannot be read: {exc}") from exc
+        self.uri = uri
+        self.files = TableFiles(table, uri, storage_options, "archive")
+        self.version = self.files.version
+        self.index = open_index(uri, storage_options)
+        self.uncovered = self._uncovered(storage_options)
+
+    def _uncovered(self, storage_options: Mapping[str, str] | None) -> list[str] | None:
+        """The snapshot's files the index does not cover (None: the index covers none — there
+        is none, or it cannot say)."""
+        covered = covered_version(self.index)
+        if covered is None:
+            return None
+        if covered >= self.version:
+            return []
+        archive_log = ArchiveLog(self.uri, storage_options)
+        present = set(self.files.stats.column("path").to_pylist())
+        paths: list[str] = []
+        for version in range(covered + 1, self.version + 1):
+            added = archive_log.added(version, rewrites=True)
+            if added is None:  # the log no longer reaches back: trust no part of the index
+                return None
+            paths.extend(a.path for a in added if a.path in present)
+        return paths
+
+    def all_paths(self) -> list[str]:
+        return [str(p) for p in self.files.stats.column("path").to_pylist()]
+
+
+def search_page(
+    uri: str,
+    storage_options: Mapping[str, str] | None,
+    request: PageRequest,
+    *,
+    timeout_secs: float | None = None,
+) -> Page:
+    """One page of `request` (raises `NoArchiveError`, `CursorGoneError`,
+    `QueryTimeoutError`, `TableUnreadableError`)."""
+    deadline = _Deadline(timeout_secs)
+    cursor = request.cursor
+    snapshot = Snapshot(uri, storage_options, None if cursor is None else cursor.version)
+    after = None if cursor is None else cursor.after
+    want = request.limit + 1
+    take = want
+    while True:
+        keys = _smallest(_candidates(snapshot, request.query, deadline), take, after, deadline)
+        rows = _rows(snapshot, request.query, keys, deadline)
+        if len(rows) >= want or keys.num_rows < take:
+            break
+        take *= 4  # the check turned candidates down: look further
+    has_more = len(rows) > request.limit
+    page = rows[: request.limit]
+    next_cursor = None
+    if has_more:
+        last = page[-1]
+        next_cursor = Cursor(snapshot.version, (last[CERT_INDEX], last[SOURCE_URL])).encode()
+    return Page(snapshot.version, page, next_cursor, has_more)
+
+
+def iter_rows(
+    uri: str,
+    storage_options: Mapping[str, str] | None,
+    query: Query,
+    *,
+    page_rows: int = 5_000,
+) -> Iterator[dict[str, Any]]:
+    """Every matching row, in page order, read page by page from one snapshot (memory follows
+    `page_rows`)."""
+    cursor: Cursor | None = None
+    while True:
+        page = search_page(uri, storage_options, PageRequest(query, page_rows, cursor))
+        yield from page.rows
+        if page.next_cursor is None:
+            return
+        cursor = Cursor.decode(page.next_cursor)
+
+
+# --- candidates ---------------------------------------------------------------------------
+
+
+def _date_filter(query: Query, column: str = "seen_date") -> pc.Expression | None:
+    parts = []
+    if query.date_from is not None:
+        parts.append(pc.field(column) >= query.date_from)
+    if query.date_to is not None:
+        parts.append(pc.field(column) <= query.date_to)
+    return _and(parts)
+
+
+def _and(parts: Iterable[pc.Expression | None]) -> pc.Expression | None:
+    result: pc.Expression | None = None
+    for part in parts:
+        if part is not None:
+            result = part if result is None else result & part
+    return result
+
+
+def _candidates(snapshot: Snapshot, query: Query, deadline: _Deadline) -> Iterator[pa.Table]:
+    """Tables of (`cert_index`, `source_url`) that hold every matching row's key (and maybe
+    more; `_rows` checks)."""
+    domain = query.domain
+    if domain is None or snapshot.uncovered is None or snapshot.index is None:
+        # Issuer and dates only, or no usable index: the archive's own columns.
+        yield from _scan_archive(snapshot, query, snapshot.all_paths(), deadline)
+        return
+    yield from _scan_index(snapshot.index, query, domain, deadline)
+    yield from _scan_archive(snapshot, query, snapshot.uncovered, deadline)
+
+
+def _scan_index(
+    index: DeltaTable, query: Query, domain: DomainFilter, deadline: _Deadline
+) -> Iterator[pa.Table]:
+    key_range = domain.key_range()
+    if key_range is not None:
+        low, high = key_range
+        match: pc.Expression = (pc.field(KEY) >= low) & (pc.field(KEY) < high)
+    else:
+        match = pc.match_substring(pc.field(KEY), domain.key_substring())
+    predicate = _and([match, _date_filter(query)])
+    try:
+        dataset = index.to_pyarrow_dataset()
+        for batch in dataset.to_batches(columns=_KEYS, filter=predicate, batch_size=BATCH_ROWS):
+            deadline.check()
+            yield pa.Table.from_batches([batch])
+    except STORAGE_ERRORS as exc:
+        raise TableUnreadableError(f"domain index cannot be read: {exc}") from exc
+
+
+def _scan_archive(
+    snapshot: Snapshot, query: Query, paths: list[str], deadline: _Deadline
+) -> Iterator[pa.Table]:
+    columns = list(_KEYS)
+    if query.domain is not None:
+        columns.append("all_domains")
+    if query.issuer is not None:
+        columns.append("issuer_aggregated")
+    for batch in snapshot.files.scan(paths, columns, _date_filter(query), BATCH_ROWS):
+        deadline.check()
+        keep = _archive_mask(batch, query)
+        yield pa.Table.from_batches([batch]).filter(keep).select(_KEYS)
+
+
+def _archive_mask(batch: pa.RecordBatch, query: Query) -> pa.Array:
+    """Which rows of `batch` may match (vectorized; `Query.matches` decides)."""
+    mask: Any = pa.repeat(pa.scalar(True), batch.num_rows)
+    if query.issuer is not None:
+        issuers = pc.utf8_lower(batch.column("issuer_aggregated"))
+        mask = pc.and_(mask, pc.match_substring(issuers, query.issuer))
+    if query.domain is not None:
+        names = batch.column("all_domains")
+        flat = pc.utf8_lower(pc.list_flatten(names))
+        text = query.domain.text
+        if query.domain.mode is DomainMode.EXACT:
+            hit = pc.equal(flat, text)
+        elif query.domain.mode is DomainMode.SUFFIX:
+            hit = pc.ends_with(flat, text)
+        else:
+            hit = pc.match_substring(flat, text)
+        parents = pc.filter(pc.list_parent_indices(names), pc.fill_null(hit, False))
+        positions = pa.array(range(batch.num_rows), pa.int64())
+        mask = pc.and_(mask, pc.is_in(positions, value_set=parents.cast(pa.int64())))
+    return mask
+
+
+def _smallest(
+    tables: Iterator[pa.Table], take: int, after: After | None, deadline: _Deadline
+) -> pa.Table:
+    """The `take` smallest distinct keys after `after`, sorted."""
+    best: pa.Table | None = None
+    for table in tables:
+        if after is not None:
+            table = table.filter(_after_mask(table, after))
+        if table.num_rows == 0:
+            continue
+        deadline.check()
+        merged = table if best is None else pa.concat_tables([best, table])
+        unique = merged.group_by(_KEYS, use_threads=False).aggregate([])
+        best = unique.sort_by([(CERT_INDEX, "ascending"), (SOURCE_URL, "ascending")]).slice(0, take)
+    if best is None:
+        return pa.table(
+            {CERT_INDEX: pa.array([], pa.int64()), SOURCE_URL: pa.array([], pa.string())}
+        )
+    return best
+
+
+def _after_mask(table: pa.Table, after: After) -> pa.ChunkedArray:
+    index, url = after
+    indices = table.column(CERT_INDEX)
+    later = pc.greater(indices, index)
+    if url is None:
+        return later
+    same = pc.and_(pc.equal(indices, index), pc.greater(table.column(SOURCE_URL), url))
+    return pc.or_(later, same)
+
+
+# --- rows ---------------------------------------------------------------------------------
+
+
+def _rows(
+    snapshot: Snapshot, query: Query, keys: pa.Table, deadline: _Deadline
+) -> list[dict[str, Any]]:
+    """The archive rows of `keys` that match, in the keys' order."""
+    if keys.num_rows == 0:
+        return []
+    indices = keys.column(CERT_INDEX).to_pylist()
+    urls = keys.column(SOURCE_URL).to_pylist()
+    mask = may_hold(snapshot.files.stats, ((u, i, i) for u, i in zip(urls, indices, strict=True)))
+    paths = [str(p) for p in pc.filter(snapshot.files.stats.column("path"), mask).to_pylist()]
+    predicate = pc.field(CERT_INDEX).isin(pa.array(sorted(set(indices)), pa.int64())) & pc.field(
+        SOURCE_URL
+    ).isin(pa.array(sorted(set(urls)), pa.string()))
+    wanted = set(zip(indices, urls, strict=True))
+    found: dict[tuple[int, str], dict[str, Any]] = {}
+    for batch in snapshot.files.scan(paths, ROW_COLUMNS, predicate, BATCH_ROWS):
+        deadline.check()
+        for row in batch.to_pylist():
+            key = (row[CERT_INDEX], row[SOURCE_URL])
+            if key in wanted and key not in found:
+                found[key] = row
+    result = []
+    for key in zip(indices, urls, strict=True):
+        row = found.get(key)
+        if row is not None and query.matches(
+            row["all_domains"] or (), row["issuer_aggregated"], row["seen_date"]
+        ):
+            result.append(row)
+    return result
