@@ -300,7 +300,18 @@ def test_tokens_must_be_utf8_text() -> None:
 def test_rust_only_feature_switched_on_is_an_error() -> None:
     (message,) = errors_of({"zerobus_sink": {"enabled": True, "endpoint": "x"}})
     assert message.startswith("zerobus_sink.enabled: true is not allowed; expected false")
-    assert parse_config({"query_api": {"enabled": False, "table_path": "x"}}, {}) == Config()
+    (message,) = errors_of({"hot_reload": {"enabled": True}})
+    assert message.startswith("hot_reload.enabled: true is not allowed; expected false")
+    assert parse_config({"hot_reload": {"enabled": False, "watch_path": "x"}}, {}) == Config()
+
+
+def test_query_api_is_certlakes_own_now() -> None:
+    config = parse_config(
+        {"query_api": {"enabled": True, "table_path": "./x", "max_results_per_page": 500}}, {}
+    )
+    assert config.query_api.enabled and config.query_api.table_path == "./x"
+    (message,) = errors_of({"query_api": {"max_results_per_page": 50}})
+    assert message.startswith("query_api.default_results_per_page: 100 is not allowed")
 
 
 def test_every_error_is_collected() -> None:
@@ -563,7 +574,7 @@ def test_env_names_follow_section_key_scheme() -> None:
 def _int_fields() -> list[tuple[str, int | None, int | None]]:
     found = []
     for name, path in ENV_VARS.items():
-        if len(path) != 2 or path[0] in ("hot_reload", "query_api", "zerobus_sink"):
+        if len(path) != 2 or path[0] in ("hot_reload", "zerobus_sink"):
             continue
         section = next(f for f in dataclasses.fields(Config) if f.name == path[0])
         fields = dataclasses.fields(section.default_factory)  # type: ignore[arg-type]

@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from deltalake import DeltaTable
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
@@ -33,6 +34,7 @@ from certlake.ingest.fleet import Fleet
 from certlake.ingest.metrics import IngestMetrics
 from certlake.ingest.pipeline import LATEST, Pipeline
 from certlake.lake.sink import DeltaSink
+from certlake.query.spec import Cursor, DomainFilter, Query
 from certlake.rates import RateMeter
 from certlake.server.app import (
     GUARD,
@@ -41,6 +43,7 @@ from certlake.server.app import (
     latest_document,
     overall_health,
 )
+from certlake.server.archive_api import ArchiveApi
 from certlake.server.guard import ConnectionLimiter
 from certlake.stream.fanout import Fanout
 from certlake.stream.hub import HubConfig, StreamKind
@@ -391,7 +394,11 @@ async def test_stats(ctlog: TestLogServer) -> None:
         assert stats["messages_per_second"] > 0
         assert stats["clients"] == {"full": 0, "lite": 1, "domains": 0, "total": 1}
         assert stats["logs"] == {
-            "watched": 2, "healthy": 2, "degraded": 0, "unhealthy": 0, "behind": 0
+            "watched": 2,
+            "healthy": 2,
+            "degraded": 0,
+            "unhealthy": 0,
+            "behind": 0,
         }
         assert stats["limited_connections"] is None  # connection limits are off
         assert stats["refused"] == {
@@ -668,3 +675,159 @@ async def test_streams_switched_separately(ctlog: TestLogServer) -> None:
             assert resp.status == 404
         ws = await lv.client.ws_connect("/domains-only")
         await ws.close()
+
+
+# --- the archive: /api/query/certs and /api/cert from the archive ---------------------------
+
+
+@contextlib.asynccontextmanager
+async def archived(
+    ctlog: TestLogServer, tmp_path: Path, grow: int, **sections: Any
+) -> AsyncIterator[tuple[Live, str]]:
+    """A live server whose sink archived `grow` new certificates of each test log, with the
+    archive searchable."""
+    table = str(tmp_path / "archive")
+    sink = DeltaSink(table, registry=CollectorRegistry(), flush_interval=0.05)
+    await sink.start()
+    sections.setdefault("query_api", {"enabled": True, "table_path": table})
+    config = make_config(ctlog.log_list_url, **sections)
+    try:
+        async with live(config, sink) as lv:
+            await watching(lv, ctlog, grow)
+            await sink.flush()
+            await until(lambda: sink.stats.rows_written == 2 * grow, what="all rows archived")
+            yield lv, table
+    finally:
+        await sink.close()
+
+
+def naive_keys(table: str, query: Query) -> list[list[Any]]:
+    rows = DeltaTable(table).to_pyarrow_table().to_pylist()
+    keys = [
+        [r["cert_index"], r["source_url"]]
+        for r in rows
+        if query.matches(r["all_domains"], r["issuer_aggregated"], r["seen_date"])
+    ]
+    return sorted(keys)
+
+
+async def all_pages(lv: Live, params: dict[str, str]) -> tuple[list[dict[str, Any]], int]:
+    results: list[dict[str, Any]] = []
+    pages = 0
+    version = None
+    while True:
+        body = await lv.get_json("/api/query/certs", params=params)
+        pages += 1
+        version = body["version"] if version is None else version
+        assert body["version"] == version
+        results.extend(body["results"])
+        if not body["has_more"]:
+            assert body["next_cursor"] is None
+            return results, pages
+        params = {**params, "cursor": body["next_cursor"]}
+
+
+async def test_query_api_answers_the_naive_scan_across_pages_and_logs(
+    ctlog: TestLogServer, tmp_path: Path
+) -> None:
+    async with archived(ctlog, tmp_path, 12) as (lv, table):
+        rows = DeltaTable(table).to_pyarrow_table().to_pylist()
+        name = rows[0]["all_domains"][0]
+        registered = name.split(".", 1)[1] if name.startswith("*.") else name
+        for domain in (registered, "*." + registered, registered.split("-")[0], "*.com"):
+            query = Query(domain=DomainFilter.parse(domain))
+            results, pages = await all_pages(lv, {"domain": domain, "limit": "5"})
+            keys = [[r["cert_index"], r["source_url"]] for r in results]
+            assert keys == naive_keys(table, query), domain
+        # Both logs' rows start at index 0: page order is (cert_index, source_url).
+        everything, pages = await all_pages(lv, {"from": "2000-01-01", "limit": "3"})
+        assert len(everything) == 24 and pages == 8
+        assert {r["source_url"] for r in everything} == {ctlog.rfc6962_url, ctlog.static_url}
+        first = everything[0]
+        row = next(
+            r
+            for r in rows
+            if (r["cert_index"], r["source_url"]) == (first["cert_index"], first["source_url"])
+        )
+        assert set(first) == {
+            "cert_index", "fingerprint", "sha256", "serial_number", "subject", "issuer",
+            "not_before", "not_after", "all_domains", "source_name", "seen", "is_ca",
+            "source_url",
+        }  # fmt: skip
+        assert first["subject"] == row["subject_aggregated"]
+        assert first["issuer"] == row["issuer_aggregated"]
+        assert first["all_domains"] == row["all_domains"]
+        assert first["seen"].endswith("+00:00")
+        issuer = row["issuer_aggregated"].split("CN=")[-1].lower()
+        by_issuer, _ = await all_pages(lv, {"issuer": issuer, "limit": "500"})
+        assert [[r["cert_index"], r["source_url"]] for r in by_issuer] == naive_keys(
+            table, Query(issuer=issuer)
+        )
+
+
+async def test_query_api_refuses_what_it_cannot_answer(
+    ctlog: TestLogServer, tmp_path: Path
+) -> None:
+    async with archived(ctlog, tmp_path, 2) as (lv, _):
+        for params in ({}, {"from": "2026-02-30"}, {"domain": "x.com", "cursor": "nope"}):
+            body = await lv.get_json("/api/query/certs", 400, params=params)
+            assert set(body) == {"error"}
+        gone = Cursor(99_999, (0, None)).encode()
+        body = await lv.get_json(
+            "/api/query/certs", 410, params={"to": "2100-01-01", "cursor": gone}
+        )
+        assert "99999" in body["error"]
+        capped = await lv.get_json("/api/query/certs", params={"from": "2000-01-01", "limit": "9"})
+        assert len(capped["results"]) == 4 and not capped["has_more"]
+    nothing = make_config(
+        ctlog.log_list_url, query_api={"enabled": True, "table_path": str(tmp_path / "none")}
+    )
+    async with live(nothing) as lv:
+        body = await lv.get_json("/api/query/certs", 503, params={"domain": "x.com"})
+        assert "no table" in body["error"]
+    async with (
+        live(make_config(ctlog.log_list_url)) as lv,
+        lv.client.get("/api/query/certs?domain=x.com") as resp,
+    ):
+        assert resp.status == 404  # off unless query_api.enabled, as in certstream-server-rust
+
+
+async def test_query_api_is_behind_auth(ctlog: TestLogServer, tmp_path: Path) -> None:
+    auth = {"enabled": True, "tokens": ["s3cret"]}
+    async with archived(ctlog, tmp_path, 2, auth=auth) as (lv, _):
+        await lv.get_json("/api/query/certs", 401, params={"domain": "x.com"})
+        body = await lv.get_json(
+            "/api/query/certs", params={"from": "2000-01-01", "token": "s3cret"}
+        )
+        assert len(body["results"]) == 4
+
+
+async def test_query_api_times_out_with_a_504() -> None:
+    config = parse_config({"query_api": {"enabled": True, "query_timeout_secs": 1}}, {})
+    api = ArchiveApi(config)
+    started = time.monotonic()
+    try:
+        with pytest.raises(Exception) as raised:
+            await api._run(time.monotonic(), lambda left: time.sleep(left + 3))
+    finally:
+        api.close()
+    assert raised.value.response.status == 504  # type: ignore[attr-defined]
+    assert time.monotonic() - started < 2.5
+
+
+async def test_cert_lookup_falls_back_to_the_archive(ctlog: TestLogServer, tmp_path: Path) -> None:
+    async with archived(ctlog, tmp_path, 6, api={"cache_capacity": 1}) as (lv, _):
+        log = ctlog.logs["rfc6962"]
+        entry = log.cert_at(log.size - 6)  # long gone from the one-entry cache
+        der = entry.cert_der
+        for key in (hashlib.sha256(der).hexdigest(), hashlib.sha1(der).hexdigest().upper()):
+            async with lv.client.get(f"/api/cert/{key}") as resp:
+                assert resp.status == 200, await resp.text()
+                full = json.loads(await resp.read())
+            assert full["archived"] is True
+            assert base64.b64decode(full["data"]["leaf_cert"]["as_der"]) == der
+            assert full["data"]["source"]["url"] == ctlog.rfc6962_url
+            assert full["data"]["cert_index"] == log.size - 6
+            assert full["data"]["chain"]
+        missing = await lv.get_json("/api/cert/" + "ab" * 32, 404)
+        assert "archive" in missing["error"]

@@ -217,3 +217,41 @@ def _source_fragments(source: LogSource, update_type: str) -> tuple[bytes, bytes
         orjson.dumps(update_type),
     )
     return head, tail
+
+
+def archived_message(
+    *,
+    cert_index: int,
+    cert_link: str,
+    update_type: str,
+    seen: float,
+    source_name: str,
+    source_url: str,
+    as_der: bytes,
+    chain: list[str],
+) -> bytes:
+    """The full message of an archived row, as `build_message` made it, from the columns the
+    archive keeps: the leaf is parsed again from its DER, the chain is stored as sent. The log's
+    timestamp and type are not archived, so `source` holds only `name` and `url`; `archived`
+    says where the message comes from. Raises `CertificateParseError` (never for a row certlake
+    archived: it parsed the same DER then)."""
+    leaf = certificate_object(as_der, precert=update_type == EntryType.PRECERT.update_type)
+    chain_part = b',"chain":[%b]' % ",".join(chain).encode() if chain else b""
+    return b"".join(
+        (
+            b'{"data":{"cert_index":%d,"cert_link":%b'
+            % (cert_index, go_escape(orjson.dumps(cert_link))),
+            chain_part,
+            b',"leaf_cert":',
+            go_escape(orjson.dumps(leaf)),
+            b',"seen":',
+            go_float(seen),
+            b',"source":{"name":%b,"url":%b}'
+            % (
+                go_escape(orjson.dumps(source_name)),
+                go_escape(orjson.dumps(source_url)),
+            ),
+            b',"update_type":%b},"message_type":"certificate_update","archived":true}\n'
+            % go_escape(orjson.dumps(update_type)),
+        )
+    )

@@ -347,8 +347,24 @@ class DeltaSinkConfig:
     # ~6 KB a realistic row in memory: 200,000 rows is about 1.2 GB before entries are dropped
     # (and recorded for backfill); the bound, 10 million, is some 60 GB.
     max_buffer_records: int = field(default=200_000, metadata=_m(min=1, max=10 * _MILLION))
-    # 0 disables compaction
+    # how often `serve` runs `certlake maintain` (compaction, the domain index, vacuum); 0: never
     compaction_interval_secs: int = field(default=3600, metadata=_m(min=0, max=_WEEK_SECS))
+    # files a compaction replaced are deleted this long after (Delta's default, 7 days): query
+    # cursors and readers of older versions keep working that long
+    retention_hours: int = field(default=168, metadata=_m(min=0, max=24 * 365))
+
+
+@dataclass(frozen=True, slots=True)
+class QueryApiConfig:
+    """`GET /api/query/certs`, certstream-server-rust's archive search (off by default, as
+    there: a substring search reads much of the archive)."""
+
+    enabled: bool = False
+    # the archive searched; unset: delta_sink.table_path
+    table_path: str | None = field(default=None, metadata=_m(check=table_path_problem))
+    max_results_per_page: int = field(default=500, metadata=_m(min=1, max=100_000))
+    default_results_per_page: int = field(default=100, metadata=_m(min=1, max=100_000))
+    query_timeout_secs: int = field(default=30, metadata=_m(min=1, max=_HOUR_SECS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,6 +427,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     delta_sink: DeltaSinkConfig = field(default_factory=DeltaSinkConfig)
+    query_api: QueryApiConfig = field(default_factory=QueryApiConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     backfill: BackfillConfig = field(default_factory=BackfillConfig)
 
@@ -423,15 +440,6 @@ class Config:
 class _HotReload:
     enabled: bool = False
     watch_path: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class _QueryApi:
-    enabled: bool = False
-    table_path: str | None = None
-    max_results_per_page: int | None = None
-    default_results_per_page: int | None = None
-    query_timeout_secs: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,13 +456,11 @@ class _ZerobusSink:
 @dataclass(frozen=True, slots=True)
 class _RustOnly:
     hot_reload: _HotReload = field(default_factory=_HotReload)
-    query_api: _QueryApi = field(default_factory=_QueryApi)
     zerobus_sink: _ZerobusSink = field(default_factory=_ZerobusSink)
 
 
 _RUST_ONLY_WHY: Final = {
     "hot_reload": "certlake reads its configuration at start; restart to apply changes",
-    "query_api": "query the Delta table directly (deltalake, DuckDB, Spark)",
     "zerobus_sink": "certlake archives only to Delta (delta_sink)",
 }
 
@@ -858,6 +864,13 @@ def _cross_checks(cfg: Config, ctx: _Ctx) -> None:
             ("delta_sink", "max_buffer_records"),
             f"{sink.max_buffer_records} is not allowed; expected a value >= "
             f"delta_sink.batch_size ({sink.batch_size})",
+        )
+    q = cfg.query_api
+    if ok(("query_api",)) and q.default_results_per_page > q.max_results_per_page:
+        ctx.error(
+            ("query_api", "default_results_per_page"),
+            f"{q.default_results_per_page} is not allowed; expected a value <= "
+            f"query_api.max_results_per_page ({q.max_results_per_page})",
         )
     st = cfg.stream
     if ok(("stream",)) and st.slow_client_timeout_secs <= st.heartbeat_interval_secs:

@@ -99,7 +99,7 @@ def api_result(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-class _Deadline:
+class Deadline:
     def __init__(self, seconds: float | None) -> None:
         self._at = None if seconds is None else time.monotonic() + seconds
 
@@ -113,7 +113,12 @@ class Snapshot:
     does not cover."""
 
     def __init__(
-        self, uri: str, storage_options: Mapping[str, str] | None, version: int | None
+        self,
+        uri: str,
+        storage_options: Mapping[str, str] | None,
+        version: int | None,
+        *,
+        with_index: bool = True,
     ) -> None:
         options = None if storage_options is None else dict(storage_options)
         try:
@@ -127,10 +132,11 @@ class Snapshot:
                 raise CursorGoneError(f"table version {version} cannot be read: {exc}") from exc
             raise TableUnreadableError(f"archive {uri} cannot be read: {exc}") from exc
         self.uri = uri
+        self.table = table
         self.files = TableFiles(table, uri, storage_options, "archive")
         self.version = self.files.version
-        self.index = open_index(uri, storage_options)
-        self.uncovered = self._uncovered(storage_options)
+        self.index = open_index(uri, storage_options) if with_index else None
+        self.uncovered = self._uncovered(storage_options) if with_index else None
 
     def _uncovered(self, storage_options: Mapping[str, str] | None) -> list[str] | None:
         """The snapshot's files the index does not cover (None: the index covers none — there
@@ -163,7 +169,7 @@ def search_page(
 ) -> Page:
     """One page of `request` (raises `NoArchiveError`, `CursorGoneError`,
     `QueryTimeoutError`, `TableUnreadableError`)."""
-    deadline = _Deadline(timeout_secs)
+    deadline = Deadline(timeout_secs)
     cursor = request.cursor
     snapshot = Snapshot(uri, storage_options, None if cursor is None else cursor.version)
     after = None if cursor is None else cursor.after
@@ -222,7 +228,7 @@ def _and(parts: Iterable[pc.Expression | None]) -> pc.Expression | None:
     return result
 
 
-def _candidates(snapshot: Snapshot, query: Query, deadline: _Deadline) -> Iterator[pa.Table]:
+def _candidates(snapshot: Snapshot, query: Query, deadline: Deadline) -> Iterator[pa.Table]:
     """Tables of (`cert_index`, `source_url`) that hold every matching row's key (and maybe
     more; `_rows` checks)."""
     domain = query.domain
@@ -235,7 +241,7 @@ def _candidates(snapshot: Snapshot, query: Query, deadline: _Deadline) -> Iterat
 
 
 def _scan_index(
-    index: DeltaTable, query: Query, domain: DomainFilter, deadline: _Deadline
+    index: DeltaTable, query: Query, domain: DomainFilter, deadline: Deadline
 ) -> Iterator[pa.Table]:
     key_range = domain.key_range()
     if key_range is not None:
@@ -254,7 +260,7 @@ def _scan_index(
 
 
 def _scan_archive(
-    snapshot: Snapshot, query: Query, paths: list[str], deadline: _Deadline
+    snapshot: Snapshot, query: Query, paths: list[str], deadline: Deadline
 ) -> Iterator[pa.Table]:
     columns = list(_KEYS)
     if query.domain is not None:
@@ -290,7 +296,7 @@ def _archive_mask(batch: pa.RecordBatch, query: Query) -> pa.Array:
 
 
 def _smallest(
-    tables: Iterator[pa.Table], take: int, after: After | None, deadline: _Deadline
+    tables: Iterator[pa.Table], take: int, after: After | None, deadline: Deadline
 ) -> pa.Table:
     """The `take` smallest distinct keys after `after`, sorted."""
     best: pa.Table | None = None
@@ -324,7 +330,7 @@ def _after_mask(table: pa.Table, after: After) -> pa.ChunkedArray:
 
 
 def _rows(
-    snapshot: Snapshot, query: Query, keys: pa.Table, deadline: _Deadline
+    snapshot: Snapshot, query: Query, keys: pa.Table, deadline: Deadline
 ) -> list[dict[str, Any]]:
     """The archive rows of `keys` that match, in the keys' order."""
     if keys.num_rows == 0:

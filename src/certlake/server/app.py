@@ -12,7 +12,9 @@ guard in front of them all.
                         (`rust_metrics.py`)
     /api/stats          uptime, throughput, clients, drops, logs by health, refusals
     /api/logs           every watched log's position and health, and the log list's status
-    /api/cert/{key}     full message of a recently seen certificate by sha256/sha1/fingerprint
+    /api/cert/{key}     full message of a certificate by sha256/sha1/fingerprint: one seen
+                        recently, else (with `query_api.enabled`) one in the archive
+    /api/query/certs    search the archive (`query_api.enabled`; `archive_api.py`)
 
 Each group is switched by `protocols.*` (`example_json`, `health`, `metrics`, `api`, and
 `websocket` / `sse` for the streams); a route switched off is simply absent (404).
@@ -52,8 +54,9 @@ from certlake.stream.hub import StreamKind
 from certlake.stream.resume import stamp_cursor
 from certlake.stream.web import SocketOptions, add_stream_routes
 
-if TYPE_CHECKING:  # Delta and Arrow load only where an archive is written
+if TYPE_CHECKING:  # Delta and Arrow load only where an archive is written or searched
     from certlake.lake.sink import DeltaSink
+    from certlake.server.archive_api import ArchiveApi
 
 
 GUARD = web.AppKey("guard", Guard)
@@ -262,6 +265,7 @@ class HttpApi:
         self.guard = guard
         self.meter = meter
         self.sink = sink
+        self.archive: ArchiveApi | None = None
 
     async def example(self, request: web.Request) -> web.Response:
         if not self.pipeline.latest:
@@ -346,8 +350,14 @@ class HttpApi:
         if not is_cert_key(key):
             return _json({"error": "expected a SHA-256 or SHA-1 in hex (colons optional)"}, 400)
         full = self.pipeline.certs.get(key)
+        if full is None and self.archive is not None:
+            found = await self.archive.find(key)
+            if isinstance(found, web.Response):
+                return found
+            full = found
         if full is None:
-            return _json({"error": "not among the certificates seen recently", "key": key}, 404)
+            where = "seen recently" if self.archive is None else "seen recently nor in the archive"
+            return _json({"error": f"not among the certificates {where}", "key": key}, 404)
         return _message(full)
 
 
@@ -492,6 +502,16 @@ def build_app(
         add("/api/stats", api.stats)
         add("/api/logs", api.logs)
         add("/api/cert/{key}", api.cert)
+    if config.query_api.enabled:
+        from certlake.server.archive_api import ArchiveApi
+
+        api.archive = archive = ArchiveApi(config)
+        add("/api/query/certs", archive.query_certs)
+
+        async def close_archive(_: web.Application) -> None:
+            archive.close()
+
+        app.on_cleanup.append(close_archive)
 
     async def sample_rate(_: web.Application) -> AsyncIterator[None]:
         async def run() -> None:
