@@ -14,13 +14,13 @@ import pytest
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from prometheus_client import CollectorRegistry
 
+from certlake.lake.maintain import MaintainReport, maintain
 from certlake.lake.rows import messages_to_batch
 from certlake.lake.schema import ARCHIVE_SCHEMA
 from certlake.lake.table import (
     COMPACTION_LEASE,
     ArchiveTable,
     CursorConflictError,
-    compact,
     read_skipped,
 )
 from certlake.lake.txn import SkipKind, app_id
@@ -129,6 +129,10 @@ def _lease(uri: str, until_ms: int) -> None:
     )
 
 
+def _maintain(uri: str) -> MaintainReport | None:
+    return maintain(uri, None, compression_level=3, retention_hours=168)
+
+
 def _operations(uri: str) -> list[str]:
     return [c["operation"] for c in DeltaTable(uri).history()]
 
@@ -139,11 +143,12 @@ def test_compaction_waits_its_turn_while_another_writer_holds_the_lease(
     uri = str(tmp_path / "archive")
     _small_files(uri, messages, 5)
     _lease(uri, int(time.time() * 1000) + 60_000)
-    assert compact(uri, None, 3) is None
+    assert _maintain(uri) is None
     assert "OPTIMIZE" not in _operations(uri)
     _lease(uri, int(time.time() * 1000))  # handed back
-    metrics = compact(uri, None, 3)
-    assert metrics is not None and metrics["numFilesRemoved"] == 5
+    report = _maintain(uri)
+    assert report is not None
+    assert (report.archive_files_before, report.archive_files_after) == (5, 1)
     assert _operations(uri).count("OPTIMIZE") == 1
     # This compaction handed the lease back too.
     assert DeltaTable(uri).transaction_version(COMPACTION_LEASE) <= time.time() * 1000
@@ -161,7 +166,7 @@ def test_two_writers_compacting_at_once_duplicate_nothing(
 
     def compactor() -> None:
         start.wait()
-        results.append(compact(uri, None, 3))
+        results.append(_maintain(uri))
 
     threads = [threading.Thread(target=compactor) for _ in range(2)]
     for t in threads:

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from deltalake import DeltaTable
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from certlake.lake import domains
+from certlake.query import search
 from certlake.query.search import search_page
 from certlake.query.spec import Cursor, DomainFilter, PageRequest, Query
 
@@ -113,6 +115,15 @@ def test_pages_are_the_naive_scan(
     limit = pick.draw(st.integers(1, 6))
     version, got = all_pages(uri, query, limit)
     assert got == naive(uri, version, query)
+    # The export: the same rows, in its own order; past `STREAM_CANDIDATES` by a scan.
+    most = pick.draw(st.sampled_from([search.STREAM_CANDIDATES, 2]))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(search, "STREAM_CANDIDATES", most)
+        exported = [
+            (r["cert_index"], r["source_url"])
+            for r in search.iter_rows(uri, None, query, batch_rows=3)
+        ]
+    assert sorted(exported) == got
 
 
 def test_a_cursor_keeps_its_version_while_the_archive_grows(tmp_path: Path) -> None:

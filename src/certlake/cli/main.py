@@ -44,9 +44,7 @@ def _common(func: F) -> F:
     )(func)
 
 
-def _check_staging_path(
-    ctx: click.Context, param: click.Parameter, value: str | None
-) -> str | None:
+def _check_table_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     from certlake.config import table_path_problem
 
     problem = None if value is None else table_path_problem(value)
@@ -61,6 +59,8 @@ _FROM = click.option(
     type=click.IntRange(min=0),
     help="Historical mode: every index from N up to the state file's position.",
 )
+
+
 def _parse_to(ctx: click.Context, param: click.Parameter, value: str | None) -> int | str | None:
     if value is None or value == "head":
         return value
@@ -80,7 +80,7 @@ _TO = click.option(
 _LOGS = click.option("--logs", help="Only logs whose URL or name contains this text.")
 _STAGING = click.option(
     "--staging-path",
-    callback=_check_staging_path,
+    callback=_check_table_path,
     help="Staging Delta table (local path, file:// or s3:// URI).",
 )
 _SUMMARY = click.option(
@@ -232,9 +232,7 @@ def gaps(
     config = _load(config_file, log_level).config
     from certlake.cli.backfill import run_gaps
 
-    _exit(
-        run_gaps(config, from_index=from_index, to=to, logs=logs, staging_path=staging_path)
-    )
+    _exit(run_gaps(config, from_index=from_index, to=to, logs=logs, staging_path=staging_path))
 
 
 @cli.command()
@@ -321,6 +319,86 @@ def testlog(config_file: Path | None, log_level: str | None, **options: Any) -> 
     from certlake.cli.testlog import run_testlog
 
     _exit(run_testlog(**given))
+
+
+_TABLE = click.option(
+    "--table",
+    callback=_check_table_path,
+    help="The archive (default: query_api.table_path, else delta_sink.table_path).",
+)
+
+
+@cli.command()
+@_common
+@click.option("--domain", help="example.com (exact), *.example.com (under it), or a substring.")
+@click.option("--issuer", help="Text the issuer's name contains (any case).")
+@click.option("--from", "date_from", metavar="YYYY-MM-DD", help="Seen on or after this day.")
+@click.option("--to", "date_to", metavar="YYYY-MM-DD", help="Seen on or before this day.")
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["jsonl", "csv", "parquet"]),
+    default="jsonl",
+    show_default=True,
+    help="JSON lines, CSV (all_domains space-separated) or Parquet.",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write here instead of standard output.",
+)
+@_TABLE
+def query(
+    config_file: Path | None,
+    log_level: str | None,
+    domain: str | None,
+    issuer: str | None,
+    date_from: str | None,
+    date_to: str | None,
+    output_format: str,
+    output: Path | None,
+    table: str | None,
+) -> None:
+    """Print every archived certificate that matches, as GET /api/query/certs finds them."""
+    _contain_panics()
+    config = _load(config_file, log_level).config
+    from certlake.cli.query import run_query
+
+    filters = {"domain": domain, "issuer": issuer, "from": date_from, "to": date_to}
+    _exit(run_query(config, filters, output_format=output_format, output=output, table=table))
+
+
+@cli.command()
+@_common
+@click.option("--cluster", is_flag=True, help="Also rewrite the domain index sorted by name.")
+@_TABLE
+def maintain(
+    config_file: Path | None, log_level: str | None, cluster: bool, table: str | None
+) -> None:
+    """Compact the archive, bring its domain index up to date, vacuum (safe beside serve)."""
+    _contain_panics()
+    config = _load(config_file, log_level).config
+    from certlake.cli.maintain import run_maintain
+
+    _exit(run_maintain(config, table=table, cluster=cluster))
+
+
+@cli.group()
+def index() -> None:
+    """The archive's domain index."""
+
+
+@index.command("rebuild")
+@_common
+@_TABLE
+def index_rebuild(config_file: Path | None, log_level: str | None, table: str | None) -> None:
+    """Build the domain index again from the archive."""
+    _contain_panics()
+    config = _load(config_file, log_level).config
+    from certlake.cli.maintain import run_index_rebuild
+
+    _exit(run_index_rebuild(config, table=table))
 
 
 @cli.command("validate-config")

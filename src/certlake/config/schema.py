@@ -431,6 +431,11 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     backfill: BackfillConfig = field(default_factory=BackfillConfig)
 
+    @property
+    def query_table(self) -> str:
+        """The archive searches read."""
+        return self.query_api.table_path or self.delta_sink.table_path
+
 
 # Sections of certstream-server-rust's config that certlake has no equivalent for. An existing
 # config.yaml may carry them switched off; switched on, they would silently do nothing here.

@@ -40,23 +40,28 @@ from asyncio import FIRST_COMPLETED
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 import pyarrow as pa
 
 from certlake.ct.backoff import RetryPolicy
+from certlake.lake.indexer import DomainIndexer
 from certlake.lake.table import (
     ArchiveTable,
     CursorConflictError,
     record_skipped,
     table_storage_options,
     table_uri,
+    unsafe_rename,
 )
 from certlake.lake.txn import SkippedRange
 
 log = logging.getLogger(__name__)
 
 _R = TypeVar("_R")
+# How long closing waits for the domain index to cover the last commits: what it does not
+# cover then, the next catch-up does (searches meanwhile read those files directly).
+_INDEX_CLOSE_SECS: Final = 10.0
 
 
 @dataclass(slots=True)
@@ -140,6 +145,12 @@ class Committer(ABC, Generic[C]):
         self.abandoned = False  # closing gave up on an attempt still running (it may land)
         self._drain_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self.indexer = DomainIndexer(
+            self.uri,
+            self.storage_options,
+            self._level,
+            self._executor if unsafe_rename(self.storage_options) else None,
+        )
 
     @property
     def buffered(self) -> int:
@@ -160,6 +171,9 @@ class Committer(ABC, Generic[C]):
         else:  # never started: still write what was taken
             await self._drain(full_only=False, until_empty=True)
         self._closed()
+        # A store that stopped answering (an attempt abandoned) would not answer the index.
+        left = self._close_deadline - time.monotonic()
+        await self.indexer.close(0.0 if self.abandoned else max(1.0, min(_INDEX_CLOSE_SECS, left)))
         self._executor.shutdown(wait=not self.abandoned)
 
     def hurry(self, seconds: float) -> None:
@@ -291,6 +305,7 @@ class Committer(ABC, Generic[C]):
             self._inflight = None
             self._rows -= chunk.rows
             await self._land(chunk, time.perf_counter() - started)
+            self.indexer.poke()
             return True
 
     async def _until_deadline(self, work: asyncio.Future[None], until_alarm: bool = False) -> bool:

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
 from deltalake.fs import DeltaStorageHandler
 
 from certlake.lake.schema import CERT_INDEX, SOURCE_URL
@@ -46,7 +46,6 @@ from certlake.lake.table import (
     child_uri,
     delete_table,
     open_table,
-    writer_properties,
 )
 from certlake.query.spec import domain_key
 
@@ -69,6 +68,20 @@ _READ: Final = [SOURCE_URL, CERT_INDEX, "all_domains"]
 # commit's rows are held in memory (~2.5 keys of ~80 bytes a row: ~40 MB) because delta-rs cannot
 # take a stream whose reads go through its own storage handler (a nested runtime panics).
 COMMIT_ROWS: Final = 200_000
+
+
+# Rows per Parquet row group of the index: statistics are kept per row group, and a key range
+# decodes the groups it overlaps whole, so small groups make an exact name cheap (one group of
+# ~1 MB instead of a file's ~30 MB); the footers grow by a few hundred bytes a group.
+INDEX_ROW_GROUP: Final = 16_384
+
+
+def index_writer(compression_level: int) -> WriterProperties:
+    return WriterProperties(
+        compression="ZSTD",
+        compression_level=compression_level,
+        max_row_group_size=INDEX_ROW_GROUP,
+    )
 
 
 class IndexBehindError(RuntimeError):
@@ -198,18 +211,18 @@ def catch_up(
     build: bool = False,
 ) -> CatchUp | None:
     """Index the archive's commits the index does not cover yet. With no index: build it from
-    the archive's current snapshot when `build` is set or the archive holds no rows (a new
-    table: nothing to read), else return None (the archive stays searchable by scanning; an
-    existing archive is indexed by `certlake index rebuild` or `certlake maintain`, not by a
-    writer that would stall on it). Raises `IndexBehindError` when the log no longer reaches
-    back to the covered version."""
+    the archive's current snapshot when `build` is set or the archive is young (at most
+    `COMMIT_ROWS` rows: one index commit), else return None (the archive stays searchable by
+    scanning; a big archive is indexed by `certlake index rebuild` or `certlake maintain`, not by
+    a writer that would be kept busy for minutes). Raises `IndexBehindError` when the log no
+    longer reaches back to the covered version."""
     archive = open_table(archive_uri, storage_options, "archive")
     if archive is None:
         return None
     index = open_index(archive_uri, storage_options)
     covered = covered_version(index)
     if covered is None:
-        if not build and (index is not None or _holds_rows(archive)):
+        if not build and _rows(archive) > COMMIT_ROWS:
             return None
         return _build(archive_uri, storage_options, archive, index, compression_level)
     assert index is not None
@@ -220,7 +233,7 @@ def catch_up(
         upto, files = _next_commits(archive_log, covered, target)
         batch = _index_table(archive_log, files)
         try:
-            _append(index, batch, {COVERED_APP: upto}, writer=writer_properties(compression_level))
+            _append(index, batch, {COVERED_APP: upto}, writer=index_writer(compression_level))
         except CursorConflictError:
             # Another indexer covered some of these commits: start again from what it covered.
             index.update_incremental()
@@ -232,11 +245,11 @@ def catch_up(
     return CatchUp(start, covered, rows, entries)
 
 
-def _holds_rows(archive: DeltaTable) -> bool:
+def _rows(archive: DeltaTable) -> int:
     actions = pa.table(archive.get_add_actions(flatten=True))
     if actions.num_rows == 0:
-        return False
-    return bool(pc.sum(actions.column("num_records")).as_py() or 0)
+        return 0
+    return int(pc.sum(actions.column("num_records")).as_py() or 0)
 
 
 def _next_commits(archive_log: ArchiveLog, covered: int, target: int) -> tuple[int, list[Added]]:
@@ -296,7 +309,7 @@ def _build(
     ]
     archive_log = ArchiveLog(archive_uri, storage_options)
     uri = index_uri(archive_uri)
-    writer = writer_properties(compression_level)
+    writer = index_writer(compression_level)
     options = None if storage_options is None else dict(storage_options)
     entries = 0
     chunks = _chunks(files)

@@ -144,21 +144,60 @@ class TableFiles:
             self._keys, self._fragments, paths, [SOURCE_URL, CERT_INDEX], predicate, batch_rows
         )
 
+    def scan_file_keys(
+        self, paths: Sequence[str], batch_rows: int
+    ) -> Iterator[tuple[str, pa.RecordBatch]]:
+        """`source_url` and `cert_index` of every row of `paths`, each batch with the path of the
+        file it comes from (in the order of the table's log, a file's batches one after
+        another)."""
+        if not paths:
+            return
+        with self._reading():
+            if self._keys is None:
+                self._keys = self._table.to_pyarrow_dataset(
+                    parquet_read_options=ds.ParquetReadOptions(dictionary_columns={SOURCE_URL})
+                )
+                self._fragments = {f.path: f for f in self._keys.get_fragments()}
+            dataset = self._keys
+            subset = ds.FileSystemDataset(
+                [self._fragment(p, self._fragments) for p in paths],
+                dataset.schema,
+                dataset.format,
+                dataset.filesystem,
+            )
+            scanner = subset.scanner(
+                columns=[SOURCE_URL, CERT_INDEX], batch_size=batch_rows, use_threads=True
+            )
+            for tagged in scanner.scan_batches():
+                yield tagged.fragment.path, tagged.record_batch
+
+    @property
+    def reader_features(self) -> frozenset[str]:
+        """The table features a reader must support (`deletionVectors`, ...); empty below
+        reader version 3."""
+        with self._reading():
+            return frozenset(self._table.protocol().reader_features or ())
+
     def scan(
         self,
         paths: Sequence[str],
         columns: Sequence[str],
         predicate: pc.Expression | None,
         batch_rows: int,
+        *,
+        lean: bool = False,
     ) -> Iterator[pa.RecordBatch]:
         """`columns` (the partition column among them if asked) of the rows of `paths` that
-        `predicate` keeps."""
+        `predicate` keeps. `lean`: read in this thread, one batch ahead — for a consumer
+        slower than the reads (an export turning rows into text): Arrow's threaded readahead
+        would fill with several files' row groups decoded (measured: peak memory then grows
+        with the archive's size, up to its readahead's bound)."""
         with self._reading():
             if self._rows is None:
                 self._rows = self._table.to_pyarrow_dataset()
                 self._row_fragments = {f.path: f for f in self._rows.get_fragments()}
         yield from self._scan(
-            self._rows, self._row_fragments, paths, columns, predicate, batch_rows
+            self._rows, self._row_fragments, paths, columns, predicate, batch_rows, lean=lean
         )
 
     def _scan(
@@ -169,6 +208,8 @@ class TableFiles:
         columns: Sequence[str],
         predicate: pc.Expression | None,
         batch_rows: int,
+        *,
+        lean: bool = False,
     ) -> Iterator[pa.RecordBatch]:
         if not paths:
             return
@@ -179,8 +220,13 @@ class TableFiles:
                 dataset.format,
                 dataset.filesystem,
             )
+            readahead = {"fragment_readahead": 1, "batch_readahead": 1} if lean else {}
             scanner = subset.scanner(
-                columns=list(columns), filter=predicate, batch_size=batch_rows, use_threads=True
+                columns=list(columns),
+                filter=predicate,
+                batch_size=batch_rows,
+                use_threads=not lean,
+                **readahead,
             )
             yield from scanner.to_batches()
 

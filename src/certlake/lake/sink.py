@@ -23,6 +23,7 @@ that starts the new one before stopping the old) archive each index once between
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -35,8 +36,9 @@ from certlake.certs.message import CertMessage
 from certlake.config import Config, DeltaSinkConfig, s3_storage_options
 from certlake.ct.backoff import RetryPolicy
 from certlake.lake.committer import Chunk, Commit, CommitStats, Committer, WriterSettings
+from certlake.lake.maintain import maintain
 from certlake.lake.rows import split_malformed
-from certlake.lake.table import ArchiveTable, compact, cursors_in, unsafe_rename
+from certlake.lake.table import ArchiveTable, cursors_in, unsafe_rename
 from certlake.lake.txn import CommitPlan, OpenRange, SkipKind, SkippedRange, plan_commit
 
 log = logging.getLogger(__name__)
@@ -121,12 +123,13 @@ class DeltaSink(Committer[_Chunk]):
         compression_level: int = _DEFAULTS.compression_level,
         max_buffer_records: int = _DEFAULTS.max_buffer_records,
         compaction_interval: float = _DEFAULTS.compaction_interval_secs,
+        retention_hours: int = _DEFAULTS.retention_hours,
         retry: RetryPolicy | None = None,
         close_timeout: float = 30.0,
     ) -> None:
         """Entries of each log must be offered in index order. `storage_options`: the
-        configured object-store options (used for s3:// tables only). `compaction_interval` 0
-        disables compaction."""
+        configured object-store options (used for s3:// tables only). `compaction_interval`:
+        how often `lake.maintain` runs (0: never)."""
         settings = WriterSettings(
             batch_size,
             flush_interval,
@@ -141,6 +144,7 @@ class DeltaSink(Committer[_Chunk]):
         self.stats = SinkStats()
         self._max_rows = max_buffer_records
         self._compaction_interval = compaction_interval
+        self._retention_hours = retention_hours
 
         self._buf: list[CertMessage | OpenRange] = []
         self._open: dict[str, OpenRange] = {}  # per log: the skipped range at its tail, if any
@@ -165,6 +169,7 @@ class DeltaSink(Committer[_Chunk]):
             compression_level=sink.compression_level,
             max_buffer_records=sink.max_buffer_records,
             compaction_interval=float(sink.compaction_interval_secs),
+            retention_hours=sink.retention_hours,
         )
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -372,32 +377,30 @@ class DeltaSink(Committer[_Chunk]):
             await self.compact_now()
 
     async def compact_now(self) -> None:
-        """Compact the table once (no-op before it exists). Runs beside the writer — appends and
-        compaction do not conflict — except with unsafe S3 renames, where it takes the writer's
-        turn because two concurrent commits could overwrite each other.
-
-        Never two at once: delta-rs 1.6.6 lets two concurrent compactions of the same files both
-        commit (removes with dataChange=false are not treated as conflicting), which duplicates
-        every row they rewrote."""
+        """Maintain the table once (`lake.maintain`: compaction, the domain index, vacuum; a
+        no-op before the table exists). Runs beside the writer — appends and compaction do not
+        conflict — except with unsafe S3 renames, where it takes the writer's turn because two
+        concurrent commits could overwrite each other. Never two at once (see
+        `table.compaction_lease`)."""
         async with self._compact_lock:
             await self._compact()
 
     async def _compact(self) -> None:
-        args = (self.uri, self.storage_options, self._level)
+        run = functools.partial(
+            maintain,
+            self.uri,
+            self.storage_options,
+            compression_level=self._level,
+            retention_hours=self._retention_hours,
+        )
         try:
             if unsafe_rename(self.storage_options):
-                metrics = await self._in_writer(compact, *args)
+                report = await self._in_writer(run)
             else:
-                metrics = await asyncio.to_thread(compact, *args)
-        except Exception as exc:  # a failed compaction leaves the table as it was
+                report = await asyncio.to_thread(run)
+        except Exception as exc:  # a failed step leaves the table as the steps before left it
             self.metrics.compactions.labels("error").inc()
-            log.warning("archive compaction failed", extra={"table": self.uri, "error": str(exc)})
+            log.warning("archive maintenance failed", extra={"table": self.uri, "error": str(exc)})
             return
-        if metrics is None:
-            return
-        self.metrics.compactions.labels("ok").inc()
-        log.info("archive compacted", extra={"table": self.uri, **_plain(metrics)})
-
-
-def _plain(metrics: dict[str, object]) -> dict[str, object]:
-    return {k: v for k, v in metrics.items() if isinstance(v, int | float | str)}
+        if report is not None:
+            self.metrics.compactions.labels("ok").inc()

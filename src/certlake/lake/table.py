@@ -19,9 +19,9 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -296,35 +296,28 @@ def read_skipped(uri: str, storage_options: dict[str, str] | None = None) -> lis
     ]
 
 
-def compact(
-    uri: str, storage_options: dict[str, str] | None, compression_level: int
-) -> dict[str, Any] | None:
-    """Merge small files and remove files no longer referenced (after the default retention of
-    7 days, so readers of older versions are not broken). Uses its own handle: appends committed
-    meanwhile do not conflict with it (delta-rs checks and retries), so writers never wait.
-    None when there is no table yet, or when another writer is compacting it.
+@contextlib.contextmanager
+def compaction_lease(table: DeltaTable, writer: WriterProperties) -> Iterator[bool]:
+    """Whether this process may compact `table` now (False: another writer is compacting it).
 
     Never two at once, even from two processes (two servers on one table): delta-rs 1.6.6 lets
     two concurrent compactions of the same files both commit (removes with dataChange=false are
     not treated as conflicting, and `optimize` drops the transaction identifiers it is given),
     which duplicates every row they rewrote. So a compaction first takes a lease recorded in the
     table itself (see `_take_compaction_lease`), which works on s3:// as on local disk."""
-    table = open_table(uri, storage_options)
-    if table is None:
-        return None
-    writer = writer_properties(compression_level)
     if not _take_compaction_lease(table, writer):
-        log.info("another writer is compacting the table; skipped", extra={"table": uri})
-        return None
+        log.info(
+            "another writer is compacting the table; skipped", extra={"table": table.table_uri}
+        )
+        yield False
+        return
     try:
-        metrics: dict[str, Any] = table.optimize.compact(writer_properties=writer)
-        metrics["vacuumed"] = len(table.vacuum(dry_run=False))
+        yield True
     finally:
         # Handed back at once, so that the next compaction, whoever runs it, need not wait for
         # the lease to run out; a lease taken meanwhile by another (after this one ran out) stays.
         with contextlib.suppress(CursorConflictError):
             _mark_compaction_lease(table, _now_ms(), writer)
-    return metrics
 
 
 def _take_compaction_lease(table: DeltaTable, writer: WriterProperties) -> bool:

@@ -57,6 +57,7 @@ import pyarrow.compute as pc
 
 from certlake.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from certlake.ingest.state import write_atomic
+from certlake.lake import domains
 from certlake.lake.files import RowGroup, TableFiles, may_hold
 from certlake.lake.location import Location, TableLocationError, local_path, object_location
 from certlake.lake.schema import (
@@ -322,6 +323,7 @@ class _Merge:
         for units in _staging_windows(staging, self.window_rows):
             self._window(units, main, writer, staging.table_id)
         self._check_stop()
+        self._index_main()
         if skips:
             added = skips_to_add(skips, read_skipped(self.main_uri, self.main_options))
             if added:
@@ -340,6 +342,24 @@ class _Merge:
                 "skip_records_added": summary.skip_records_added,
             },
         )
+
+    def _index_main(self) -> None:
+        """Bring main's domain index up to what the merge added. A failure only leaves the
+        newest files to be scanned by searches until the next catch-up: the rows are merged."""
+        try:
+            done = domains.catch_up(self.main_uri, self.main_options, compression_level=self.level)
+        except Exception as exc:  # any failure: the merge itself succeeded
+            log.warning(
+                "the domain index could not catch up with main; the next writer or"
+                " `certlake maintain` will",
+                extra={"main": self.main_uri, "error": str(exc)[:500]},
+            )
+            return
+        if done is None:
+            log.warning(
+                "main has no domain index: `certlake index rebuild` builds it",
+                extra={"main": self.main_uri},
+            )
 
     def _open_main(self) -> TableFiles | None:
         """Main, or None when it does not exist yet; raises `ArchiveSchemaError` when the table

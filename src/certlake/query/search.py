@@ -33,6 +33,8 @@ from certlake.lake.table import STORAGE_ERRORS, TableUnreadableError
 from certlake.query.spec import After, Cursor, DomainFilter, DomainMode, PageRequest, Query
 
 BATCH_ROWS: Final = 65_536
+# Candidates an export holds at most before it reads the whole archive instead (~50 bytes each).
+STREAM_CANDIDATES: Final = 200_000
 # What a result holds: the fork's fields (subject and issuer under their short names), then
 # certlake's `source_url`.
 ROW_COLUMNS: Final = (
@@ -195,17 +197,55 @@ def iter_rows(
     storage_options: Mapping[str, str] | None,
     query: Query,
     *,
-    page_rows: int = 5_000,
+    batch_rows: int = 5_000,
 ) -> Iterator[dict[str, Any]]:
-    """Every matching row, in page order, read page by page from one snapshot (memory follows
-    `page_rows`)."""
-    cursor: Cursor | None = None
-    while True:
-        page = search_page(uri, storage_options, PageRequest(query, page_rows, cursor))
-        yield from page.rows
-        if page.next_cursor is None:
+    """Every matching row of the newest snapshot, for export (`certlake query`), in no
+    particular order, memory bounded whatever the result's size. A domain search through the
+    index holds its candidates' keys (up to `STREAM_CANDIDATES`: a few MB) and reads their rows
+    `batch_rows` at a time; past that, or without the index, one pass over the archive is
+    cheaper than looking rows up, and the rows are checked as they stream by. (Pages would
+    read their candidates again for every page: quadratic for a big result.)"""
+    deadline = Deadline(None)
+    snapshot = Snapshot(uri, storage_options, None)
+    if query.domain is not None and snapshot.index is not None and snapshot.uncovered is not None:
+        keys = _all_keys(_candidates(snapshot, query, deadline), STREAM_CANDIDATES)
+        if keys is not None:
+            for start in range(0, keys.num_rows, batch_rows):
+                yield from _rows(snapshot, query, keys.slice(start, batch_rows), deadline)
             return
-        cursor = Cursor.decode(page.next_cursor)
+    paths = snapshot.all_paths()
+    for batch in snapshot.files.scan(
+        paths, ROW_COLUMNS, _date_filter(query), batch_rows, lean=True
+    ):
+        for row in pa.Table.from_batches([batch]).filter(_archive_mask(batch, query)).to_pylist():
+            if query.matches(row["all_domains"] or (), row["issuer_aggregated"], row["seen_date"]):
+                yield row
+
+
+def _all_keys(tables: Iterator[pa.Table], most: int) -> pa.Table | None:
+    """The distinct keys of `tables`, sorted; None when there are more than `most`."""
+    parts: list[pa.Table] = []
+    held = 0
+    for table in tables:
+        parts.append(table)
+        held += table.num_rows
+        if held > most:
+            parts = [_distinct(pa.concat_tables(parts))]
+            held = parts[0].num_rows
+            if held > most:
+                return None
+    if not parts:
+        return _empty_keys()
+    return _distinct(pa.concat_tables(parts))
+
+
+def _distinct(table: pa.Table) -> pa.Table:
+    unique = table.group_by(_KEYS, use_threads=False).aggregate([])
+    return unique.sort_by([(CERT_INDEX, "ascending"), (SOURCE_URL, "ascending")])
+
+
+def _empty_keys() -> pa.Table:
+    return pa.table({CERT_INDEX: pa.array([], pa.int64()), SOURCE_URL: pa.array([], pa.string())})
 
 
 # --- candidates ---------------------------------------------------------------------------
@@ -251,8 +291,16 @@ def _scan_index(
         match = pc.match_substring(pc.field(KEY), domain.key_substring())
     predicate = _and([match, _date_filter(query)])
     try:
-        dataset = index.to_pyarrow_dataset()
-        for batch in dataset.to_batches(columns=_KEYS, filter=predicate, batch_size=BATCH_ROWS):
+        scanner = index.to_pyarrow_dataset().scanner(
+            columns=_KEYS,
+            filter=predicate,
+            batch_size=BATCH_ROWS,
+            # Row groups are read ahead whole: a few at a time keep an abandoned or long scan
+            # (an export that finds too many candidates) from holding most of the index.
+            fragment_readahead=1,
+            batch_readahead=4,
+        )
+        for batch in scanner.to_batches():
             deadline.check()
             yield pa.Table.from_batches([batch])
     except STORAGE_ERRORS as exc:

@@ -48,7 +48,7 @@ def _error(message: str, status: int) -> web.Response:
 class ArchiveApi:
     def __init__(self, config: Config) -> None:
         query = config.query_api
-        self.uri = table_uri(query.table_path or config.delta_sink.table_path)
+        self.uri = table_uri(config.query_table)
         self.storage_options = table_storage_options(
             self.uri, s3_storage_options(config.storage.s3)
         )
