@@ -66,7 +66,10 @@ def _drill(procs: Procs, tmp_path: Path, kills: int, seed: int) -> dict[str, int
 def _data_files(table: Path) -> set[Path]:
     if not table.exists():
         return set()
-    return {p for p in table.rglob("*.parquet") if "_certlake_skipped" not in p.parts}
+    # The side tables (`_certlake_skipped`, `_certlake_domains`) have data files of their own.
+    return {
+        p for p in table.rglob("*.parquet") if not p.relative_to(table).parts[0].startswith("_")
+    }
 
 
 def _wait_for_new_data_file(table: Path, timeout: float) -> None:

@@ -129,7 +129,14 @@ async def demo_log(config: Config) -> AsyncIterator[Demo]:
                 poll_interval_ms=500,
                 default_operator_rate_limit_ms=0,
             ),
-            delta_sink=dataclasses.replace(config.delta_sink, enabled=True, flush_interval_secs=5),
+            # A commit every 5 s: maintenance every 5 minutes keeps the file count down.
+            delta_sink=dataclasses.replace(
+                config.delta_sink,
+                enabled=True,
+                flush_interval_secs=5,
+                compaction_interval_secs=min(config.delta_sink.compaction_interval_secs, 300),
+            ),
+            query_api=dataclasses.replace(config.query_api, enabled=True),
         )
         print(
             f"certlake demo: built-in test log at {srv.address}, starting with {size} entries; "
