@@ -46,6 +46,7 @@ PURE = [
     "certlake.stream.dedupe",
     "certlake.backfill.gaps",
     "certlake.merge.keys",
+    "certlake.query.spec",
     "certlake.lake.location",
     "certlake.lake.heads_rows",
     "certlake.config.schema",

@@ -16,8 +16,9 @@ import pyarrow.parquet as pq
 
 from certlake.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from certlake.config import Config, s3_storage_options
+from certlake.lake.snapshot import NoArchiveError
 from certlake.lake.table import TableUnreadableError, table_storage_options, table_uri
-from certlake.query.search import NoArchiveError, api_result, iter_rows
+from certlake.query.search import api_result, iter_rows
 from certlake.query.spec import QueryError, parse_request
 
 FORMATS: Final = ("jsonl", "csv", "parquet")

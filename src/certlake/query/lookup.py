@@ -20,7 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from certlake.certs.message import archived_message
-from certlake.query.search import BATCH_ROWS, Deadline, Snapshot
+from certlake.lake.snapshot import Snapshot
+from certlake.query.search import BATCH_ROWS, Deadline
 
 _COLUMNS: Final = (
     "cert_index",

@@ -23,13 +23,11 @@ from typing import Any, Final
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import DeltaTable
-from deltalake.exceptions import DeltaError, TableNotFoundError
 
-from certlake.lake.domains import KEY, ArchiveLog, covered_version, open_index
-from certlake.lake.files import TableFiles, may_hold
+from certlake.lake.domains import KEY
+from certlake.lake.files import may_hold
 from certlake.lake.schema import CERT_INDEX, SOURCE_URL
-from certlake.lake.table import STORAGE_ERRORS, TableUnreadableError
+from certlake.lake.snapshot import Snapshot
 from certlake.query.spec import After, Cursor, DomainFilter, DomainMode, PageRequest, Query
 
 BATCH_ROWS: Final = 65_536
@@ -54,14 +52,6 @@ ROW_COLUMNS: Final = (
     "seen_date",
 )
 _KEYS: Final = [CERT_INDEX, SOURCE_URL]
-
-
-class NoArchiveError(Exception):
-    """There is no archive table (yet) at the configured location (HTTP 503)."""
-
-
-class CursorGoneError(Exception):
-    """The cursor's table version can no longer be read: vacuumed, or its log cleaned (410)."""
 
 
 class QueryTimeoutError(Exception):
@@ -108,58 +98,6 @@ class Deadline:
     def check(self) -> None:
         if self._at is not None and time.monotonic() > self._at:
             raise QueryTimeoutError("query timed out")
-
-
-class Snapshot:
-    """The archive at one version: its files' statistics, and which of them the domain index
-    does not cover."""
-
-    def __init__(
-        self,
-        uri: str,
-        storage_options: Mapping[str, str] | None,
-        version: int | None,
-        *,
-        with_index: bool = True,
-    ) -> None:
-        options = None if storage_options is None else dict(storage_options)
-        try:
-            table = DeltaTable(uri, storage_options=options, version=version)
-        except TableNotFoundError as exc:
-            if version is None:
-                raise NoArchiveError(f"no archive table at {uri}") from exc
-            raise CursorGoneError(f"table version {version} is gone") from exc
-        except (DeltaError, OSError) as exc:
-            if version is not None:
-                raise CursorGoneError(f"table version {version} cannot be read: {exc}") from exc
-            raise TableUnreadableError(f"archive {uri} cannot be read: {exc}") from exc
-        self.uri = uri
-        self.table = table
-        self.files = TableFiles(table, uri, storage_options, "archive")
-        self.version = self.files.version
-        self.index = open_index(uri, storage_options) if with_index else None
-        self.uncovered = self._uncovered(storage_options) if with_index else None
-
-    def _uncovered(self, storage_options: Mapping[str, str] | None) -> list[str] | None:
-        """The snapshot's files the index does not cover (None: the index covers none — there
-        is none, or it cannot say)."""
-        covered = covered_version(self.index)
-        if covered is None:
-            return None
-        if covered >= self.version:
-            return []
-        archive_log = ArchiveLog(self.uri, storage_options)
-        present = set(self.files.stats.column("path").to_pylist())
-        paths: list[str] = []
-        for version in range(covered + 1, self.version + 1):
-            added = archive_log.added(version, rewrites=True)
-            if added is None:  # the log no longer reaches back: trust no part of the index
-                return None
-            paths.extend(a.path for a in added if a.path in present)
-        return paths
-
-    def all_paths(self) -> list[str]:
-        return [str(p) for p in self.files.stats.column("path").to_pylist()]
 
 
 def search_page(
@@ -276,12 +214,12 @@ def _candidates(snapshot: Snapshot, query: Query, deadline: Deadline) -> Iterato
         # Issuer and dates only, or no usable index: the archive's own columns.
         yield from _scan_archive(snapshot, query, snapshot.all_paths(), deadline)
         return
-    yield from _scan_index(snapshot.index, query, domain, deadline)
+    yield from _scan_index(snapshot, query, domain, deadline)
     yield from _scan_archive(snapshot, query, snapshot.uncovered, deadline)
 
 
 def _scan_index(
-    index: DeltaTable, query: Query, domain: DomainFilter, deadline: Deadline
+    snapshot: Snapshot, query: Query, domain: DomainFilter, deadline: Deadline
 ) -> Iterator[pa.Table]:
     key_range = domain.key_range()
     if key_range is not None:
@@ -289,22 +227,9 @@ def _scan_index(
         match: pc.Expression = (pc.field(KEY) >= low) & (pc.field(KEY) < high)
     else:
         match = pc.match_substring(pc.field(KEY), domain.key_substring())
-    predicate = _and([match, _date_filter(query)])
-    try:
-        scanner = index.to_pyarrow_dataset().scanner(
-            columns=_KEYS,
-            filter=predicate,
-            batch_size=BATCH_ROWS,
-            # Row groups are read ahead whole: a few at a time keep an abandoned or long scan
-            # (an export that finds too many candidates) from holding most of the index.
-            fragment_readahead=1,
-            batch_readahead=4,
-        )
-        for batch in scanner.to_batches():
-            deadline.check()
-            yield pa.Table.from_batches([batch])
-    except STORAGE_ERRORS as exc:
-        raise TableUnreadableError(f"domain index cannot be read: {exc}") from exc
+    for batch in snapshot.scan_index(_KEYS, _and([match, _date_filter(query)]), BATCH_ROWS):
+        deadline.check()
+        yield pa.Table.from_batches([batch])
 
 
 def _scan_archive(

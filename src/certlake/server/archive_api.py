@@ -22,14 +22,10 @@ import orjson
 from aiohttp import web
 
 from certlake.config import Config, s3_storage_options
+from certlake.lake.snapshot import CursorGoneError, NoArchiveError
 from certlake.lake.table import TableUnreadableError, table_storage_options, table_uri
 from certlake.query.lookup import find_archived
-from certlake.query.search import (
-    CursorGoneError,
-    NoArchiveError,
-    QueryTimeoutError,
-    search_page,
-)
+from certlake.query.search import QueryTimeoutError, search_page
 from certlake.query.spec import QueryError, parse_request
 
 log = logging.getLogger(__name__)

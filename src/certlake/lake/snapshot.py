@@ -1,0 +1,97 @@
+"""The archive at one table version, as a search reads it: its data files' statistics, its domain
+index, and which of its files that index does not cover yet (the I/O under `query/search`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Final
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import DeltaTable
+from deltalake.exceptions import DeltaError, TableNotFoundError
+
+from certlake.lake.domains import ArchiveLog, covered_version, open_index
+from certlake.lake.files import TableFiles
+from certlake.lake.table import STORAGE_ERRORS, TableUnreadableError
+
+# Index row groups read ahead at most: a few at a time keep an abandoned or long scan (an
+# export that finds too many candidates) from holding much of the index decoded.
+_INDEX_READAHEAD: Final = 4
+
+
+class NoArchiveError(Exception):
+    """There is no archive table (yet) at the configured location (HTTP 503)."""
+
+
+class CursorGoneError(Exception):
+    """The cursor's table version can no longer be read: vacuumed, or its log cleaned (410)."""
+
+
+class Snapshot:
+    """The archive at one version: its files' statistics, and which of them the domain index
+    does not cover."""
+
+    def __init__(
+        self,
+        uri: str,
+        storage_options: Mapping[str, str] | None,
+        version: int | None,
+        *,
+        with_index: bool = True,
+    ) -> None:
+        options = None if storage_options is None else dict(storage_options)
+        try:
+            table = DeltaTable(uri, storage_options=options, version=version)
+        except TableNotFoundError as exc:
+            if version is None:
+                raise NoArchiveError(f"no archive table at {uri}") from exc
+            raise CursorGoneError(f"table version {version} is gone") from exc
+        except (DeltaError, OSError) as exc:
+            if version is not None:
+                raise CursorGoneError(f"table version {version} cannot be read: {exc}") from exc
+            raise TableUnreadableError(f"archive {uri} cannot be read: {exc}") from exc
+        self.uri = uri
+        self.table = table
+        self.files = TableFiles(table, uri, storage_options, "archive")
+        self.version = self.files.version
+        self.index = open_index(uri, storage_options) if with_index else None
+        self.uncovered = self._uncovered(storage_options) if with_index else None
+
+    def _uncovered(self, storage_options: Mapping[str, str] | None) -> list[str] | None:
+        """The snapshot's files the index does not cover (None: the index covers none — there
+        is none, or it cannot say)."""
+        covered = covered_version(self.index)
+        if covered is None:
+            return None
+        if covered >= self.version:
+            return []
+        archive_log = ArchiveLog(self.uri, storage_options)
+        present = set(self.files.stats.column("path").to_pylist())
+        paths: list[str] = []
+        for version in range(covered + 1, self.version + 1):
+            added = archive_log.added(version, rewrites=True)
+            if added is None:  # the log no longer reaches back: trust no part of the index
+                return None
+            paths.extend(a.path for a in added if a.path in present)
+        return paths
+
+    def all_paths(self) -> list[str]:
+        return [str(p) for p in self.files.stats.column("path").to_pylist()]
+
+    def scan_index(
+        self, columns: Sequence[str], predicate: pc.Expression, batch_rows: int
+    ) -> Iterator[pa.RecordBatch]:
+        """`columns` of the domain index rows `predicate` keeps (the index must exist)."""
+        assert self.index is not None
+        try:
+            scanner = self.index.to_pyarrow_dataset().scanner(
+                columns=list(columns),
+                filter=predicate,
+                batch_size=batch_rows,
+                fragment_readahead=1,
+                batch_readahead=_INDEX_READAHEAD,
+            )
+            yield from scanner.to_batches()
+        except STORAGE_ERRORS as exc:
+            raise TableUnreadableError(f"domain index cannot be read: {exc}") from exc
