@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -158,3 +160,31 @@ def test_maintain_compacts_indexes_and_keeps_every_row(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr
     assert "domain index of 60 rows (60 names)" in again.stderr
     assert certlake(tmp_path, "maintain", "--table", str(tmp_path / "none")).returncode == 1
+
+
+@pytest.mark.skipif(shutil.which("jq") is None, reason="the README's example pipes through jq")
+def test_the_readmes_worked_example_prints_the_new_names(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = readme.split("**Worked example", 1)[1].split("```\n", 2)[1]
+    assert "certlake query --domain '*.example.com' --from 2026-11-01" in example
+    archive = str(tmp_path / "data" / "certstream")  # the default delta_sink.table_path
+    append(
+        archive,
+        [
+            Row(LOGS[0], 1, "2026-10-20", ("old.example.com", "a.example.com")),
+            Row(LOGS[0], 2, "2026-11-02", ("a.example.com", "other.org")),
+            Row(LOGS[1], 1, "2026-11-05", ("new1.example.com", "www.new1.example.com")),
+            Row(LOGS[1], 2, "2026-12-01", ("new2.Example.com", "x.example.org")),
+        ],
+    )
+    env = {**os.environ, "PATH": f"{Path(CERTLAKE).parent}:{os.environ['PATH']}"}
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", example],
+        cwd=tmp_path,
+        env={k: v for k, v in env.items() if not k.startswith("CERTSTREAM_")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["new1.example.com", "new2.example.com", "www.new1.example.com"]
