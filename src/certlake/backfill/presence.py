@@ -13,6 +13,14 @@ Statistics cannot prove a file complete: `max - min + 1 == num_records` still al
 standing in for a hole (duplicates occur: the Rust writer and staging tables make them), and
 Delta's bounds need not be tight. So statistics only ever exclude files, never vouch for them.
 
+Data files never change, so what reading one found is kept (`lake/known_runs`: the runs of
+each file, in a side table beside the table): files recorded there are not opened again, the
+others are read whole (their two key columns) and recorded afterwards, so a second detection over
+the same files opens none, whatever the number of rows. Recording is best effort (a failure only
+costs reading those files again); files the snapshot no longer holds are never taken from it. A
+file counts in `SourceReport.files_read` whether its keys came from the file or from the record
+of it, so the plan is the same either way; the log line says how many were opened.
+
 Catch-up mode needs one fact from above the ceiling: whether a log has any index at or past it,
 which decides whether the window ends at its ceiling or at its last index. Files lying entirely
 at or past the ceiling are opened only for logs whose answer is still open, one file at a time,
@@ -42,6 +50,17 @@ from certlake.backfill.gaps import (
     select_logs,
 )
 from certlake.lake.files import TableFiles, may_hold
+from certlake.lake.known_runs import (
+    FIRST,
+    LAST,
+    NOTHING_KNOWN,
+    KnownRuns,
+    append_runs,
+    read_known,
+    runs_of_scan,
+    union_runs,
+    usable,
+)
 from certlake.lake.schema import CERT_INDEX, INT64_MAX, SOURCE_URL, ArchiveSchemaError
 from certlake.lake.table import (
     STORAGE_ERRORS,
@@ -61,20 +80,37 @@ _BATCH_ROWS: Final = 1 << 17
 
 @dataclass
 class _Source:
-    """One opened table, and which of its files were read."""
+    """One opened table, which of its files were consulted, and what its runs cache holds.
+    With `cached` unset (no cache wanted, or it cannot be used) files are read as they were
+    before the cache existed: only the rows of the wanted logs and indices."""
 
     files: TableFiles
+    cached: bool
+    known: KnownRuns = NOTHING_KNOWN
     read: set[str] = field(default_factory=set)
+    opened: int = 0
+    fresh: list[pa.Table] = field(default_factory=list)
 
     @classmethod
-    def open(cls, files: TableFiles) -> _Source:
+    def open(cls, files: TableFiles, urls: Sequence[str], use_cache: bool) -> _Source:
         names = {f.name: f for f in files.schema}
         for column, check in ((SOURCE_URL, pa.types.is_string), (CERT_INDEX, pa.types.is_integer)):
             if column not in names or not check(names[column].type):
                 raise ArchiveSchemaError(
                     f"{files.role} table {files.uri} has no {column} column of the archive's type"
                 )
-        return cls(files)
+        source = cls(files, use_cache and usable(files))
+        if source.cached:
+            live = files.stats.column("path").to_pylist()
+            try:
+                source.known = read_known(files.uri, files.storage_options, live, urls)
+            except TableUnreadableError as exc:
+                log.warning(
+                    "the runs cache cannot be read; the data files are read instead",
+                    extra={"role": files.role, "uri": files.uri, "error": str(exc)},
+                )
+                source.cached = False
+        return source
 
     def paths(self, mask: pa.Array) -> list[str]:
         wanted: list[str] = pc.filter(self.files.stats.column("path"), mask).to_pylist()
@@ -92,16 +128,45 @@ class _Source:
         `[lo, hi]` into `present` as runs."""
         if not paths or not urls:
             return
-        value_set = pa.array(urls, pa.string())
-        predicate = (
-            pc.field(SOURCE_URL).isin(value_set)
-            & (pc.field(CERT_INDEX) >= max(lo, 0))
-            & (pc.field(CERT_INDEX) <= min(hi, INT64_MAX))
-        )
-        for batch in self.files.scan_keys(paths, predicate, _BATCH_ROWS):
-            if batch.num_rows:
-                _fold(batch, value_set, urls, present)
+        lo, hi = max(lo, 0), min(hi, INT64_MAX)
+        if self.cached:
+            known = [p for p in paths if p in self.known.paths]
+            unknown = [p for p in paths if p not in self.known.paths]
+            parts = [self.known.of(known, urls)]
+            if unknown:
+                # Whole files, not the wanted rows only: what is recorded must be all they hold.
+                fresh = runs_of_scan(unknown, self.files.scan_file_keys(unknown, _BATCH_ROWS))
+                self.fresh.append(fresh)
+                self.opened += len(unknown)
+                parts.append(fresh)
+            _fold_runs(pa.concat_tables(parts), urls, lo, hi, present)
+        else:
+            value_set = pa.array(urls, pa.string())
+            predicate = (
+                pc.field(SOURCE_URL).isin(value_set)
+                & (pc.field(CERT_INDEX) >= lo)
+                & (pc.field(CERT_INDEX) <= hi)
+            )
+            for batch in self.files.scan_keys(paths, predicate, _BATCH_ROWS):
+                if batch.num_rows:
+                    _fold(batch, value_set, urls, present)
+            self.opened += len(paths)
         self.read.update(paths)
+
+    def record(self) -> int:
+        """Record the runs of the files this detection read (best effort); how many files."""
+        if not self.fresh:
+            return 0
+        files = self.files
+        try:
+            append_runs(files.uri, files.storage_options, self.fresh)
+        except Exception as exc:  # whatever failed, it only costs reading these files again
+            log.warning(
+                "could not record the runs of the files read; they will be read again",
+                extra={"role": files.role, "uri": files.uri, "error": str(exc)},
+            )
+            return 0
+        return self.opened
 
     def report(self) -> SourceReport:
         files = self.files
@@ -121,8 +186,35 @@ def _fold(
         present[urls[code]].add(Runs(pc.filter(starts, mine), pc.filter(ends, mine)))
 
 
+def _fold_runs(
+    runs: pa.Table, urls: Sequence[str], lo: int, hi: int, present: Mapping[str, RunSet]
+) -> None:
+    """Fold files' runs (`known_runs` rows) into `present`, cut to `[lo, hi]`, as reading the
+    files' rows of `urls` in that range would have."""
+    keep = pc.and_(
+        pc.is_in(runs.column(SOURCE_URL), value_set=pa.array(urls, pa.string())),
+        pc.and_(
+            pc.less_equal(runs.column(FIRST), runs.column(LAST)),
+            pc.and_(pc.greater_equal(runs.column(LAST), lo), pc.less_equal(runs.column(FIRST), hi)),
+        ),
+    )
+    runs = runs.filter(keep)
+    if not runs.num_rows:
+        return
+    for url in pc.unique(runs.column(SOURCE_URL)).to_pylist():
+        mine = runs.filter(pc.equal(runs.column(SOURCE_URL), url))
+        merged = union_runs(mine.column(FIRST).combine_chunks(), mine.column(LAST).combine_chunks())
+        present[url].add(
+            Runs(pc.max_element_wise(merged.starts, lo), pc.min_element_wise(merged.ends, hi))
+        )
+
+
 def _open_sources(
-    main_uri: str, staging_uri: str | None, storage_options: Mapping[str, str] | None
+    main_uri: str,
+    staging_uri: str | None,
+    storage_options: Mapping[str, str] | None,
+    urls: Sequence[str],
+    use_cache: bool,
 ) -> tuple[list[_Source], list[SourceReport | _Source]]:
     """The tables that exist, opened, and a report for each location (main first)."""
     opened: list[_Source] = []
@@ -137,7 +229,7 @@ def _open_sources(
             )
             reports.append(SourceReport(role, uri, False, 0, 0))
         else:
-            opened.append(_Source.open(files))
+            opened.append(_Source.open(files, urls, use_cache))
             reports.append(opened[-1])
     return opened, reports
 
@@ -220,6 +312,7 @@ def plan_gaps(
     log_filter: str | None = None,
     storage_options: Mapping[str, str] | None = None,
     split_size: int = DEFAULT_SPLIT_SIZE,
+    runs_cache: bool = True,
 ) -> GapPlan:
     """What backfill must fetch: each log's indices below its ceiling that neither main nor
     staging holds (`gaps.py`: catch-up and historical windows, recorded skips).
@@ -230,13 +323,17 @@ def plan_gaps(
     `--logs`. `storage_options`: the configured object-store options (given to s3:// tables
     only). A missing table counts as empty; a table that exists but cannot be read raises
     `TableUnreadableError` (or `ArchiveSchemaError` when it lacks the two columns).
+    `runs_cache`: take the runs of files already read from each table's runs cache, and record
+    those of the files read (False: read every file needed, record nothing; the same plan).
     """
     targets, skipped = select_logs(ceilings, logs, log_filter)
     for s in skipped:
         log.warning(
             "log skipped: not in the state file, so it has no ceiling", extra={"url": s.url}
         )
-    sources, opened_or_absent = _open_sources(main_uri, staging_uri, storage_options)
+    sources, opened_or_absent = _open_sources(
+        main_uri, staging_uri, storage_options, [t.url for t in targets], runs_cache
+    )
     present = {t.url: RunSet() for t in targets}
     done, refill = _recorded_skips(sources, present)
     for url, ranges in done.items():
@@ -259,15 +356,16 @@ def plan_gaps(
         [s.report() if isinstance(s, _Source) else s for s in opened_or_absent],
         refill,
     )
-    for source in plan.sources:
-        log.info(
-            "gap detection read the table",
-            extra={
-                "role": source.role,
-                "uri": source.uri,
-                "present": source.present,
-                "files_total": source.files_total,
-                "files_read": source.files_read,
-            },
-        )
+    for entry in opened_or_absent:
+        report = entry.report() if isinstance(entry, _Source) else entry
+        extra: dict[str, object] = {
+            "role": report.role,
+            "uri": report.uri,
+            "present": report.present,
+            "files_total": report.files_total,
+            "files_read": report.files_read,
+        }
+        if isinstance(entry, _Source):
+            extra.update(files_opened=entry.opened, files_recorded=entry.record())
+        log.info("gap detection read the table", extra=extra)
     return plan

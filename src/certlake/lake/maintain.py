@@ -13,7 +13,10 @@ compactions of one table at once, whoever runs them):
 4. files replaced more than `retention_hours` ago are deleted from both (vacuum): a query cursor,
    which reads the table version of its first page, stays valid that long;
 5. the index catches up once more, past the compaction's commits (see `search.Snapshot`: files
-   added after the version the index covers are read directly).
+   added after the version the index covers are read directly);
+6. the runs cache gap detection reads (`known_runs`) forgets the files compaction removed and
+   records the files it wrote, so that the next `certlake backfill` opens no data file to find
+   what is missing. Best effort: a failure here costs gap detection a read, never a row.
 Compaction commits remove files without changing data (`dataChange: false`) and append-only
 writers never conflict with it: the live sink, backfill and merge go on committing meanwhile.
 """
@@ -28,7 +31,7 @@ from typing import Any, Final
 
 from deltalake import DeltaTable
 
-from certlake.lake import domains
+from certlake.lake import domains, known_runs
 from certlake.lake.table import (
     STORAGE_ERRORS,
     TableUnreadableError,
@@ -53,6 +56,8 @@ class MaintainReport:
     index_clustered: bool = False
     vacuumed_archive: int = 0
     vacuumed_index: int = 0
+    runs_recorded_files: int = 0  # data files whose key runs were recorded for gap detection
+    runs_pruned: int = 0  # runs-cache rows of files the archive no longer holds, dropped
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -105,9 +110,22 @@ def maintain(
             domains.catch_up(uri, storage_options, compression_level=compression_level)
         except STORAGE_ERRORS as exc:
             raise TableUnreadableError(f"maintenance of {uri} failed: {exc}") from exc
+        _keep_runs(uri, storage_options, report)
     report.seconds = round(time.monotonic() - started, 3)
     log.info("archive maintained", extra={"table": uri, **report.as_dict()})
     return report
+
+
+def _keep_runs(uri: str, storage_options: Mapping[str, str] | None, report: MaintainReport) -> None:
+    try:
+        pruned = known_runs.prune(uri, storage_options)
+        report.runs_pruned = 0 if pruned is None else pruned.dropped
+        report.runs_recorded_files = known_runs.record(uri, storage_options).files
+    except Exception as exc:  # whatever failed, it only costs gap detection a read of files
+        log.warning(
+            "the runs cache was not brought up to date; gap detection will read the files",
+            extra={"table": uri, "error": str(exc)},
+        )
 
 
 def _files(table: DeltaTable) -> int:
