@@ -1,6 +1,7 @@
 """A search's pages, whatever the index's state, are exactly the naive scan's answer: every
 matching row once, in (cert_index, source_url) order, none skipped or repeated across pages,
-also across logs whose rows share indices."""
+also across logs whose rows share indices; and each row as the archive holds it, whether the
+index held it whole or it was read from the archive (wide rows, rows not indexed yet)."""
 
 from __future__ import annotations
 
@@ -40,18 +41,26 @@ rows_st = st.lists(
 )
 
 
-def naive(uri: str, version: int, query: Query) -> list[tuple[int, str]]:
-    table = DeltaTable(uri, version=version).to_pyarrow_table()
-    keys = {
-        (r["cert_index"], r["source_url"])
+Key = tuple[int, str]
+
+
+def naive_rows(uri: str, version: int, query: Query) -> dict[Key, dict[str, object]]:
+    table = DeltaTable(uri, version=version).to_pyarrow_table(columns=list(search.ROW_COLUMNS))
+    return {
+        (r["cert_index"], r["source_url"]): r
         for r in table.to_pylist()
         if query.matches(r["all_domains"], r["issuer_aggregated"], r["seen_date"])
     }
-    return sorted(keys)
 
 
-def all_pages(uri: str, query: Query, limit: int) -> tuple[int, list[tuple[int, str]]]:
-    got: list[tuple[int, str]] = []
+def naive(uri: str, version: int, query: Query) -> list[Key]:
+    return sorted(naive_rows(uri, version, query))
+
+
+def all_pages(
+    uri: str, query: Query, limit: int, rows: list[dict[str, object]] | None = None
+) -> tuple[int, list[Key]]:
+    got: list[Key] = []
     cursor: Cursor | None = None
     version = None
     for _ in range(100):
@@ -59,6 +68,8 @@ def all_pages(uri: str, query: Query, limit: int) -> tuple[int, list[tuple[int, 
         version = page.version if version is None else version
         assert page.version == version, "every page reads the first page's version"
         got.extend((r["cert_index"], r["source_url"]) for r in page.rows)
+        if rows is not None:
+            rows.extend(page.rows)
         assert len(page.rows) <= limit
         if not page.has_more:
             assert page.next_cursor is None
@@ -79,6 +90,8 @@ def all_pages(uri: str, query: Query, limit: int) -> tuple[int, list[tuple[int, 
     commits=st.integers(1, 3),
     indexed_after=st.sampled_from([None, 0, 1, 2]),
     compact=st.booleans(),
+    follow=st.booleans(),
+    wide=st.sampled_from([domains.WIDE_NAMES, 1, 0]),
     pick=st.data(),
 )
 def test_pages_are_the_naive_scan(
@@ -87,15 +100,21 @@ def test_pages_are_the_naive_scan(
     commits: int,
     indexed_after: int | None,
     compact: bool,
+    follow: bool,
+    wide: int,
     pick: st.DataObject,
 ) -> None:
     uri = str(tmp_path_factory.mktemp("archive"))  # type: ignore[attr-defined]
     rows = [Row(u, i, d, tuple(n), iss) for u, i, d, n, iss in data]
     size = -(-len(rows) // commits)
-    for n, start in enumerate(range(0, len(rows), size)):
-        append(uri, rows[start : start + size], commit_id=f"c{n}")
-        if indexed_after is not None and n == indexed_after:
-            domains.catch_up(uri, None, build=True)
+    with pytest.MonkeyPatch.context() as patch:
+        # fewer names make a row wide: the index keeps it without its payload
+        patch.setattr(domains, "WIDE_NAMES", wide)
+        for n, start in enumerate(range(0, len(rows), size)):
+            append(uri, rows[start : start + size], commit_id=f"c{n}")
+            # built after commit `indexed_after`; kept up with the later ones, or left behind
+            if indexed_after is not None and (n == indexed_after or (n > indexed_after and follow)):
+                domains.catch_up(uri, None, build=True)
     if compact:
         DeltaTable(uri).optimize.compact()
     all_names = sorted({name for r in rows for name in r.domains} | {"nothing.com"})
@@ -113,8 +132,11 @@ def test_pages_are_the_naive_scan(
         date_to=pick.draw(st.sampled_from([None, *DATES])),
     )
     limit = pick.draw(st.integers(1, 6))
-    version, got = all_pages(uri, query, limit)
-    assert got == naive(uri, version, query)
+    answered: list[dict[str, object]] = []
+    version, got = all_pages(uri, query, limit, answered)
+    expected = naive_rows(uri, version, query)
+    assert got == sorted(expected)
+    assert answered == [expected[k] for k in got]
     # The export: the same rows, in its own order; past `STREAM_CANDIDATES` by a scan.
     most = pick.draw(st.sampled_from([search.STREAM_CANDIDATES, 2]))
     with pytest.MonkeyPatch.context() as patch:

@@ -11,7 +11,14 @@ import pyarrow.compute as pc
 from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
-from certlake.lake.domains import ArchiveLog, covered_version, open_index
+from certlake.lake.domains import (
+    ADDED_IN,
+    ArchiveLog,
+    built_version,
+    covered_version,
+    covering,
+    open_index,
+)
 from certlake.lake.files import TableFiles
 from certlake.lake.table import STORAGE_ERRORS, TableUnreadableError
 
@@ -55,12 +62,20 @@ class Snapshot:
         self.table = table
         self.files = TableFiles(table, uri, storage_options, "archive")
         self.version = self.files.version
-        self.index = open_index(uri, storage_options) if with_index else None
-        self.uncovered = self._uncovered(storage_options) if with_index else None
+        index = open_index(uri, storage_options) if with_index else None
+        self.index = index if index is not None and self._serves(index) else None
+        self.uncovered = self._uncovered(storage_options)
+
+    def _serves(self, index: DeltaTable) -> bool:
+        """Whether the index may answer for this snapshot: not one of an older layout, nor one
+        built from a later snapshot (rows removed in between would be missing from it)."""
+        built = built_version(index)
+        return covering(index) and built is not None and built <= self.version
 
     def _uncovered(self, storage_options: Mapping[str, str] | None) -> list[str] | None:
         """The snapshot's files the index does not cover (None: the index covers none — there
-        is none, or it cannot say)."""
+        is none, it cannot say, or rows were removed since the version it covers, so that some
+        of its rows may be of rows gone)."""
         covered = covered_version(self.index)
         if covered is None:
             return None
@@ -70,10 +85,10 @@ class Snapshot:
         present = set(self.files.stats.column("path").to_pylist())
         paths: list[str] = []
         for version in range(covered + 1, self.version + 1):
-            added = archive_log.added(version, rewrites=True)
-            if added is None:  # the log no longer reaches back: trust no part of the index
+            commit = archive_log.commit(version)
+            if commit is None or commit.removes_rows:  # trust no part of the index
                 return None
-            paths.extend(a.path for a in added if a.path in present)
+            paths.extend(a.path for a in commit.files if a.path in present)
         return paths
 
     def all_paths(self) -> list[str]:
@@ -82,12 +97,13 @@ class Snapshot:
     def scan_index(
         self, columns: Sequence[str], predicate: pc.Expression, batch_rows: int
     ) -> Iterator[pa.RecordBatch]:
-        """`columns` of the domain index rows `predicate` keeps (the index must exist)."""
+        """`columns` of the domain index rows `predicate` keeps, of the rows this snapshot holds
+        (the index must exist; it may cover later versions too)."""
         assert self.index is not None
         try:
             scanner = self.index.to_pyarrow_dataset().scanner(
                 columns=list(columns),
-                filter=predicate,
+                filter=predicate & (pc.field(ADDED_IN) <= self.version),
                 batch_size=batch_rows,
                 fragment_readahead=1,
                 batch_readahead=_INDEX_READAHEAD,

@@ -1,13 +1,15 @@
 """A page of a search of the archive (the I/O shell around `spec`).
 
 One page is read from one archive snapshot (the cursor's version, or the newest) in two steps:
-1. candidates: the keys (`cert_index`, `source_url`) that may match, smallest first after the
-   cursor — from the domain index for a domain, plus a direct scan of the files the index does
-   not cover yet (`uncovered`); from the archive's own columns otherwise (issuer and dates only:
-   no index answers those, the partitions bound the dates);
-2. rows: the archive rows of those keys, read from the files whose statistics may hold them,
-   each checked against `Query.matches`, the definition, so that an index that says too much
-   (a row deleted by another tool) never changes a result.
+1. candidates: the rows (`cert_index`, `source_url`) that may match, smallest first after the
+   cursor — from the domain index for a domain (its rows hold what a result holds: the index
+   covers the query), plus a direct scan of the files the index does not cover yet
+   (`uncovered`); from the archive's own columns otherwise (issuer and dates only: no index
+   answers those, the partitions bound the dates);
+2. rows: the candidates the index holds whole are the rows; the others (found by the direct
+   scan, or wide rows the index keeps without their payload: `domains.WIDE_NAMES`) are read from
+   the archive files whose statistics may hold them. Every row is checked against
+   `Query.matches`, the definition, which the index's own filters only approximate.
 When the check turns candidates down (an issuer filter), more are taken until the page is full
 or there are no more. Only the page's keys and rows are ever held: memory follows the page size,
 not the number of matches.
@@ -24,7 +26,7 @@ from typing import Any, Final
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from certlake.lake.domains import KEY
+from certlake.lake.domains import DOMAINS_SCHEMA, KEY, PAYLOAD, PAYLOAD_COLUMNS
 from certlake.lake.files import may_hold
 from certlake.lake.schema import CERT_INDEX, SOURCE_URL
 from certlake.lake.snapshot import Snapshot
@@ -35,23 +37,11 @@ BATCH_ROWS: Final = 65_536
 STREAM_CANDIDATES: Final = 200_000
 # What a result holds: the fork's fields (subject and issuer under their short names), then
 # certlake's `source_url`.
-ROW_COLUMNS: Final = (
-    "cert_index",
-    "fingerprint",
-    "sha256",
-    "serial_number",
-    "subject_aggregated",
-    "issuer_aggregated",
-    "not_before",
-    "not_after",
-    "all_domains",
-    "source_name",
-    "seen",
-    "is_ca",
-    "source_url",
-    "seen_date",
-)
+ROW_COLUMNS: Final = (CERT_INDEX, *PAYLOAD_COLUMNS, SOURCE_URL, "seen_date")
 _KEYS: Final = [CERT_INDEX, SOURCE_URL]
+# What a candidate holds: its key, whether the index held its row whole, and that row if so.
+_CANDIDATE: Final = [*_KEYS, PAYLOAD, *PAYLOAD_COLUMNS, "seen_date"]
+_CANDIDATE_SCHEMA: Final = pa.schema([DOMAINS_SCHEMA.field(name) for name in _CANDIDATE])
 
 
 class QueryTimeoutError(Exception):
@@ -116,7 +106,8 @@ def search_page(
     want = request.limit + 1
     take = want
     while True:
-        keys = _smallest(_candidates(snapshot, request.query, deadline), take, after, deadline)
+        candidates = _candidates(snapshot, request.query, deadline, whole=True)
+        keys = _smallest(candidates, take, after, deadline)
         rows = _rows(snapshot, request.query, keys, deadline)
         if len(rows) >= want or keys.num_rows < take:
             break
@@ -146,18 +137,52 @@ def iter_rows(
     deadline = Deadline(None)
     snapshot = Snapshot(uri, storage_options, None)
     if query.domain is not None and snapshot.index is not None and snapshot.uncovered is not None:
-        keys = _all_keys(_candidates(snapshot, query, deadline), STREAM_CANDIDATES)
+        keys = _all_keys(_candidates(snapshot, query, deadline, whole=False), STREAM_CANDIDATES)
         if keys is not None:
-            for start in range(0, keys.num_rows, batch_rows):
-                yield from _rows(snapshot, query, keys.slice(start, batch_rows), deadline)
+            yield from _stream_candidates(snapshot, query, deadline, batch_rows)
             return
     paths = snapshot.all_paths()
     for batch in snapshot.files.scan(
         paths, ROW_COLUMNS, _date_filter(query), batch_rows, lean=True
     ):
         for row in pa.Table.from_batches([batch]).filter(_archive_mask(batch, query)).to_pylist():
-            if query.matches(row["all_domains"] or (), row["issuer_aggregated"], row["seen_date"]):
+            if _matches(query, row):
                 yield row
+
+
+def _stream_candidates(
+    snapshot: Snapshot, query: Query, deadline: Deadline, batch_rows: int
+) -> Iterator[dict[str, Any]]:
+    """The matching rows of the candidates as they come (the index's whole rows), then of the
+    others read from the archive `batch_rows` at a time; each once (a row is a candidate once
+    for each of its names that matches: the caller has checked that the keys are few)."""
+    done: set[tuple[int, str]] = set()
+    pending: set[tuple[int, str]] = set()
+    for table in _candidates(snapshot, query, deadline, whole=True):
+        whole = pc.fill_null(table.column(PAYLOAD), False)
+        for row in table.filter(whole).select(ROW_COLUMNS).to_pylist():
+            key = (row[CERT_INDEX], row[SOURCE_URL])
+            if key not in done:
+                done.add(key)
+                if _matches(query, row):
+                    yield row
+        rest = table.filter(pc.invert(whole))
+        indices, urls = rest.column(CERT_INDEX).to_pylist(), rest.column(SOURCE_URL).to_pylist()
+        pending.update(zip(indices, urls, strict=True))
+    left = sorted(pending - done)
+    for start in range(0, len(left), batch_rows):
+        part = left[start : start + batch_rows]
+        keys = pa.table(
+            {
+                CERT_INDEX: pa.array([k for k, _ in part], pa.int64()),
+                SOURCE_URL: pa.array([u for _, u in part], pa.string()),
+            }
+        )
+        yield from _rows(snapshot, query, keys, deadline)
+
+
+def _matches(query: Query, row: Mapping[str, Any]) -> bool:
+    return query.matches(row["all_domains"] or (), row["issuer_aggregated"], row["seen_date"])
 
 
 def _all_keys(tables: Iterator[pa.Table], most: int) -> pa.Table | None:
@@ -206,20 +231,23 @@ def _and(parts: Iterable[pc.Expression | None]) -> pc.Expression | None:
     return result
 
 
-def _candidates(snapshot: Snapshot, query: Query, deadline: Deadline) -> Iterator[pa.Table]:
-    """Tables of (`cert_index`, `source_url`) that hold every matching row's key (and maybe
-    more; `_rows` checks)."""
+def _candidates(
+    snapshot: Snapshot, query: Query, deadline: Deadline, *, whole: bool
+) -> Iterator[pa.Table]:
+    """Tables that hold every matching row's key (and maybe more; `_rows` checks): with
+    `whole`, of `_CANDIDATE`'s columns (the row, when the index holds it whole), else of the
+    keys only."""
     domain = query.domain
     if domain is None or snapshot.uncovered is None or snapshot.index is None:
         # Issuer and dates only, or no usable index: the archive's own columns.
-        yield from _scan_archive(snapshot, query, snapshot.all_paths(), deadline)
+        yield from _scan_archive(snapshot, query, snapshot.all_paths(), deadline, whole=whole)
         return
-    yield from _scan_index(snapshot, query, domain, deadline)
-    yield from _scan_archive(snapshot, query, snapshot.uncovered, deadline)
+    yield from _scan_index(snapshot, query, domain, deadline, whole=whole)
+    yield from _scan_archive(snapshot, query, snapshot.uncovered, deadline, whole=whole)
 
 
 def _scan_index(
-    snapshot: Snapshot, query: Query, domain: DomainFilter, deadline: Deadline
+    snapshot: Snapshot, query: Query, domain: DomainFilter, deadline: Deadline, *, whole: bool
 ) -> Iterator[pa.Table]:
     key_range = domain.key_range()
     if key_range is not None:
@@ -227,13 +255,14 @@ def _scan_index(
         match: pc.Expression = (pc.field(KEY) >= low) & (pc.field(KEY) < high)
     else:
         match = pc.match_substring(pc.field(KEY), domain.key_substring())
-    for batch in snapshot.scan_index(_KEYS, _and([match, _date_filter(query)]), BATCH_ROWS):
+    columns = _CANDIDATE if whole else _KEYS
+    for batch in snapshot.scan_index(columns, _and([match, _date_filter(query)]), BATCH_ROWS):
         deadline.check()
         yield pa.Table.from_batches([batch])
 
 
 def _scan_archive(
-    snapshot: Snapshot, query: Query, paths: list[str], deadline: Deadline
+    snapshot: Snapshot, query: Query, paths: list[str], deadline: Deadline, *, whole: bool
 ) -> Iterator[pa.Table]:
     columns = list(_KEYS)
     if query.domain is not None:
@@ -243,7 +272,19 @@ def _scan_archive(
     for batch in snapshot.files.scan(paths, columns, _date_filter(query), BATCH_ROWS):
         deadline.check()
         keep = _archive_mask(batch, query)
-        yield pa.Table.from_batches([batch]).filter(keep).select(_KEYS)
+        keys = pa.Table.from_batches([batch]).filter(keep).select(_KEYS)
+        yield _to_read(keys) if whole else keys
+
+
+def _to_read(keys: pa.Table) -> pa.Table:
+    """Candidates of `keys` whose rows are to be read from the archive (`_CANDIDATE`)."""
+    n = keys.num_rows
+    types = {f.name: f.type for f in _CANDIDATE_SCHEMA}
+    columns = {name: keys.column(name) for name in _KEYS}
+    columns[PAYLOAD] = pa.repeat(pa.scalar(False), n)
+    for name in _CANDIDATE[3:]:
+        columns[name] = pa.nulls(n, types[name])
+    return pa.table(columns, schema=_CANDIDATE_SCHEMA)
 
 
 def _archive_mask(batch: pa.RecordBatch, query: Query) -> pa.Array:
@@ -271,7 +312,9 @@ def _archive_mask(batch: pa.RecordBatch, query: Query) -> pa.Array:
 def _smallest(
     tables: Iterator[pa.Table], take: int, after: After | None, deadline: Deadline
 ) -> pa.Table:
-    """The `take` smallest distinct keys after `after`, sorted."""
+    """The candidates of the `take` smallest distinct keys after `after`, sorted; of a key
+    found more than once (a row under two matching names, or in the index and a direct scan),
+    a whole one if there is one."""
     best: pa.Table | None = None
     for table in tables:
         if after is not None:
@@ -280,13 +323,26 @@ def _smallest(
             continue
         deadline.check()
         merged = table if best is None else pa.concat_tables([best, table])
-        unique = merged.group_by(_KEYS, use_threads=False).aggregate([])
-        best = unique.sort_by([(CERT_INDEX, "ascending"), (SOURCE_URL, "ascending")]).slice(0, take)
+        best = _first_of_each_key(merged).slice(0, take)
     if best is None:
-        return pa.table(
-            {CERT_INDEX: pa.array([], pa.int64()), SOURCE_URL: pa.array([], pa.string())}
-        )
+        return _to_read(_empty_keys())
     return best
+
+
+def _first_of_each_key(table: pa.Table) -> pa.Table:
+    """`table` sorted by key, one row a key: a whole one first."""
+    table = table.sort_by(
+        [(CERT_INDEX, "ascending"), (SOURCE_URL, "ascending"), (PAYLOAD, "descending")]
+    ).combine_chunks()
+    n = table.num_rows
+    if n < 2:
+        return table
+    indices, urls = table.column(CERT_INDEX).chunk(0), table.column(SOURCE_URL).chunk(0)
+    new = pc.or_(
+        pc.not_equal(indices.slice(1), indices.slice(0, n - 1)),
+        pc.not_equal(urls.slice(1), urls.slice(0, n - 1)),
+    )
+    return table.filter(pa.concat_arrays([pa.array([True]), new]))
 
 
 def _after_mask(table: pa.Table, after: After) -> pa.ChunkedArray:
@@ -303,11 +359,36 @@ def _after_mask(table: pa.Table, after: After) -> pa.ChunkedArray:
 
 
 def _rows(
-    snapshot: Snapshot, query: Query, keys: pa.Table, deadline: Deadline
+    snapshot: Snapshot, query: Query, candidates: pa.Table, deadline: Deadline
 ) -> list[dict[str, Any]]:
-    """The archive rows of `keys` that match, in the keys' order."""
-    if keys.num_rows == 0:
+    """The rows of `candidates` (distinct keys; `_CANDIDATE`'s columns, or the keys only) that
+    match, in the candidates' order: the whole ones as the index holds them, the others read
+    from the archive."""
+    if candidates.num_rows == 0:
         return []
+    indices = candidates.column(CERT_INDEX).to_pylist()
+    urls = candidates.column(SOURCE_URL).to_pylist()
+    if PAYLOAD in candidates.column_names:
+        whole = pc.fill_null(candidates.column(PAYLOAD), False)
+        held = candidates.filter(whole).select(ROW_COLUMNS).to_pylist()
+        rows = {(r[CERT_INDEX], r[SOURCE_URL]): r for r in held}
+        rest = candidates.filter(pc.invert(whole))
+    else:
+        rows, rest = {}, candidates
+    if rest.num_rows:
+        rows.update(_read_rows(snapshot, rest, deadline))
+    result = []
+    for key in zip(indices, urls, strict=True):
+        row = rows.get(key)
+        if row is not None and _matches(query, row):
+            result.append(row)
+    return result
+
+
+def _read_rows(
+    snapshot: Snapshot, keys: pa.Table, deadline: Deadline
+) -> dict[tuple[int, str], dict[str, Any]]:
+    """The archive rows of `keys`, read from the files whose statistics may hold them."""
     indices = keys.column(CERT_INDEX).to_pylist()
     urls = keys.column(SOURCE_URL).to_pylist()
     mask = may_hold(snapshot.files.stats, ((u, i, i) for u, i in zip(urls, indices, strict=True)))
@@ -323,11 +404,4 @@ def _rows(
             key = (row[CERT_INDEX], row[SOURCE_URL])
             if key in wanted and key not in found:
                 found[key] = row
-    result = []
-    for key in zip(indices, urls, strict=True):
-        row = found.get(key)
-        if row is not None and query.matches(
-            row["all_domains"] or (), row["issuer_aggregated"], row["seen_date"]
-        ):
-            result.append(row)
-    return result
+    return found
