@@ -95,3 +95,36 @@ async def test_s3_two_sinks_on_one_table_archive_each_index_once(
     # Conditional puts make each commit atomic; the transaction identifiers make two writers'
     # commits exactly-once between them.
     await two_sinks_on_one_table(f"s3://{s3_bucket}/certstream", s3_server.options())
+
+
+def test_s3_search_through_the_covering_index_and_gap_runs(
+    s3_server: S3Server, s3_bucket: str
+) -> None:
+    """The index and the runs cache are read through delta-rs's object store too: a search
+    over `s3://` reads the index files the key range needs and nothing of the archive, and gap
+    detection after `record` opens no data file."""
+    from tests.query.archive_rows import Row, rows_table
+
+    from certlake.backfill.presence import plan_gaps
+    from certlake.lake import domains, known_runs
+    from certlake.lake.table import ArchiveTable
+    from certlake.query.search import search_page
+    from certlake.query.spec import DomainFilter, PageRequest, Query
+
+    uri = f"s3://{s3_bucket}/searched"
+    options = s3_server.options()
+    rows = [Row(LOG_A, i, "2026-12-01", (f"h{i}.ex.com", f"other{i}.org")) for i in range(8)]
+    table = ArchiveTable.open_or_create(uri, storage_options=options, compression_level=1)
+    table.append(rows_table([r for r in rows if r.index != 5]), versions={LOG_A: 8}, commit_id="a")
+    assert domains.catch_up(uri, options, build=True) is not None
+    query = Query(domain=DomainFilter.parse("*.ex.com"))
+    page = search_page(uri, options, PageRequest(query, 10, None))
+    assert [r["cert_index"] for r in page.rows] == [0, 1, 2, 3, 4, 6, 7]
+    assert page.rows[0]["all_domains"] == ["h0.ex.com", "other0.org"]
+    exact = search_page(
+        uri, options, PageRequest(Query(domain=DomainFilter.parse("other6.org")), 5, None)
+    )
+    assert [r["cert_index"] for r in exact.rows] == [6]
+    assert known_runs.record(uri, options).files == 1
+    plan = plan_gaps(uri, None, {LOG_A: 8}, None, storage_options=options)
+    assert plan.work_items == ((LOG_A, 5, 5),)

@@ -192,6 +192,8 @@ class TableFiles:
         slower than the reads (an export turning rows into text): Arrow's threaded readahead
         would fill with several files' row groups decoded (measured: peak memory then grows
         with the archive's size, up to its readahead's bound)."""
+        if not paths:  # no dataset to make: delta-rs takes ~50 ms for one of 100 files
+            return
         with self._reading():
             if self._rows is None:
                 self._rows = self._table.to_pyarrow_dataset()

@@ -256,7 +256,9 @@ def _scan_index(
     else:
         match = pc.match_substring(pc.field(KEY), domain.key_substring())
     columns = _CANDIDATE if whole else _KEYS
-    for batch in snapshot.scan_index(columns, _and([match, _date_filter(query)]), BATCH_ROWS):
+    predicate = _and([match, _date_filter(query)])
+    assert predicate is not None
+    for batch in snapshot.scan_index(columns, predicate, BATCH_ROWS, key_range):
         deadline.check()
         yield pa.Table.from_batches([batch])
 
