@@ -105,3 +105,55 @@ def test_a_wide_row_is_indexed_without_its_payload_and_found_in_the_archive(
     rows: list[dict[str, object]] = []
     all_pages(uri, SUFFIX, 5, rows)
     assert [r["all_domains"] for r in rows] == [list(wide), list(wide[:2])]
+
+
+def test_searches_kept_open_notice_an_index_rebuilt_under_them(tmp_path: Path) -> None:
+    """`search.TABLES` keeps the archive and index open between first pages; a rebuild deletes
+    the index and writes a new one at the same place, with fewer or more commits than the
+    handle had seen: never read as if it were the old one."""
+    uri = archive(tmp_path, 3)
+    assert all_pages(uri, SUFFIX, 10)[1] == [(i, LOGS[0]) for i in range(3)]
+    append(uri, [Row(LOGS[1], i, DAY, (f"b{i}.ex.com",)) for i in range(2)], "second")
+    domains.catch_up(uri, None)  # the index now has two commits; the pool's handle saw one
+    version, got = all_pages(uri, SUFFIX, 10)
+    assert got == naive(uri, version, SUFFIX) and len(got) == 5
+    domains.rebuild(uri, None)  # one commit again, other files
+    version, got = all_pages(uri, SUFFIX, 10)
+    assert got == naive(uri, version, SUFFIX) and len(got) == 5
+    append(uri, [Row(LOGS[2], 0, DAY, ("c0.ex.com",))], "third")
+    domains.catch_up(uri, None)
+    domains.rebuild(uri, None)
+    append(uri, [Row(LOGS[2], 1, DAY, ("c1.ex.com",))], "fourth")
+    domains.catch_up(uri, None)  # two commits of a new index, against a handle of one
+    version, got = all_pages(uri, SUFFIX, 10)
+    assert got == naive(uri, version, SUFFIX) and len(got) == 7
+
+
+def test_searches_in_threads_each_read_their_own_snapshot(tmp_path: Path) -> None:
+    """The server searches in threads: a handle kept open serves one search at a time, and each
+    page is its snapshot's exact answer while the archive grows."""
+    import threading
+
+    from certlake.query.search import TABLES
+
+    uri = archive(tmp_path, 4)
+    failures: list[str] = []
+
+    def search() -> None:
+        for _ in range(15):
+            page = search_page(uri, None, PageRequest(SUFFIX, 100, None))
+            keys = [(r["cert_index"], r["source_url"]) for r in page.rows]
+            if keys != naive(uri, page.version, SUFFIX):
+                failures.append(f"version {page.version}: {keys}")
+
+    threads = [threading.Thread(target=search) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for n in range(5):
+        append(uri, [Row(LOGS[1], n, DAY, (f"g{n}.ex.com",))], f"grow{n}")
+        domains.catch_up(uri, None)
+    for t in threads:
+        t.join()
+    assert failures == []
+    idle = TABLES._idle.get((uri, ()))
+    assert idle is not None and 1 <= len(idle) <= 4

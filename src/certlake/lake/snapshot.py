@@ -3,6 +3,9 @@ index, and which of its files that index does not cover yet (the I/O under `quer
 
 from __future__ import annotations
 
+import contextlib
+import json
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Final
 
@@ -40,6 +43,22 @@ class CursorGoneError(Exception):
     """The cursor's table version can no longer be read: vacuumed, or its log cleaned (410)."""
 
 
+def _open_archive(
+    uri: str, storage_options: Mapping[str, str] | None, version: int | None
+) -> DeltaTable:
+    options = None if storage_options is None else dict(storage_options)
+    try:
+        return DeltaTable(uri, storage_options=options, version=version)
+    except TableNotFoundError as exc:
+        if version is None:
+            raise NoArchiveError(f"no archive table at {uri}") from exc
+        raise CursorGoneError(f"table version {version} is gone") from exc
+    except (DeltaError, OSError) as exc:
+        if version is not None:
+            raise CursorGoneError(f"table version {version} cannot be read: {exc}") from exc
+        raise TableUnreadableError(f"archive {uri} cannot be read: {exc}") from exc
+
+
 class Snapshot:
     """The archive at one version: its files' statistics, and which of them the domain index
     does not cover."""
@@ -51,24 +70,20 @@ class Snapshot:
         version: int | None,
         *,
         with_index: bool = True,
+        opened: tuple[DeltaTable, DeltaTable | None] | None = None,
     ) -> None:
-        options = None if storage_options is None else dict(storage_options)
-        try:
-            table = DeltaTable(uri, storage_options=options, version=version)
-        except TableNotFoundError as exc:
-            if version is None:
-                raise NoArchiveError(f"no archive table at {uri}") from exc
-            raise CursorGoneError(f"table version {version} is gone") from exc
-        except (DeltaError, OSError) as exc:
-            if version is not None:
-                raise CursorGoneError(f"table version {version} cannot be read: {exc}") from exc
-            raise TableUnreadableError(f"archive {uri} cannot be read: {exc}") from exc
+        """`opened`: the archive and its index (None: there is none) already open at their
+        newest versions (`TablePool.snapshot`), for `version` None."""
+        if opened is None:
+            table = _open_archive(uri, storage_options, version)
+            index = open_index(uri, storage_options) if with_index else None
+        else:
+            table, index = opened
         self.uri = uri
         self._options = table_storage_options(uri, storage_options)
         self.table = table
         self.files = TableFiles(table, uri, storage_options, "archive")
         self.version = self.files.version
-        index = open_index(uri, storage_options) if with_index else None
         self.index = index if index is not None and self._serves(index) else None
         self.uncovered = self._uncovered(storage_options)
 
@@ -150,3 +165,99 @@ class Snapshot:
             format="parquet",
             filesystem=filesystem,
         )
+
+
+class TablePool:
+    """The archive and its index kept open between the searches of one process, for those of
+    the newest version (first pages): loading a table's log costs ~8 ms a table, bringing an
+    open handle up to date (`update_incremental`) ~1 ms. A handle serves one search at a time
+    (taken, then given back), since a search holds the version its handle is at. Before a
+    handle is used again, the table's first commit must still name the table it was opened
+    on: `certlake index rebuild` deletes the index and writes a new one at the same place, and
+    a handle of the old one brought "up to date" with the new one's commits would list files of
+    neither."""
+
+    def __init__(self, most_idle: int = 4) -> None:
+        self._lock = threading.Lock()
+        self._idle: dict[tuple[str, tuple[tuple[str, str], ...]], list[tuple[DeltaTable, str]]] = {}
+        self._most_idle = most_idle
+
+    @contextlib.contextmanager
+    def snapshot(
+        self, uri: str, storage_options: Mapping[str, str] | None, version: int | None
+    ) -> Iterator[Snapshot]:
+        if version is not None:
+            yield Snapshot(uri, storage_options, version)
+            return
+        taken: list[tuple[str, DeltaTable, str]] = []
+        try:
+            archive = self._take(uri, storage_options)
+            if archive is None:
+                table = _open_archive(uri, storage_options, None)
+                archive = (table, str(table.metadata().id))
+            taken.append((uri, *archive))
+            location = index_uri(uri)
+            index = self._take(location, storage_options)
+            if index is None:
+                opened = open_index(uri, storage_options)
+                index = None if opened is None else (opened, str(opened.metadata().id))
+            if index is not None:
+                taken.append((location, *index))
+            yield Snapshot(
+                uri, storage_options, None, opened=(archive[0], None if index is None else index[0])
+            )
+        finally:
+            for location, table, table_id in taken:
+                self._give(location, storage_options, table, table_id)
+
+    def _key(
+        self, uri: str, storage_options: Mapping[str, str] | None
+    ) -> tuple[str, tuple[tuple[str, str], ...]]:
+        return uri, tuple(sorted((storage_options or {}).items()))
+
+    def _take(
+        self, uri: str, storage_options: Mapping[str, str] | None
+    ) -> tuple[DeltaTable, str] | None:
+        with self._lock:
+            idle = self._idle.get(self._key(uri, storage_options))
+            if not idle:
+                return None
+            table, table_id = idle.pop()
+        try:
+            table.update_incremental()
+            if _first_commit_id(uri, storage_options) == table_id:
+                return table, table_id
+        except (DeltaError, OSError):
+            pass
+        return None  # gone, replaced or unreadable: the caller opens it afresh
+
+    def _give(
+        self,
+        uri: str,
+        storage_options: Mapping[str, str] | None,
+        table: DeltaTable,
+        table_id: str,
+    ) -> None:
+        with self._lock:
+            idle = self._idle.setdefault(self._key(uri, storage_options), [])
+            if len(idle) < self._most_idle:
+                idle.append((table, table_id))
+
+
+def _first_commit_id(uri: str, storage_options: Mapping[str, str] | None) -> str | None:
+    """The table id the first commit of the table at `uri` names (None: none readable; a log
+    cleaned of its first commit is never pooled)."""
+    filesystem = pafs.PyFileSystem(
+        DeltaStorageHandler(uri, table_storage_options(uri, storage_options) or {})
+    )
+    try:
+        with filesystem.open_input_stream(f"_delta_log/{0:020d}.json") as stream:
+            text = stream.read().decode()
+    except (FileNotFoundError, *STORAGE_ERRORS):
+        return None
+    for line in text.splitlines():
+        if '"metaData"' in line:
+            metadata = json.loads(line).get("metaData")
+            if metadata is not None:
+                return str(metadata.get("id"))
+    return None

@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 from certlake.lake.domains import DOMAINS_SCHEMA, KEY, PAYLOAD, PAYLOAD_COLUMNS
 from certlake.lake.files import may_hold
 from certlake.lake.schema import CERT_INDEX, SOURCE_URL
-from certlake.lake.snapshot import Snapshot
+from certlake.lake.snapshot import Snapshot, TablePool
 from certlake.query.spec import After, Cursor, DomainFilter, DomainMode, PageRequest, Query
 
 BATCH_ROWS: Final = 65_536
@@ -42,6 +42,10 @@ _KEYS: Final = [CERT_INDEX, SOURCE_URL]
 # What a candidate holds: its key, whether the index held its row whole, and that row if so.
 _CANDIDATE: Final = [*_KEYS, PAYLOAD, *PAYLOAD_COLUMNS, "seen_date"]
 _CANDIDATE_SCHEMA: Final = pa.schema([DOMAINS_SCHEMA.field(name) for name in _CANDIDATE])
+
+
+# The archive and its index kept open between this process's searches (`TablePool`).
+TABLES: Final = TablePool()
 
 
 class QueryTimeoutError(Exception):
@@ -101,7 +105,12 @@ def search_page(
     `QueryTimeoutError`, `TableUnreadableError`)."""
     deadline = Deadline(timeout_secs)
     cursor = request.cursor
-    snapshot = Snapshot(uri, storage_options, None if cursor is None else cursor.version)
+    with TABLES.snapshot(uri, storage_options, None if cursor is None else cursor.version) as snap:
+        return _page(snap, request, deadline)
+
+
+def _page(snapshot: Snapshot, request: PageRequest, deadline: Deadline) -> Page:
+    cursor = request.cursor
     after = None if cursor is None else cursor.after
     want = request.limit + 1
     take = want
