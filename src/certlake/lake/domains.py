@@ -48,10 +48,8 @@ from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
-from deltalake.fs import DeltaStorageHandler
 
 from certlake.lake.schema import ARCHIVE_SCHEMA, CERT_INDEX, SOURCE_URL
 from certlake.lake.table import (
@@ -62,6 +60,7 @@ from certlake.lake.table import (
     child_uri,
     delete_table,
     open_table,
+    table_filesystem,
 )
 from certlake.query.spec import domain_key
 
@@ -204,23 +203,37 @@ class Commit:
 
 
 class ArchiveLog:
-    """The archive's commits and data files read as stored (delta-rs has no per-commit view of
-    its add actions; the commit files are small JSON)."""
+    """A table's commits and data files read as stored (delta-rs has no per-commit view of its
+    add actions; the commit files are small JSON)."""
 
     def __init__(self, uri: str, storage_options: Mapping[str, str] | None) -> None:
         self.uri = uri
-        self._fs = pafs.PyFileSystem(DeltaStorageHandler(uri, dict(storage_options or {})))
+        self._fs = table_filesystem(uri, storage_options)
 
-    def commit(self, version: int) -> Commit | None:
-        """What commit `version` added and whether it removed rows; None if its file is gone."""
+    def _text(self, version: int) -> str | None:
         path = f"_delta_log/{version:020d}.json"
         try:
             with self._fs.open_input_stream(path) as stream:
-                text = stream.read().decode()
+                return str(stream.read().decode())
         except FileNotFoundError:
             return None
         except STORAGE_ERRORS as exc:
-            raise TableUnreadableError(f"archive {self.uri}: {path} cannot be read: {exc}") from exc
+            raise TableUnreadableError(f"table {self.uri}: {path} cannot be read: {exc}") from exc
+
+    def table_id(self) -> str | None:
+        """The table id the first commit names (None: that commit is gone, or names none)."""
+        text = self._text(0)
+        for line in (text or "").splitlines():
+            metadata = json.loads(line).get("metaData") if line.strip() else None
+            if metadata is not None:
+                return str(metadata.get("id"))
+        return None
+
+    def commit(self, version: int) -> Commit | None:
+        """What commit `version` added and whether it removed rows; None if its file is gone."""
+        text = self._text(version)
+        if text is None:
+            return None
         added: list[Added] = []
         rewritten: list[Added] = []
         removes_rows = False

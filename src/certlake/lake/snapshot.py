@@ -4,7 +4,6 @@ index, and which of its files that index does not cover yet (the I/O under `quer
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Final
@@ -12,10 +11,8 @@ from typing import Final
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-import pyarrow.fs as pafs
 from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError, TableNotFoundError
-from deltalake.fs import DeltaStorageHandler
 
 from certlake.lake.domains import (
     ADDED_IN,
@@ -28,7 +25,12 @@ from certlake.lake.domains import (
     open_index,
 )
 from certlake.lake.files import TableFiles
-from certlake.lake.table import STORAGE_ERRORS, TableUnreadableError, table_storage_options
+from certlake.lake.table import (
+    STORAGE_ERRORS,
+    TableUnreadableError,
+    table_filesystem,
+    table_storage_options,
+)
 
 # Index row groups read ahead at most: a few at a time keep an abandoned or long scan (an
 # export that finds too many candidates) from holding much of the index decoded.
@@ -156,14 +158,11 @@ class Snapshot:
                 pc.fill_null(pc.greater_equal(actions.column(f"max.{KEY}"), low), True),
             )
         paths = actions.column("path") if keep is None else pc.filter(actions.column("path"), keep)
-        filesystem = pafs.PyFileSystem(
-            DeltaStorageHandler(index_uri(self.uri), self._options or {})
-        )
         return ds.dataset(
             [str(p) for p in paths.to_pylist()],
             schema=pa.schema(self.index.schema().to_arrow()),
             format="parquet",
-            filesystem=filesystem,
+            filesystem=table_filesystem(index_uri(self.uri), self._options),
         )
 
 
@@ -225,9 +224,10 @@ class TablePool:
             table, table_id = idle.pop()
         try:
             table.update_incremental()
-            if _first_commit_id(uri, storage_options) == table_id:
+            options = table_storage_options(uri, storage_options)
+            if ArchiveLog(uri, options).table_id() == table_id:
                 return table, table_id
-        except (DeltaError, OSError):
+        except (DeltaError, OSError, TableUnreadableError):
             pass
         return None  # gone, replaced or unreadable: the caller opens it afresh
 
@@ -242,22 +242,3 @@ class TablePool:
             idle = self._idle.setdefault(self._key(uri, storage_options), [])
             if len(idle) < self._most_idle:
                 idle.append((table, table_id))
-
-
-def _first_commit_id(uri: str, storage_options: Mapping[str, str] | None) -> str | None:
-    """The table id the first commit of the table at `uri` names (None: none readable; a log
-    cleaned of its first commit is never pooled)."""
-    filesystem = pafs.PyFileSystem(
-        DeltaStorageHandler(uri, table_storage_options(uri, storage_options) or {})
-    )
-    try:
-        with filesystem.open_input_stream(f"_delta_log/{0:020d}.json") as stream:
-            text = stream.read().decode()
-    except (FileNotFoundError, *STORAGE_ERRORS):
-        return None
-    for line in text.splitlines():
-        if '"metaData"' in line:
-            metadata = json.loads(line).get("metaData")
-            if metadata is not None:
-                return str(metadata.get("id"))
-    return None

@@ -74,9 +74,7 @@ def child_uri(uri: str, name: str) -> str:
     return f"{uri}/{name}" if "://" in uri else os.path.join(uri, name)
 
 
-def table_storage_options(
-    uri: str, configured: Mapping[str, str] | None
-) -> dict[str, str] | None:
+def table_storage_options(uri: str, configured: Mapping[str, str] | None) -> dict[str, str] | None:
     """The storage options a table at `uri` is opened with, given the configured object-store
     options: those for s3:// tables, None for local ones. They mean nothing to a local table, and
     a script that opened a local table with storage options and read it through pyarrow was seen
@@ -345,12 +343,17 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def table_filesystem(uri: str, storage_options: Mapping[str, str] | None) -> pafs.FileSystem:
+    """The files of the table at `uri` as a pyarrow filesystem, through delta-rs's own object
+    store (the same credentials and endpoints as its reads), paths relative to the table."""
+    return pafs.PyFileSystem(DeltaStorageHandler(uri, dict(storage_options or {})))
+
+
 def delete_table(uri: str, storage_options: Mapping[str, str] | None) -> int:
     """Delete every file of the table at `uri` (every object under an s3:// prefix); returns
     how many. The log goes first, newest version first: at every instant the location holds an
     older version of the table, or none."""
-    handler = DeltaStorageHandler(uri, dict(storage_options or {}))
-    fs = pafs.PyFileSystem(handler)
+    fs = table_filesystem(uri, storage_options)
     infos = fs.get_file_info(pafs.FileSelector("", recursive=True, allow_not_found=True))
     files = [i.path for i in infos if i.type == pafs.FileType.File]
 

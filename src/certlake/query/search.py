@@ -293,7 +293,7 @@ def _to_read(keys: pa.Table) -> pa.Table:
     types = {f.name: f.type for f in _CANDIDATE_SCHEMA}
     columns = {name: keys.column(name) for name in _KEYS}
     columns[PAYLOAD] = pa.repeat(pa.scalar(False), n)
-    for name in _CANDIDATE[3:]:
+    for name in (*PAYLOAD_COLUMNS, "seen_date"):
         columns[name] = pa.nulls(n, types[name])
     return pa.table(columns, schema=_CANDIDATE_SCHEMA)
 
