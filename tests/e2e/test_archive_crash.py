@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import time
 from pathlib import Path
 
@@ -18,9 +19,11 @@ import pytest
 from deltalake import DeltaTable
 
 from support.archive import check_archive
-from support.procs import Procs, server_config
+from support.procs import Proc, Procs, server_config
 
 _EXTRA_AIMED_KILLS = 12
+# How long the server runs between two looks while a kill is aimed inside a commit.
+_SLICE_SECS = 0.0005
 
 
 def _drill(procs: Procs, tmp_path: Path, kills: int, seed: int) -> dict[str, int]:
@@ -43,19 +46,16 @@ def _drill(procs: Procs, tmp_path: Path, kills: int, seed: int) -> dict[str, int
     for i in range(kills):
         server = procs.serve(config)
         if i % 2:
-            # Inside a commit: the moment a new data file appears, before its log entry exists.
-            _wait_for_new_data_file(table, timeout=15)
+            _kill_inside_commit(server, table, timeout=30)
         else:
             time.sleep(rng.uniform(0.2, 2.5))
-        server.kill9()
-    # On a busy machine a commit can complete before an aimed kill lands: aim again until one
-    # has landed inside (a bounded number of times; the test then says none did).
+            server.kill9()
+    # A sample can still fall just after a commit's last step: aim again until one has landed
+    # inside (a bounded number of times; the test then says none did).
     for _ in range(_EXTRA_AIMED_KILLS):
         if _orphan_data_files(table):
             break
-        server = procs.serve(config)
-        _wait_for_new_data_file(table, timeout=15)
-        server.kill9()
+        _kill_inside_commit(procs.serve(config), table, timeout=30)
     # A last, graceful run: it flushes what it has and leaves state and archive in step.
     server = procs.serve(config)
     time.sleep(3)
@@ -72,14 +72,46 @@ def _data_files(table: Path) -> set[Path]:
     }
 
 
-def _wait_for_new_data_file(table: Path, timeout: float) -> None:
-    before = _data_files(table)
+def _kill_inside_commit(server: Proc, table: Path, timeout: float) -> None:
+    """SIGKILL the server between writing a commit's data file and writing its log entry.
+
+    That window lasts milliseconds, and on a loaded machine a watcher polling beside the server
+    wakes up too late to catch it (CI once missed it 20 times in a row). So the server is run in
+    slices of `_SLICE_SECS` and looked at while frozen by SIGSTOP: the first slice after which its
+    new data file exists ends in the kill, the process still frozen, wherever the commit is. The
+    server runs freely until it has committed once (startup, catching up), then slice by slice."""
+    pid = server.popen.pid
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if _data_files(table) - before:
-            return
-        time.sleep(0.002)
-    raise AssertionError("the sink wrote no data file")
+    seen = _data_files(table)
+    while not _data_files(table) - seen:
+        assert time.monotonic() < deadline, "the sink wrote no data file"
+        time.sleep(0.01)
+    seen = _data_files(table)
+    try:
+        while time.monotonic() < deadline:
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(_SLICE_SECS)
+            os.kill(pid, signal.SIGSTOP)
+            _wait_stopped(pid)
+            if _data_files(table) - seen:
+                return
+        raise AssertionError("the sink wrote no second data file")
+    finally:
+        server.kill9()
+
+
+def _wait_stopped(pid: int) -> None:
+    # SIGSTOP is delivered asynchronously: look only once every thread has stopped.
+    tasks = Path(f"/proc/{pid}/task")
+    while not all(_state(t / "stat") in ("T", "t", "Z", "") for t in tasks.iterdir()):
+        time.sleep(0.0001)
+
+
+def _state(stat: Path) -> str:
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
 
 
 def _verify(tmp_path: Path, table: Path) -> dict[str, int]:
