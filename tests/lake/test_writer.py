@@ -158,5 +158,7 @@ async def test_close_gives_up_on_an_attempt_that_does_not_return(
         took = time.perf_counter() - started
     finally:
         s3_server.resume()
-    assert took < 2.5 and writer.abandoned
+    # Without the deadline close would wait as long as the store stays paused; the margin over
+    # close_timeout is for a loaded machine (3.0 s measured once under the whole suite).
+    assert took < 5.0 and writer.abandoned
     assert writer.stats.commits == 1 and writer.unwritten() == {LOG_A: [(5, 9)]}
