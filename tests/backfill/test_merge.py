@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import os
+import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+import yaml
 from deltalake import DeltaTable, write_deltalake
 
 from certlake.backfill.presence import plan_gaps
@@ -25,9 +27,10 @@ from certlake.lake.rows import messages_to_batch
 from certlake.lake.schema import ARCHIVE_SCHEMA, PARTITION_BY
 from certlake.lake.table import ArchiveTable, read_skipped, record_skipped
 from certlake.lake.txn import SkipKind, SkippedRange
-from certlake.merge.run import merge_command
+from certlake.merge.run import merge_command, merge_stagings
 from lake.conftest import LOG_A, LOG_B, make_message
 from lake.helpers import broken_log, table_keys
+from support.procs import CERTLAKE
 from support.s3 import S3Server
 
 MERGE_LOGGER = "certlake.merge.run"
@@ -494,3 +497,40 @@ def test_error_ac4_3_hv2_s3_outage_mid_merge_leaves_staging_intact(
     assert merge_command(main, staging, storage_options=options, batch_rows=10) == 0
     assert indices(main, options) == list(range(0, 32))
     assert not [k for k in objects(s3_server, bucket) if k.startswith("staging/")]
+
+
+# --- several stagings in one call (issue 17) ------------------------------------------------------
+
+
+def test_merge_of_several_stagings_inserts_each_key_once_and_deletes_them_all(
+    tmp_path: Path,
+) -> None:
+    main = write(tmp_path / "main", rows([1, 2]))
+    # Overlapping stagings (two workers' tables, a rerun's): 3 and 4 are in both.
+    first = write(tmp_path / "s1", rows([2, 3, 4], seen=T0 + 10))
+    second = write(tmp_path / "s2", rows([3, 4, 5], seen=T0 + 20))
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(
+        yaml.safe_dump({"delta_sink": {"table_path": main}, "ct_log": {"state_file": None}})
+    )
+    summary = tmp_path / "merge.json"
+    done = subprocess.run(
+        [CERTLAKE, "merge", "--config", str(cfg), "--staging-path", first,
+         "--staging-path", second, "--summary-json", str(summary)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert indices(main) == [1, 2, 3, 4, 5]
+    assert not (tmp_path / "s1").exists() and not (tmp_path / "s2").exists()
+    figures = json.loads(summary.read_text())
+    assert [(f["total_inserted"], f["total_skipped"]) for f in figures] == [(2, 1), (1, 2)]
+
+
+def test_merge_of_several_stagings_stops_at_the_first_that_fails(tmp_path: Path) -> None:
+    main = write(tmp_path / "main", rows([1]))
+    good = write(tmp_path / "good", rows([2]))
+    later = write(tmp_path / "later", rows([3]))
+    # Refused: the main table given as a staging (nothing changed, exit 2); `later` is left.
+    assert merge_stagings(main, [good, main, later]) == 2
+    assert indices(main) == [1, 2]
+    assert indices(later) == [3]

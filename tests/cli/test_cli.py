@@ -153,7 +153,7 @@ def test_validate_config_bad_file_lists_every_problem(run: Run, bad_config: Path
         "  - ct_log.batchsize: unknown key; did you mean 'batch_size'? (allowed here: "
         "retry_max_attempts, retry_initial_delay_ms, retry_max_delay_ms, request_timeout_secs, "
         "healthy_threshold, unhealthy_threshold, health_check_interval_secs, state_file, "
-        "batch_size, poll_interval_ms, user_agent, log_refresh_interval_secs, "
+        "batch_size, poll_interval_ms, user_agent, source_address, log_refresh_interval_secs, "
         "default_operator_rate_limit_ms, default_operator_max_in_flight, operators, "
         "max_response_bytes, max_decompressed_bytes, verify)",
     ]

@@ -335,14 +335,18 @@ async def _watch_writer(
             return
 
 
-async def _fetch_and_write(
+async def fetch_and_write(
     config: Config,
     summary: Summary,
     jobs: list[LogJob],
     stop: asyncio.Event,
     progress_interval: float | None,
     parse_processes: int | None,
+    *,
+    progress: bool = True,
 ) -> None:
+    """Fetch `jobs` into `summary.target`, filling `summary`. `progress`: show it (a cluster
+    worker running one item does not; its coordinator shows them all)."""
     writer = make_writer(config, summary.target)
     try:
         await until_stopped(writer.start(), stop, f"opening the table {summary.target}")
@@ -369,9 +373,7 @@ async def _fetch_and_write(
         pool=pool,
     )
     reporter = asyncio.create_task(
-        live_display(outcomes)
-        if is_terminal()
-        else log_lines(outcomes, progress_interval or LOG_INTERVAL)
+        show_progress(outcomes, progress_interval) if progress else asyncio.sleep(0)
     )
     fetching = asyncio.create_task(fetchers.run(), name="backfill fetchers")
     watching = asyncio.create_task(_watch_writer(writer, stop, bf.retry_max_attempts, summary))
@@ -403,6 +405,14 @@ async def _fetch_and_write(
             if writer.abandoned
             else "closing ran out of time"
         )
+
+
+async def show_progress(outcomes: list[LogOutcome], interval: float | None) -> None:
+    """Until cancelled: a live display on a terminal, else a line per log every `interval`."""
+    if is_terminal():
+        await live_display(outcomes)
+    else:
+        await log_lines(outcomes, interval or LOG_INTERVAL)
 
 
 async def _record_heads(
@@ -501,9 +511,11 @@ async def backfill(
     progress_interval: float | None,
     parse_processes: int | None,
     to: Ceiling | None = None,
+    cluster: str | None = None,
 ) -> None:
     """Plan, fetch and write into `summary` until done or `stop` is set; raises `JobError` when
-    the job cannot run at all."""
+    the job cannot run at all. `cluster`: a Dask scheduler's address; the work items then run
+    on its workers (`backfill/cluster.py`)."""
     ceilings = read_ceilings(config.ct_log.state_file) if to is None else {}
     if ceilings is None:
         log.info(
@@ -557,8 +569,15 @@ async def backfill(
                         for start, end in job.items:
                             job.outcome.add_unfetched(start, end, INTERRUPTED)
                 return
-        if jobs:
-            await _fetch_and_write(config, summary, jobs, stop, progress_interval, parse_processes)
+        if jobs and cluster is not None:
+            from certlake.backfill.cluster import fetch_on_cluster
+
+            infos = {job.outcome.url: readable[job.outcome.url] for job in jobs}
+            await fetch_on_cluster(
+                config, summary, jobs, infos, stop, progress_interval, cluster, staging_uri
+            )
+        elif jobs:
+            await fetch_and_write(config, summary, jobs, stop, progress_interval, parse_processes)
 
 
 def report(summary: Summary) -> None:

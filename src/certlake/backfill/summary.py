@@ -56,6 +56,9 @@ class LogOutcome:
     head_source: str | None = None  # which head they were checked against (None: not checked)
     unverified: list[Unfetched] = field(default_factory=list)  # fetched, and not proven
     evidence: int = 0  # ranges that did not verify (the log's proofs did not hold)
+    # Entries of a work item found already written when it started again on another worker of a
+    # cluster (commits of a worker that was lost mid-item): not fetched twice, nor verified again.
+    resumed: int = 0
 
     @property
     def label(self) -> str:
@@ -88,6 +91,23 @@ class LogOutcome:
     def retrying(self, error: FetchError, attempts_left: int) -> None:
         self.status = retry_status(error, attempts_left)
 
+    def absorb(self, part: LogOutcome) -> None:
+        """Add what one work item, run elsewhere (a cluster worker), did for this log."""
+        self.fetched += part.fetched
+        self.unparseable += part.unparseable
+        self.written += part.written
+        self.verified += part.verified
+        self.evidence += part.evidence
+        self.resumed += part.resumed
+        self.ranges_done += 1
+        for status, count in part.retries.items():
+            self.retries[status] = self.retries.get(status, 0) + count
+        self.unfetched.extend(part.unfetched)
+        self.unwritten.extend(part.unwritten)
+        self.unverified.extend(part.unverified)
+        if part.head_source is not None:
+            self.head_source = part.head_source
+
     def left(self) -> list[Range]:
         """The unfetched indices as coalesced ranges (what a rerun will find missing)."""
         return union_ranges((u.start, u.end) for u in self.unfetched)
@@ -110,6 +130,12 @@ def retry_status(error: FetchError, attempts_left: int) -> str:
 
 
 @dataclass(slots=True)
+class WorkerTally:
+    items: int = 0
+    records_written: int = 0
+
+
+@dataclass(slots=True)
 class Summary:
     mode: str  # "catch-up" / "historical"
     from_index: int | None
@@ -123,6 +149,8 @@ class Summary:
     elapsed: float = 0.0
     error: str | None = None  # why the job could not run at all
     error_code: int = EXIT_FAILED
+    # On a cluster: per worker address, the work items it finished and the rows it wrote.
+    workers: dict[str, WorkerTally] = field(default_factory=dict)
 
     @property
     def completed(self) -> list[LogOutcome]:
@@ -171,6 +199,10 @@ class Summary:
             "skipped_logs": [
                 {"url": s.url, "name": s.name, "reason": s.reason} for s in self.skipped
             ],
+            "workers": {
+                address: {"items": t.items, "records_written": t.records_written}
+                for address, t in sorted(self.workers.items())
+            },
         }
 
 
@@ -190,6 +222,7 @@ def _log_json(o: LogOutcome) -> dict[str, object]:
         "unwritten": [
             {"start": start, "end": end, "count": end - start + 1} for start, end in o.unwritten
         ],
+        "resumed": o.resumed,
         "verified": o.verified,
         "verified_against": o.head_source,
         "unverified": [

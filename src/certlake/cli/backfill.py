@@ -71,10 +71,12 @@ async def run_backfill(
     summary_json: Path | None = None,
     progress_interval: float | None = None,
     parse_processes: int | None = None,
+    cluster: str | None = None,
 ) -> int:
     """Fill what the archive is missing; returns the exit code (`backfill/run.py`'s docstring).
     `progress_interval`: seconds between progress lines when stderr is not a terminal;
-    `parse_processes`: processes building rows (None: decided by `build_pool`)."""
+    `parse_processes`: processes building rows (None: decided by `build_pool`); `cluster`: a
+    Dask scheduler's address, to run the work items on its workers."""
     started = time.monotonic()
     staging_uri = None if staging_path is None else table_uri(staging_path)
     if to is not None and from_index is None:
@@ -91,7 +93,15 @@ async def run_backfill(
     with _stop_on_signals(stop):
         try:
             await backfill(
-                config, summary, stop, logs, staging_uri, progress_interval, parse_processes, to
+                config,
+                summary,
+                stop,
+                logs,
+                staging_uri,
+                progress_interval,
+                parse_processes,
+                to,
+                cluster,
             )
         except JobError as exc:
             summary.error, summary.error_code = str(exc), exc.code

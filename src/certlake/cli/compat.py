@@ -20,7 +20,16 @@ RUST_MODES: Final = {
 # Options whose next token is their value, so a value that looks like a flag is not mistaken
 # for a mode flag.
 TAKES_VALUE: Final = frozenset(
-    {"--config", "--from", "--to", "--logs", "--staging-path", "--summary-json", "--log-level"}
+    {
+        "--config",
+        "--from",
+        "--to",
+        "--logs",
+        "--staging-path",
+        "--summary-json",
+        "--log-level",
+        "--dask",
+    }
 )
 
 

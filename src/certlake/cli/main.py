@@ -53,6 +53,14 @@ def _check_table_path(ctx: click.Context, param: click.Parameter, value: str | N
     return value
 
 
+def _check_table_paths(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> tuple[str, ...]:
+    for value in values:
+        _check_table_path(ctx, param, value)
+    return values
+
+
 _FROM = click.option(
     "--from",
     "from_index",
@@ -166,6 +174,13 @@ def serve(config_file: Path | None, log_level: str | None, demo: bool) -> None:
 @_LOGS
 @_STAGING
 @_SUMMARY
+@click.option(
+    "--dask",
+    "dask_scheduler",
+    metavar="ADDRESS",
+    help="Run the work items on the Dask cluster of this scheduler (tcp://HOST:PORT); "
+    "needs the cluster extra.",
+)
 def backfill(
     config_file: Path | None,
     log_level: str | None,
@@ -174,6 +189,7 @@ def backfill(
     logs: str | None,
     staging_path: str | None,
     summary_json: Path | None,
+    dask_scheduler: str | None,
 ) -> None:
     """Fetch what the archive is missing, write it, exit."""
     _contain_panics()
@@ -188,29 +204,36 @@ def backfill(
             logs=logs,
             staging_path=staging_path,
             summary_json=summary_json,
+            cluster=dask_scheduler,
         )
     )
 
 
 @cli.command()
 @_common
-@_STAGING
+@click.option(
+    "--staging-path",
+    "staging_paths",
+    multiple=True,
+    callback=_check_table_paths,
+    help="Staging Delta table (local path, file:// or s3:// URI); repeat to merge several.",
+)
 @_SUMMARY
 def merge(
     config_file: Path | None,
     log_level: str | None,
-    staging_path: str | None,
+    staging_paths: tuple[str, ...],
     summary_json: Path | None,
 ) -> None:
-    """Merge a staging table into the main table, then delete it."""
-    if staging_path is None:
+    """Merge staging tables into the main table, then delete them."""
+    if not staging_paths:
         click.echo(MERGE_NEEDS_STAGING, err=True)
         sys.exit(EXIT_USAGE)
     _contain_panics()
     config = _load(config_file, log_level).config
-    from certlake.cli.merge import run_merge
+    from certlake.cli.merge import run_merges
 
-    _exit(run_merge(config, staging_path=staging_path, summary_json=summary_json))
+    _exit(run_merges(config, list(staging_paths), summary_json=summary_json))
 
 
 @cli.command()

@@ -133,6 +133,14 @@ def _nonempty_problem(value: str) -> str | None:
     return None if value.strip() else "a non-empty string"
 
 
+def _ip_problem(value: str) -> str | None:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return "an IP address of this host"
+    return None
+
+
 def _token_problem(value: str) -> str | None:
     # Tokens are compared as UTF-8 bytes. An environment value that was not UTF-8 arrives with
     # lone surrogates (Python's surrogateescape), which have no UTF-8 form.
@@ -240,6 +248,10 @@ class CtLogConfig:
     poll_interval_ms: int = field(default=1000, metadata=_m(min=1, max=_HOUR_MS))
     # certlake additions (names as in later certstream-server-rust releases where they exist).
     user_agent: str | None = field(default=None, metadata=_m(check=_nonempty_problem))
+    # The local address reads leave from (None: the system's choice). Logs limit each client
+    # address, so each address is its own budget; a Dask worker sets its own through the
+    # environment (CERTSTREAM_CT_LOG_SOURCE_ADDRESS), as every option can be.
+    source_address: str | None = field(default=None, metadata=_m(check=_ip_problem))
     log_refresh_interval_secs: int = field(default=3600, metadata=_m(min=1, max=_WEEK_SECS))
     # Spacing an operator's requests start at (0: 50 requests/s); the rate then adapts to what
     # the operator allows, learned from its answers. A minute apart is the slowest useful pace.

@@ -42,6 +42,7 @@ def http_client(ct: CtLogConfig, resolver: AbstractResolver | None = None) -> CT
         user_agent=ct.user_agent or USER_AGENT,
         limits=ReadLimits.configured(ct.max_response_bytes, ct.max_decompressed_bytes),
         resolver=resolver,
+        source_address=ct.source_address,
     )
 
 

@@ -28,10 +28,7 @@ _DICTIONARY_LIST: Final = pa.list_(
     pa.field("item", pa.dictionary(pa.int32(), pa.string()), nullable=True)
 )
 TRANSPORT_SCHEMA: Final = pa.schema(
-    [
-        f.with_type(_DICTIONARY_LIST) if f.name == "chain" else f
-        for f in ARCHIVE_SCHEMA
-    ]
+    [f.with_type(_DICTIONARY_LIST) if f.name == "chain" else f for f in ARCHIVE_SCHEMA]
 )
 
 _FIELDS: Final = CertMessage._fields

@@ -45,7 +45,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
@@ -473,6 +473,65 @@ def merge_command(
     summary_json: Path | None = None,
 ) -> int:
     """Run the merge, log and print its summary, write it to `summary_json`; the exit code."""
+    code, summary = merge_one(
+        main_path,
+        staging_path,
+        storage_options=storage_options,
+        batch_rows=batch_rows,
+        compression_level=compression_level,
+        window_rows=window_rows,
+    )
+    if summary_json is not None:
+        write_atomic(
+            summary_json, orjson.dumps(asdict(summary), option=orjson.OPT_INDENT_2) + b"\n"
+        )
+    return code
+
+
+def merge_stagings(
+    main_path: str,
+    staging_paths: Sequence[str],
+    *,
+    storage_options: Mapping[str, str] | None = None,
+    batch_rows: int = 10_000,
+    compression_level: int = 3,
+    summary_json: Path | None = None,
+) -> int:
+    """Several stagings (a cluster backfill's, or several jobs') merged one after the other, as
+    separate merges: a row in two of them is inserted by the first and skipped by the next. The
+    first that does not merge (refused, failed, interrupted) ends the call with its exit code;
+    the rest are left as they are and listed. `summary_json`: one summary per staging tried."""
+    summaries: list[MergeSummary] = []
+    code = EXIT_OK
+    for n, staging in enumerate(staging_paths):
+        code, summary = merge_one(
+            main_path,
+            staging,
+            storage_options=storage_options,
+            batch_rows=batch_rows,
+            compression_level=compression_level,
+        )
+        summaries.append(summary)
+        if code != EXIT_OK:
+            if rest := staging_paths[n + 1 :]:
+                log.error("stagings left unmerged", extra={"stagings": list(rest)})
+            break
+    if summary_json is not None:
+        document = [asdict(s) for s in summaries]
+        write_atomic(summary_json, orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
+    return code
+
+
+def merge_one(
+    main_path: str,
+    staging_path: str,
+    *,
+    storage_options: Mapping[str, str] | None = None,
+    batch_rows: int = 10_000,
+    compression_level: int = 3,
+    window_rows: int = DEFAULT_WINDOW_ROWS,
+) -> tuple[int, MergeSummary]:
+    """Run the merge, log and print its summary; the exit code and the summary."""
     started = time.monotonic()
     merge = _Merge(
         main_path,
@@ -531,10 +590,7 @@ def merge_command(
         raise exc
     summary.seconds = round(time.monotonic() - started, 3)
     _report(summary)
-    if summary_json is not None:
-        document = orjson.dumps(asdict(summary), option=orjson.OPT_INDENT_2) + b"\n"
-        write_atomic(summary_json, document)
-    return code
+    return code, summary
 
 
 def _run_in_thread(merge: _Merge, failed: list[BaseException]) -> bool:

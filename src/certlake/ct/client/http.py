@@ -100,7 +100,9 @@ class OperatorBudget:
 class CTHttp:
     """A shared HTTP client for CT logs. Use as an async context manager. `resolver` replaces
     the system's name resolution (the demo names its test log with one that does not depend on
-    the port it is bound to)."""
+    the port it is bound to). `source_address`: the local address connections leave from (logs
+    limit each client address: a host with several, or each worker of a cluster, gets its own
+    budget); None lets the system choose."""
 
     def __init__(
         self,
@@ -108,6 +110,7 @@ class CTHttp:
         user_agent: str = USER_AGENT,
         limits: ReadLimits | None = None,
         resolver: aiohttp.abc.AbstractResolver | None = None,
+        source_address: str | None = None,
     ) -> None:
         """`timeout` is each request's deadline, body included; `limits` bound each answer (the
         defaults of `ReadLimits` unless given)."""
@@ -115,6 +118,7 @@ class CTHttp:
         self._headers = {"User-Agent": user_agent, "Accept-Encoding": "gzip, identity"}
         self.limits = limits or ReadLimits()
         self._resolver = resolver
+        self.source_address = source_address
         self._session: aiohttp.ClientSession | None = None
         self._budgets: dict[str, OperatorBudget] = {}
 
@@ -122,7 +126,12 @@ class CTHttp:
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self._deadline),
             headers=self._headers,
-            connector=aiohttp.TCPConnector(limit=256, limit_per_host=32, resolver=self._resolver),
+            connector=aiohttp.TCPConnector(
+                limit=256,
+                limit_per_host=32,
+                resolver=self._resolver,
+                local_addr=None if self.source_address is None else (self.source_address, 0),
+            ),
             auto_decompress=False,
         )
         return self
