@@ -38,6 +38,16 @@ def subtract_ranges(ranges: Iterable[Range], taken: Iterable[Range]) -> list[Ran
     return out
 
 
+def intersect_ranges(ranges: Iterable[Range], within: Iterable[Range]) -> list[Range]:
+    """Each range of `within`, in order, cut down to the indices that `ranges` holds: a range
+    stays apart from its neighbours even when they touch (they are separate work items)."""
+    held = union_ranges(ranges)
+    out: list[Range] = []
+    for r in within:
+        out.extend(subtract_ranges([r], subtract_ranges([r], held)))
+    return out
+
+
 def range_text(r: Range) -> str:
     """`52-60`, or `40` for a range of one index."""
     return str(r[0]) if r[0] == r[1] else f"{r[0]}-{r[1]}"

@@ -7,15 +7,16 @@ what the users' clusters run. What certlake adds is what makes a re-run safe: an
 again asks the tables first what of its range is still missing, so a lost worker's commits are
 neither fetched nor written twice (`on_worker.py`).
 
-- Planning, the signed heads and the summary stay here, as in a local run; each item is one
-  task (`ItemTask`), and its result (`ItemResult`) is folded into its log's outcome.
+- Planning, the signed heads and the summary stay here, as in a local run; each task
+  (`SliceTask`) carries up to `backfill.per_log_workers` work items of every log, and its
+  result (`SliceResult`) is folded into the logs' outcomes.
 - Rows go to one table (main, or `--staging-path`) from every worker at once: delta-rs commits
   each append atomically (a rename that does not replace, on local disks; a conditional put on
   S3), so concurrent appends neither lose nor mix rows. A store configured with
   `allow_unsafe_rename` has no such guarantee, and the job refuses to start there (exit 2).
   The table is created here, before any task starts, so that workers never race to create it.
-- A log that gives up on an item has failed, as in a local run: its items not yet finished are
-  cancelled and listed as not attempted.
+- A log that gives up on an item has failed, as in a local run: tasks that start later skip
+  its items and list them as not attempted (the log's Dask `Event`).
 - SIGINT/SIGTERM: the stop `Event` is set, running items write what they fetched and return
   within `stopping.STOP_GRACE` (plus the time to say so); items not started are cancelled and
   listed as interrupted.
@@ -27,17 +28,18 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Final
 
 from certlake.backfill.fetcher import INTERRUPTED, LogJob
-from certlake.backfill.on_worker import ItemResult, ItemTask, run_item
+from certlake.backfill.on_worker import LogSlice, SliceResult, SliceTask, run_slice
 from certlake.backfill.run import JobError, show_progress
 from certlake.backfill.summary import LogOutcome, Summary, WorkerTally
 from certlake.cli.exits import EXIT_FAILED, EXIT_USAGE
 from certlake.config import Config, s3_storage_options
 from certlake.ct.loglist import LogInfo
 from certlake.lake.table import ArchiveTable, table_storage_options, unsafe_rename
+from certlake.ranges import Range
 from certlake.stopping import STOP_GRACE
 
 if TYPE_CHECKING:
@@ -104,6 +106,10 @@ async def fetch_on_cluster(
         await client.close()
 
 
+# What each task carries: per log, its job here and the ranges sent.
+Sent = list[tuple[LogJob, tuple[Range, ...]]]
+
+
 async def _run(
     client: Client,
     config: Config,
@@ -118,28 +124,29 @@ async def _run(
 
     job_id = uuid.uuid4().hex[:12]
     stopping = Event(f"certlake-backfill-stop-{job_id}", client=client)
-    items: dict[object, tuple[LogJob, int, int]] = {}
-    futures: list[Future[ItemResult]] = []
-    for job in jobs:
-        job.outcome.status = "queued on the cluster"
-        while job.items:
-            start, end = job.items.popleft()
-            task = ItemTask(
-                config=config,
+    failed = {
+        job.outcome.url: f"certlake-backfill-failed-{job_id}-{n}" for n, job in enumerate(jobs)
+    }
+    sent: dict[object, Sent] = {}
+    futures: list[Future[SliceResult]] = []
+    for part in _slices(jobs, config.backfill.per_log_workers):
+        slices = tuple(
+            LogSlice(
                 log=infos[job.outcome.url],
                 ceiling=job.ceiling,
-                start=start,
-                end=end,
+                ranges=ranges,
                 signed=job.signed,
-                staging_uri=staging_uri,
-                stop_event=stopping.name,
+                failed_event=failed[job.outcome.url],
             )
-            key = f"certlake-backfill-{job_id}-{len(futures)}"
-            futures.append(client.submit(run_item, task, key=key, retries=TASK_RETRIES, pure=False))
-            items[key] = (job, start, end)
+            for job, ranges in part
+        )
+        task = SliceTask(config, slices, staging_uri, stopping.name)
+        key = f"certlake-backfill-{job_id}-{len(futures)}"
+        futures.append(client.submit(run_slice, task, key=key, retries=TASK_RETRIES, pure=False))
+        sent[key] = part
     log.info(
-        "work items sent to the cluster",
-        extra={"scheduler": client.scheduler_info().get("address"), "items": len(futures)},
+        "work sent to the cluster",
+        extra={"scheduler": client.scheduler_info().get("address"), "tasks": len(futures)},
     )
     outcomes = [job.outcome for job in jobs]
     reporter = asyncio.create_task(show_progress(outcomes, progress_interval))
@@ -153,11 +160,11 @@ async def _run(
                 waiting.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await waiting
-                await _stop(client, stopping, pending, items, summary)
+                await _stop(client, stopping, pending, sent, summary)
                 break
             for future in [f for f in pending if f.done()]:
                 pending.discard(future)
-                await _finished(future, items, summary, pending)
+                await _finished(future, sent[future.key], summary, client, failed)
     finally:
         stop_wait.cancel()
         reporter.cancel()
@@ -166,65 +173,67 @@ async def _run(
     summary.interrupted = summary.interrupted or stop.is_set()
 
 
+def _slices(jobs: list[LogJob], per_log: int) -> Iterator[Sent]:
+    """The plan cut into tasks, each with up to `per_log` items of every log that has items
+    left (`on_worker.py` says why). Dask starts tasks in the order they were sent, so every
+    log advances from the start."""
+    for job in jobs:
+        job.outcome.status = "queued on the cluster"
+    while any(job.items for job in jobs):
+        part: Sent = []
+        for job in jobs:
+            if job.items:
+                n = min(per_log, len(job.items))
+                part.append((job, tuple(job.items.popleft() for _ in range(n))))
+        yield part
+
+
 async def _finished(
-    future: Future[ItemResult],
-    items: Mapping[object, tuple[LogJob, int, int]],
+    future: Future[SliceResult],
+    part: Sent,
     summary: Summary,
-    pending: set[Future[ItemResult]],
+    client: Client,
+    failed: Mapping[str, str],
 ) -> None:
-    job, start, end = items[future.key]
-    outcome = job.outcome
+    from distributed import Event
+
     if future.status == "cancelled":
         return
     try:
-        result: ItemResult = await future
+        result: SliceResult = await future
     except Exception as exc:  # the task raised on every attempt, or its workers kept dying
         reason = f"failed on the cluster: {type(exc).__name__}: {exc}"
-        outcome.add_unfetched(start, end, reason)
-        outcome.ranges_done += 1
-        log.error("work item failed", extra={"log": outcome.url, "start": start, "end": end})
+        for job, ranges in part:
+            _left(job.outcome, ranges, reason)
+        log.error("a task of the backfill failed", extra={"error": reason})
         return
-    outcome.absorb(result.outcome)
-    outcome.status = result.outcome.status if result.outcome.unfetched else "fetching"
     summary.records_written += result.records_written
     summary.interrupted = summary.interrupted or result.interrupted
     if result.write_error is not None:
         summary.write_error = result.write_error
     tally = summary.workers.setdefault(result.worker, WorkerTally())
-    tally.items += 1
+    tally.items += sum(len(ranges) for _, ranges in part)
     tally.records_written += result.records_written
-    failed = result.outcome.status.startswith("failed")
-    if failed and not result.interrupted:
-        _fail_log(outcome, result.outcome.status, items, pending)
-
-
-def _fail_log(
-    outcome: LogOutcome,
-    status: str,
-    items: Mapping[object, tuple[LogJob, int, int]],
-    pending: set[Future[ItemResult]],
-) -> None:
-    """A log gave up on an item: its other items are not attempted (each would spend the whole
-    retry budget on a log that is down), and are listed with why."""
-    outcome.status = status
-    reason = f"not attempted: {status.removeprefix('failed: ')}"
-    for future in [f for f in pending if items[f.key][0].outcome is outcome]:
-        pending.discard(future)
-        future.cancel()
-        _, start, end = items[future.key]
-        outcome.add_unfetched(start, end, reason)
-        outcome.ranges_done += 1
-    log.error("log failed; its other ranges are not attempted", extra={"log": outcome.url})
+    for (job, ranges), done in zip(part, result.outcomes, strict=True):
+        outcome = job.outcome
+        outcome.absorb(done, len(ranges))
+        if done.status.startswith("failed") and not result.interrupted:
+            # Later tasks skip the log's ranges (a local run stops attempting a failed log's).
+            outcome.status = done.status
+            await Event(failed[outcome.url], client=client).set()
+            log.error("log failed; its other ranges are not attempted", extra={"log": outcome.url})
+        elif not outcome.status.startswith("failed"):
+            outcome.status = "fetching"
 
 
 async def _stop(
     client: Client,
     stopping: Event,
-    pending: set[Future[ItemResult]],
-    items: Mapping[object, tuple[LogJob, int, int]],
+    pending: set[Future[SliceResult]],
+    sent: Mapping[object, Sent],
     summary: Summary,
 ) -> None:
-    """Tell running items to stop, wait for their reports, cancel the rest."""
+    """Tell running tasks to stop, wait for their reports, cancel the rest."""
     from distributed import wait
 
     summary.interrupted = True
@@ -239,10 +248,15 @@ async def _stop(
     for future in list(pending):
         if future.status == "finished":
             pending.discard(future)
-            await _finished(future, items, summary, pending)
+            await _finished(future, sent[future.key], summary, client, {})
     for future in pending:
         # Not started, or not reporting in time: what it wrote, the next run's plan finds.
         future.cancel()
-        job, start, end = items[future.key]
-        job.outcome.add_unfetched(start, end, INTERRUPTED)
-        job.outcome.ranges_done += 1
+        for job, ranges in sent[future.key]:
+            _left(job.outcome, ranges, INTERRUPTED)
+
+
+def _left(outcome: LogOutcome, ranges: tuple[Range, ...], reason: str) -> None:
+    for start, end in ranges:
+        outcome.add_unfetched(start, end, reason)
+    outcome.ranges_done += len(ranges)

@@ -91,15 +91,15 @@ class LogOutcome:
     def retrying(self, error: FetchError, attempts_left: int) -> None:
         self.status = retry_status(error, attempts_left)
 
-    def absorb(self, part: LogOutcome) -> None:
-        """Add what one work item, run elsewhere (a cluster worker), did for this log."""
+    def absorb(self, part: LogOutcome, ranges: int) -> None:
+        """Add what `ranges` work items, run elsewhere (a cluster worker), did for this log."""
         self.fetched += part.fetched
         self.unparseable += part.unparseable
         self.written += part.written
         self.verified += part.verified
         self.evidence += part.evidence
         self.resumed += part.resumed
-        self.ranges_done += 1
+        self.ranges_done += ranges
         for status, count in part.retries.items():
             self.retries[status] = self.retries.get(status, 0) + count
         self.unfetched.extend(part.unfetched)
