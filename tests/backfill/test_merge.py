@@ -27,7 +27,7 @@ from certlake.lake.rows import messages_to_batch
 from certlake.lake.schema import ARCHIVE_SCHEMA, PARTITION_BY
 from certlake.lake.table import ArchiveTable, read_skipped, record_skipped
 from certlake.lake.txn import SkipKind, SkippedRange
-from certlake.merge.run import merge_command, merge_stagings
+from certlake.merge.run import merge_command
 from lake.conftest import LOG_A, LOG_B, make_message
 from lake.helpers import broken_log, table_keys
 from support.procs import CERTLAKE
@@ -531,6 +531,6 @@ def test_merge_of_several_stagings_stops_at_the_first_that_fails(tmp_path: Path)
     good = write(tmp_path / "good", rows([2]))
     later = write(tmp_path / "later", rows([3]))
     # Refused: the main table given as a staging (nothing changed, exit 2); `later` is left.
-    assert merge_stagings(main, [good, main, later]) == 2
+    assert merge_command(main, [good, main, later]) == 2
     assert indices(main) == [1, 2]
     assert indices(later) == [3]

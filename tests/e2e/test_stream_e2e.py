@@ -27,10 +27,24 @@ async def test_every_index_reaches_a_full_stream_client_exactly_once_despite_fau
     # (Refusals at random whatever the rate would teach the adaptive pacing a limit that is
     # not there; `tests/ct/test_pacing.py` covers how it copes with those.)
     testlog = procs.testlog(
-        "--initial-size", "40", "--batch-cap", "40", "--seed", "11", "--rate-limit", "20",
-        "--fault", "short:0.5", "--fault", "429:0.3,n=6,endpoint=get-entries",
-        "--fault", "503:n=3,endpoint=data-tile",
-        "--fault", "502:0.1", "--fault", "drop:0.05",
+        "--initial-size",
+        "40",
+        "--batch-cap",
+        "40",
+        "--seed",
+        "11",
+        "--rate-limit",
+        "20",
+        "--fault",
+        "short:0.5",
+        "--fault",
+        "429:0.3,n=6,endpoint=get-entries",
+        "--fault",
+        "503:n=3,endpoint=data-tile",
+        "--fault",
+        "502:0.1",
+        "--fault",
+        "drop:0.05",
     )
     server = procs.serve(server_config(tmp_path, f"{testlog.url}/log_list.json"))
     await until(lambda: heads_known(server.url, 2), 30, "both watchers at the tree head")

@@ -69,5 +69,3 @@ def messages() -> MakeMessages:
 @pytest.fixture
 def registry() -> CollectorRegistry:
     return CollectorRegistry()
-
-

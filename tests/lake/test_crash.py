@@ -86,8 +86,9 @@ def test_kill_9_at_random_instants_loses_and_duplicates_nothing(tmp_path: Path) 
     assert max(got.values()) == 1, "an index entry written twice"
     want = {
         (domain_key(name), r["cert_index"], r["source_url"])
-        for r in archive.to_pyarrow_table(columns=["cert_index", "source_url", "all_domains"])
-        .to_pylist()
+        for r in archive.to_pyarrow_table(
+            columns=["cert_index", "source_url", "all_domains"]
+        ).to_pylist()
         for name in r["all_domains"]
     }
     assert set(got) == want

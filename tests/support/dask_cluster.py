@@ -9,9 +9,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from support.procs import _wait_for
 
 DASK = str(Path(sys.executable).with_name("dask"))
 SOURCE_ADDRESS_ENV = "CERTSTREAM_CT_LOG_SOURCE_ADDRESS"
@@ -29,7 +30,8 @@ class DaskCluster:
         args = [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard"]
         args += ["--scheduler-file", str(file)]
         self.scheduler = self._spawn("scheduler", args, {})
-        self.address = _wait(lambda: _scheduler_address(file), self.scheduler, "scheduler")
+        log = self.tmp / "dask-scheduler.log"
+        self.address = _wait_for(lambda: _scheduler_address(file), self.scheduler, log)
         for host in hosts:
             self.add_worker(host, nthreads)
         self.wait_for_workers(len(hosts))
@@ -81,16 +83,3 @@ def _scheduler_address(file: Path) -> str | None:
     except (FileNotFoundError, json.JSONDecodeError, KeyError):
         return None
     return address
-
-
-def _wait(probe: object, popen: subprocess.Popen[bytes], name: str, timeout: float = 60) -> str:
-    assert callable(probe)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return str(value)
-        if popen.poll() is not None:
-            raise AssertionError(f"dask {name} exited {popen.returncode}")
-        time.sleep(0.05)
-    raise AssertionError(f"dask {name} not ready after {timeout} s")

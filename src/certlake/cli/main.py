@@ -231,9 +231,10 @@ def merge(
         sys.exit(EXIT_USAGE)
     _contain_panics()
     config = _load(config_file, log_level).config
-    from certlake.cli.merge import run_merges
+    from certlake.cli.merge import run_merge
 
-    _exit(run_merges(config, list(staging_paths), summary_json=summary_json))
+    paths = staging_paths[0] if len(staging_paths) == 1 else list(staging_paths)
+    _exit(run_merge(config, paths, summary_json=summary_json))
 
 
 @cli.command()

@@ -464,7 +464,7 @@ class _Merge:
 
 def merge_command(
     main_path: str,
-    staging_path: str,
+    staging_paths: str | Sequence[str],
     *,
     storage_options: Mapping[str, str] | None = None,
     batch_rows: int = 10_000,
@@ -472,52 +472,31 @@ def merge_command(
     window_rows: int = DEFAULT_WINDOW_ROWS,
     summary_json: Path | None = None,
 ) -> int:
-    """Run the merge, log and print its summary, write it to `summary_json`; the exit code."""
-    code, summary = merge_one(
-        main_path,
-        staging_path,
-        storage_options=storage_options,
-        batch_rows=batch_rows,
-        compression_level=compression_level,
-        window_rows=window_rows,
-    )
-    if summary_json is not None:
-        write_atomic(
-            summary_json, orjson.dumps(asdict(summary), option=orjson.OPT_INDENT_2) + b"\n"
-        )
-    return code
-
-
-def merge_stagings(
-    main_path: str,
-    staging_paths: Sequence[str],
-    *,
-    storage_options: Mapping[str, str] | None = None,
-    batch_rows: int = 10_000,
-    compression_level: int = 3,
-    summary_json: Path | None = None,
-) -> int:
-    """Several stagings (a cluster backfill's, or several jobs') merged one after the other, as
-    separate merges: a row in two of them is inserted by the first and skipped by the next. The
-    first that does not merge (refused, failed, interrupted) ends the call with its exit code;
-    the rest are left as they are and listed. `summary_json`: one summary per staging tried."""
+    """Merge one staging, or several (a cluster backfill's, several jobs') one after the other
+    as separate merges: a row in two of them is inserted by the first and skipped by the next.
+    The first that does not merge (refused, failed, interrupted) ends the call with its exit
+    code; the rest are left as they are and listed. `summary_json`: the merge's summary, or with
+    several stagings a list of one per staging tried."""
+    several = not isinstance(staging_paths, str)
+    paths = list(staging_paths) if several else [str(staging_paths)]
     summaries: list[MergeSummary] = []
     code = EXIT_OK
-    for n, staging in enumerate(staging_paths):
+    for n, staging in enumerate(paths):
         code, summary = merge_one(
             main_path,
             staging,
             storage_options=storage_options,
             batch_rows=batch_rows,
             compression_level=compression_level,
+            window_rows=window_rows,
         )
         summaries.append(summary)
         if code != EXIT_OK:
-            if rest := staging_paths[n + 1 :]:
-                log.error("stagings left unmerged", extra={"stagings": list(rest)})
+            if rest := paths[n + 1 :]:
+                log.error("stagings left unmerged", extra={"stagings": rest})
             break
     if summary_json is not None:
-        document = [asdict(s) for s in summaries]
+        document = [asdict(s) for s in summaries] if several else asdict(summaries[0])
         write_atomic(summary_json, orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
     return code
 
