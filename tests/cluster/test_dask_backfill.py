@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -215,3 +216,29 @@ def test_without_dask_installed_only_dask_is_refused(procs: Procs, tmp_path: Pat
     plain = run()
     assert plain.returncode == 0, plain.stderr[-2000:]
     assert sum(_keys(tmp_path / "main").values()) == LOGS * 100
+
+
+def test_progress_of_running_tasks_reaches_the_coordinator(
+    procs: Procs, cluster: DaskCluster, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One task holds the whole job (one range per log): every progress line before its end
+    can only come from the worker's reports while it runs."""
+    from certlake.cli.backfill import run_backfill
+    from certlake.config import load_config
+
+    config = load_config(_config(tmp_path, _testlog(procs, rate_limit=10), range_split_size=10**6))
+    caplog.set_level(logging.INFO, logger="certlake.backfill.progress")
+    code = asyncio.run(
+        run_backfill(
+            config.config,
+            to=ENTRIES,
+            staging_path=str(tmp_path / "staging"),
+            progress_interval=0.5,
+            cluster=cluster.address,
+        )
+    )
+    assert code == 0
+    lines = [r.__dict__ for r in caplog.records if r.getMessage() == "backfill progress"]
+    partial = [line["fetched"] for line in lines if 0 < line["fetched"] < ENTRIES]
+    assert partial, lines
+    _assert_once(tmp_path / "staging")

@@ -17,6 +17,8 @@ neither fetched nor written twice (`on_worker.py`).
   The table is created here, before any task starts, so that workers never race to create it.
 - A log that gives up on an item has failed, as in a local run: tasks that start later skip
   its items and list them as not attempted (the log's Dask `Event`).
+- Progress: running tasks report per log what they fetched (`_Progress`), so the display and
+  the progress lines cover every worker while the tasks run, not only when they end.
 - SIGINT/SIGTERM: the stop `Event` is set, running items write what they fetched and return
   within `stopping.STOP_GRACE` (plus the time to say so); items not started are cancelled and
   listed as interrupted.
@@ -29,7 +31,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from certlake.backfill.fetcher import INTERRUPTED, LogJob
 from certlake.backfill.on_worker import LogSlice, SliceResult, SliceTask, run_slice
@@ -128,6 +130,8 @@ async def _run(
         job.outcome.url: f"certlake-backfill-failed-{job_id}-{n}" for n, job in enumerate(jobs)
     }
     sent: dict[object, Sent] = {}
+    progress = _Progress(f"certlake-backfill-progress-{job_id}", sent)
+    client.subscribe_topic(progress.topic, progress.update)
     futures: list[Future[SliceResult]] = []
     for part in _slices(jobs, config.backfill.per_log_workers):
         slices = tuple(
@@ -140,7 +144,7 @@ async def _run(
             )
             for job, ranges in part
         )
-        task = SliceTask(config, slices, staging_uri, stopping.name)
+        task = SliceTask(config, slices, staging_uri, stopping.name, progress.topic)
         key = f"certlake-backfill-{job_id}-{len(futures)}"
         futures.append(client.submit(run_slice, task, key=key, retries=TASK_RETRIES, pure=False))
         sent[key] = part
@@ -160,10 +164,11 @@ async def _run(
                 waiting.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await waiting
-                await _stop(client, stopping, pending, sent, summary)
+                await _stop(client, stopping, pending, sent, summary, progress)
                 break
             for future in [f for f in pending if f.done()]:
                 pending.discard(future)
+                progress.settle(future.key)
                 await _finished(future, sent[future.key], summary, client, failed)
     finally:
         stop_wait.cancel()
@@ -171,6 +176,41 @@ async def _run(
         with contextlib.suppress(asyncio.CancelledError):
             await reporter
     summary.interrupted = summary.interrupted or stop.is_set()
+
+
+class _Progress:
+    """Running tasks' progress, as their workers report it every `on_worker.STOP_POLL` seconds
+    (Dask's event topics), added to the logs' outcomes for the progress display until each
+    task's result replaces it. A task run again after a lost worker reports from zero: what the
+    display shows then falls back, as it should (those entries are being fetched again)."""
+
+    def __init__(self, topic: str, sent: Mapping[object, Sent]) -> None:
+        self.topic = topic
+        self._sent = sent
+        self._seen: dict[str, list[int]] = {}
+        self._settled: set[str] = set()
+
+    def update(self, event: tuple[float, dict[str, Any]]) -> None:
+        msg = event[1]
+        key = msg["key"]
+        part = self._sent.get(key)
+        if part is None or key in self._settled:  # a report overtaken by the task's result
+            return
+        seen = self._seen.setdefault(key, [0] * len(part))
+        for n, ((job, _), fetched, status) in enumerate(
+            zip(part, msg["fetched"], msg["status"], strict=True)
+        ):
+            job.outcome.fetched += fetched - seen[n]
+            seen[n] = fetched
+            if not job.outcome.status.startswith("failed"):
+                job.outcome.status = status
+
+    def settle(self, key: object) -> None:
+        """Take the task's reported progress back out: its result is added instead."""
+        name = str(key)
+        self._settled.add(name)
+        for (job, _), fetched in zip(self._sent[key], self._seen.pop(name, []), strict=False):
+            job.outcome.fetched -= fetched
 
 
 def _slices(jobs: list[LogJob], per_log: int) -> Iterator[Sent]:
@@ -232,6 +272,7 @@ async def _stop(
     pending: set[Future[SliceResult]],
     sent: Mapping[object, Sent],
     summary: Summary,
+    progress: _Progress,
 ) -> None:
     """Tell running tasks to stop, wait for their reports, cancel the rest."""
     from distributed import wait
@@ -248,10 +289,12 @@ async def _stop(
     for future in list(pending):
         if future.status == "finished":
             pending.discard(future)
+            progress.settle(future.key)
             await _finished(future, sent[future.key], summary, client, {})
     for future in pending:
         # Not started, or not reporting in time: what it wrote, the next run's plan finds.
         future.cancel()
+        progress.settle(future.key)
         for job, ranges in sent[future.key]:
             _left(job.outcome, ranges, INTERRUPTED)
 

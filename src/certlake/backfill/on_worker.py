@@ -75,6 +75,7 @@ class SliceTask:
     slices: tuple[LogSlice, ...]
     staging_uri: str | None  # None: the rows go to the main table
     stop_event: str  # the name of the coordinator's Dask Event
+    progress_topic: str  # the Dask event topic the coordinator reads progress from
 
 
 @dataclass(slots=True)
@@ -125,9 +126,16 @@ def run_slice(task: SliceTask) -> SliceResult:
 
     ct = worker_ct_config(task.config.ct_log)
     runtime = _runtime(ct)
+    worker = get_worker()
+    key = worker.get_current_task()
     failed = {s.log.url for s in task.slices if Event(s.failed_event).is_set()}
+    outcomes = [
+        LogOutcome(s.log.url, s.log.description, _count(s.ranges), len(s.ranges))
+        for s in task.slices
+    ]
     stop = asyncio.Event()
-    done = asyncio.run_coroutine_threadsafe(_run(task, runtime, stop, failed), runtime.loop)
+    running = _run(task, outcomes, runtime, stop, failed)
+    done = asyncio.run_coroutine_threadsafe(running, runtime.loop)
     stopping = Event(task.stop_event)
     while True:
         try:
@@ -135,20 +143,27 @@ def run_slice(task: SliceTask) -> SliceResult:
         except concurrent.futures.TimeoutError:
             if not stop.is_set() and stopping.is_set():
                 runtime.loop.call_soon_threadsafe(stop.set)
+            # Read across threads: plain counters and strings, each read whole.
+            progress = {
+                "key": str(key),
+                "fetched": [o.fetched for o in outcomes],
+                "status": [o.status for o in outcomes],
+            }
+            worker.log_event(task.progress_topic, progress)
             continue
-        result.worker = get_worker().address
+        result.worker = worker.address
         return result
 
 
 async def _run(
-    task: SliceTask, runtime: _Runtime, stop: asyncio.Event, failed: set[str]
+    task: SliceTask,
+    outcomes: list[LogOutcome],
+    runtime: _Runtime,
+    stop: asyncio.Event,
+    failed: set[str],
 ) -> SliceResult:
     config = task.config
     main_uri = table_uri(config.delta_sink.table_path)
-    outcomes = [
-        LogOutcome(s.log.url, s.log.description, _count(s.ranges), len(s.ranges))
-        for s in task.slices
-    ]
     summary = Summary(
         mode="historical",
         from_index=min(s.ranges[0][0] for s in task.slices),
