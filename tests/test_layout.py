@@ -44,6 +44,7 @@ PURE = [
     "certlake.stream.frames",
     "certlake.stream.resume",
     "certlake.stream.dedupe",
+    "certlake.stream.relay_codec",
     "certlake.backfill.gaps",
     "certlake.merge.keys",
     "certlake.query.spec",

@@ -10,14 +10,15 @@ import os
 import signal
 import ssl
 import sys
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 
 from aiohttp import web
 from aiohttp.abc import AbstractResolver
 from prometheus_client import CollectorRegistry
 
-from certlake.cli.exits import EXIT_OK
+from certlake.certs.message import Streamed
+from certlake.cli.exits import EXIT_OK, EXIT_USAGE
 from certlake.config import Config, s3_storage_options
 from certlake.ingest.build import build_messages
 from certlake.ingest.fleet import Fleet
@@ -175,11 +176,23 @@ async def serve(
         from certlake.lake.sink import DeltaSink
 
         sink = DeltaSink.from_config(config, registry)
+    relay = None
+    publish: Callable[[Streamed], int] = fanout.publish
+    if config.stream.nats_url is not None:
+        from certlake.stream.jetstream import JetStreamRelay, NatsUnavailableError
+
+        relay = JetStreamRelay(config.stream, registry)
+        try:
+            await relay.start()
+        except NatsUnavailableError as exc:
+            log.error("cannot start", extra={"error": str(exc)})
+            return EXIT_USAGE
+        publish = _relayed(fanout.publish, relay.offer)
     n = workers_wanted(config.stream.build_workers)
     workers = WorkerPool(build_messages, n) if n else None
     if workers is not None:
         await workers.start()
-    pipeline = Pipeline(metrics, fanout.publish, sink, config.api.cache_capacity, workers)
+    pipeline = Pipeline(metrics, publish, sink, config.api.cache_capacity, workers)
     if state is None and config.ct_log.state_file:
         state = StateStore.load(config.ct_log.state_file)
 
@@ -258,11 +271,26 @@ async def serve(
                 )
                 await fleet.save_state()
             _report_state(state, fleet.watched)
+            if relay is not None:
+                await relay.close()
             clients = len(fanout.hub.clients())
             fanout.stop()
             await runner.cleanup()
             log.info("clients disconnected; stopped", extra={"clients": clients})
     return EXIT_OK
+
+
+def _relayed(
+    publish: Callable[[Streamed], int], offer: Callable[[Streamed], None]
+) -> Callable[[Streamed], int]:
+    """Publish to the local clients and offer to the NATS relay: one build, both ways."""
+
+    def both(s: Streamed) -> int:
+        cursor = publish(s)
+        offer(s)
+        return cursor
+
+    return both
 
 
 def _report_state(state: StateStore | None, watched: Iterable[str]) -> None:

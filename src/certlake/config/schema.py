@@ -141,6 +141,17 @@ def _ip_problem(value: str) -> str | None:
     return None
 
 
+def _nats_url_problem(value: str) -> str | None:
+    scheme = urlsplit(value).scheme
+    return None if scheme in ("nats", "tls") else "a nats:// or tls:// URL"
+
+
+def _nats_name_problem(value: str) -> str | None:
+    # JetStream stream names may not hold these (they are subject tokens).
+    ok = value and not any(c in value for c in " .*>/\\")
+    return None if ok else "a stream name without spaces, '.', '*', '>', '/' or '\\'"
+
+
 def _token_problem(value: str) -> str | None:
     # Tokens are compared as UTF-8 bytes. An environment value that was not UTF-8 arrives with
     # lone surrogates (Python's surrogateescape), which have no UTF-8 form.
@@ -296,6 +307,15 @@ class StreamConfig:
     # processes building messages (certificate parsing, JSON) off the event loop; null: one per
     # core (up to 8) on a machine with two or more; 0: on the loop
     build_workers: int | None = field(default=None, metadata=_m(min=0, max=64))
+    # NATS JetStream relay for fan-out edges (`stream/jetstream.py`); null: none
+    nats_url: str | None = field(default=None, metadata=_m(check=_nats_url_problem))
+    nats_stream: str = field(default="CERTLAKE", metadata=_m(check=_nats_name_problem))
+    nats_subject: str = field(default="certlake.entries", metadata=_m(check=_nonempty_problem))
+    # retention of the relay stream: what `?since=` on an edge can reach back to
+    nats_max_age_secs: int = field(default=3600, metadata=_m(min=1, max=_WEEK_SECS))
+    nats_max_megabytes: int = field(default=1024, metadata=_m(min=1, max=_MILLION))
+    # entries waiting for NATS before the oldest are dropped (NATS never holds ingest up)
+    nats_buffer: int = field(default=50_000, metadata=_m(min=1, max=_MILLION))
 
 
 @dataclass(frozen=True, slots=True)
