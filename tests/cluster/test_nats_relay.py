@@ -12,7 +12,6 @@ import sys
 import time
 import urllib.request
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,29 +21,12 @@ import yaml
 
 from certlake.certs.message import Streamed
 from certlake.stream.relay_codec import decode_streamed
-from support.nats import NatsServer, ensure_nats_server, free_port
+from support.nats import NatsServer
 from support.procs import Proc, Procs, read_state, server_config
 
 pytestmark = pytest.mark.cluster
 
 STREAM = "CERTLAKE"
-
-
-@pytest.fixture(scope="module")
-def nats_binary() -> str:
-    binary, why = ensure_nats_server()
-    if binary is None:
-        pytest.skip(f"nats-server could not be installed: {why}")
-    return binary
-
-
-@pytest.fixture
-def nats(nats_binary: str, tmp_path: Path) -> Iterator[NatsServer]:
-    server = NatsServer(nats_binary, tmp_path / "jetstream", free_port())
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _serve(procs: Procs, tmp_path: Path, nats_url: str) -> Proc:

@@ -62,14 +62,19 @@ def ensure_chromium() -> tuple[str | None, str]:
     found = find_chromium()
     if found:
         return found, ""
+    said = run_test_setup()
+    return find_chromium(), said
+
+
+def run_test_setup() -> str:
+    """Run the project's setup script (it installs what is missing); what it said."""
     try:
         done = subprocess.run(
             ["bash", str(TEST_SETUP)], capture_output=True, text=True, timeout=600, check=False
         )
-        said = (done.stdout + done.stderr).strip()[-1500:]
     except (OSError, subprocess.TimeoutExpired) as exc:
-        said = str(exc)
-    return find_chromium(), said
+        return str(exc)
+    return (done.stdout + done.stderr).strip()[-1500:]
 
 
 class Page:

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from support.browser import TEST_SETUP
+from support.browser import run_test_setup
 
 
 def find_nats_server() -> str | None:
@@ -27,13 +27,7 @@ def ensure_nats_server() -> tuple[str | None, str]:
     found = find_nats_server()
     if found:
         return found, ""
-    try:
-        done = subprocess.run(
-            ["bash", str(TEST_SETUP)], capture_output=True, text=True, timeout=600, check=False
-        )
-        said = (done.stdout + done.stderr).strip()[-1500:]
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        said = str(exc)
+    said = run_test_setup()
     return find_nats_server(), said
 
 

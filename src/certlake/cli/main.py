@@ -157,14 +157,23 @@ def cli() -> None:
 @click.option(
     "--demo", is_flag=True, help="Offline: also run the built-in test log and watch only it."
 )
-def serve(config_file: Path | None, log_level: str | None, demo: bool) -> None:
+@click.option(
+    "--edge",
+    is_flag=True,
+    help="Watch no log, archive nothing: serve clients from the NATS relay (stream.nats_url).",
+)
+def serve(config_file: Path | None, log_level: str | None, demo: bool, edge: bool) -> None:
     """Watch the logs, stream to clients, archive if delta_sink.enabled."""
     _contain_panics()
-    # The demo writes its own state file under ./data, which it creates.
-    config = _load(config_file, log_level, check_writes=not demo).config
+    if demo and edge:
+        raise click.UsageError("--demo and --edge cannot be used together")
+    # The demo writes its own state file under ./data, which it creates; an edge writes none.
+    config = _load(config_file, log_level, check_writes=not (demo or edge)).config
+    if edge and config.stream.nats_url is None:
+        raise click.UsageError("--edge needs stream.nats_url: the relay it serves clients from")
     from certlake.cli.serve import run_serve
 
-    _exit(run_serve(config, demo=demo))
+    _exit(run_serve(config, demo=demo, edge=edge))
 
 
 @cli.command()

@@ -30,6 +30,7 @@ from certlake.ingest.workers import WorkerPool
 from certlake.server.app import build_app, http_logger
 from certlake.stream.fanout import Fanout
 from certlake.stream.hub import HubConfig
+from certlake.stream.jetstream import NatsUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,9 @@ async def demo_log(config: Config) -> AsyncIterator[Demo]:
             await resolver.close()
 
 
-async def run_serve(config: Config, demo: bool = False) -> int:
+async def run_serve(config: Config, demo: bool = False, edge: bool = False) -> int:
+    if edge:
+        return await serve_edge(config)
     if demo:
         async with demo_log(config) as d:
             return await serve(d.config, state=d.state, resolver=d.resolver)
@@ -179,7 +182,7 @@ async def serve(
     relay = None
     publish: Callable[[Streamed], int] = fanout.publish
     if config.stream.nats_url is not None:
-        from certlake.stream.jetstream import JetStreamRelay, NatsUnavailableError
+        from certlake.stream.jetstream import JetStreamRelay
 
         relay = JetStreamRelay(config.stream, registry)
         try:
@@ -273,6 +276,62 @@ async def serve(
             _report_state(state, fleet.watched)
             if relay is not None:
                 await relay.close()
+            clients = len(fanout.hub.clients())
+            fanout.stop()
+            await runner.cleanup()
+            log.info("clients disconnected; stopped", extra={"clients": clients})
+    return EXIT_OK
+
+
+async def serve_edge(config: Config) -> int:
+    """`serve --edge`: no log watched, no archive; clients served from the NATS relay's stream
+    (`stream/edge.py`), with its sequence as their cursor."""
+    from certlake.stream.edge import EdgeFeed
+
+    try:
+        EdgeFeed.check_installed()
+    except NatsUnavailableError as exc:
+        log.error("cannot start", extra={"error": str(exc)})
+        return EXIT_USAGE
+    registry = CollectorRegistry()
+    metrics = IngestMetrics(registry)
+    fanout = Fanout(hub_config(config), relayed=True)
+    pipeline = Pipeline(metrics, fanout.publish, None, config.api.cache_capacity, None)
+
+    def deliver(s: Streamed, seq: int) -> None:
+        pipeline.keep(s, fanout.publish(s, seq))
+
+    feed = EdgeFeed(config.stream, deliver, config.stream.resume_ring_size)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with http_client(config.ct_log) as http:
+        # Never run: an edge watches no log, and its /api/logs lists none.
+        fleet = Fleet(config, http, pipeline.consumer, metrics, None)
+        app = build_app(config, pipeline, fleet, fanout, metrics)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, logger=http_logger())
+        await runner.setup()
+        following = asyncio.create_task(feed.run(), name="edge feed")
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            # Clients only once the edge has caught up with the relay (`EdgeFeed.ready`).
+            ready = asyncio.create_task(feed.ready.wait())
+            await asyncio.wait({ready, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            ready.cancel()
+            if not stop.is_set():
+                tls = _tls_context(config)
+                await web.TCPSite(runner, config.host, config.port, ssl_context=tls).start()
+                fanout.start()
+                host, port = runner.addresses[0][:2]
+                _announce(str(host), int(port), tls is not None)
+                await stopping
+        finally:
+            log.info("shutting down", extra={"last_sequence": feed.last})
+            stopping.cancel()
+            following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await following
             clients = len(fanout.hub.clients())
             fanout.stop()
             await runner.cleanup()

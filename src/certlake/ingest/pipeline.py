@@ -209,6 +209,13 @@ class Pipeline:
         if queue.in_flight < MAX_IN_FLIGHT:
             queue.room.set()
 
+    def keep(self, streamed: Streamed, cursor: int | None) -> None:
+        """What the HTTP API keeps of a published message (`/latest.json`, `/api/cert`); an
+        edge, which builds nothing, calls it for each relayed one."""
+        self.certs.add(streamed)
+        self.latest.append(Sent(streamed, cursor))
+        self.metrics.messages.inc()
+
     def _deliver(self, source: LogSource, built: Built) -> None:
         m = self.metrics
         m.entries.labels(source.url).inc()
@@ -227,8 +234,6 @@ class Pipeline:
             return
         self.processed += 1
         streamed = built if isinstance(built, Streamed) else Streamed.of(built)
-        self.certs.add(streamed)
-        self.latest.append(Sent(streamed, self._publish(streamed)))
-        m.messages.inc()
+        self.keep(streamed, self._publish(streamed))
         if self._archive is not None and isinstance(built, CertMessage):
             self._archive.offer(built)

@@ -25,12 +25,14 @@ class Fanout:
     Cursors start at the time the fanout is created (see `resume.py`).
     """
 
-    def __init__(self, config: HubConfig | None = None) -> None:
+    def __init__(self, config: HubConfig | None = None, relayed: bool = False) -> None:
+        """`relayed`: cursors are given with each message (an edge: the relay's sequence, the
+        same on every edge), not numbered from the start time."""
         self.hub = Hub(
             config or HubConfig(),
             wake=self._schedule_flush,
             wall_clock=time.time,
-            cursor_base=cursor_base(time.time_ns()),
+            cursor_base=0 if relayed else cursor_base(time.time_ns()),
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tick_handle: asyncio.TimerHandle | None = None
@@ -51,8 +53,8 @@ class Fanout:
             self.hub.remove(client)
             client.sink.abort()
 
-    def publish(self, message: StreamMessage) -> int:
-        return self.hub.publish(message)
+    def publish(self, message: StreamMessage, cursor: int | None = None) -> int:
+        return self.hub.publish(message, cursor)
 
     def connect(
         self,

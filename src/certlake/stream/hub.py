@@ -47,7 +47,7 @@ from typing import Protocol
 from certlake.stream.dedupe import Identified
 from certlake.stream.filters import FactsCache, Selectable
 from certlake.stream.frames import PING_FRAME, heartbeat_payload, sse_event, ws_frame
-from certlake.stream.resume import CursorRing, plan_resume, stamp_cursor
+from certlake.stream.resume import CursorRing, ResumeError, plan_resume, stamp_cursor
 
 # Ring entries a replaying client's filter looks at per flush, so that many clients resuming at
 # once (after a network blip) cannot hold the loop for long in one go.
@@ -190,6 +190,8 @@ class HubStats:
     # Messages dropped from slow clients' backlogs, by the clients' wire.
     dropped_on: dict[Wire, int] = field(default_factory=lambda: dict.fromkeys(Wire, 0))
     disconnected_stalled: int = 0
+    # Cursors never published here: an edge that started, or came back, past them.
+    skipped_cursors: int = 0
     clients: dict[StreamKind, int] = field(default_factory=lambda: dict.fromkeys(StreamKind, 0))
 
     @property
@@ -297,9 +299,20 @@ class Hub:
         client.queued = 0
         self.stats.clients[client.kind] -= 1
 
-    def publish(self, message: StreamMessage) -> int:
-        """Queue `message` for every live client that takes it; returns its cursor."""
-        self._seq = cursor = self._seq + 1
+    def publish(self, message: StreamMessage, cursor: int | None = None) -> int:
+        """Queue `message` for every live client that takes it; returns its cursor, the next
+        one, or `cursor` when given (an edge numbers messages by their relay's sequence). A
+        given cursor past the next one skips the ones between: the ring starts again there (a
+        resume from before it is told what it lost, `resume.py`); `skipped_cursors` counts
+        them."""
+        if cursor is None:
+            cursor = self._seq + 1
+        elif cursor != self._seq + 1:
+            if cursor <= self._seq:
+                raise ResumeError(f"cursor {cursor} is not after {self._seq}")
+            self.stats.skipped_cursors += cursor - self._seq - 1
+            self._ring.restart(cursor - 1)
+        self._seq = cursor
         self.stats.published += 1
         self._ring.append(cursor, message)
         frames = _Frames(message, cursor)

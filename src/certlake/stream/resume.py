@@ -127,6 +127,14 @@ class CursorRing(Generic[T]):
         else:
             self._next = cursor + 1
 
+    def restart(self, base: int) -> None:
+        """Hold nothing, the next append being `base + 1`: the cursors between were never
+        published here."""
+        self._slots = [None] * self.capacity
+        self._sizes.clear()
+        self.bytes = 0
+        self._first = self._next = base + 1
+
     def get(self, cursor: int) -> T:
         if not self.oldest <= cursor <= self.newest:
             raise KeyError(cursor)
