@@ -17,6 +17,7 @@ from certlake.stream.hub import (
     StreamKind,
     Wire,
 )
+from certlake.stream.resume import ResumeError
 from support.stream import MemorySink, Msg, split_frames
 
 
@@ -273,3 +274,30 @@ def test_a_frame_larger_than_the_byte_bound_is_still_delivered() -> None:
     rig.hub.flush(now=1.0)
     assert [json.loads(f)["lite"] for f in payloads(sink)] == [7]
     assert client.dropped == 0
+
+
+# --- cursors given with the message (an edge: the relay's sequence) -------------------------------
+
+
+def test_given_cursors_are_the_messages_cursors_and_a_jump_restarts_the_ring() -> None:
+    rig = Rig(resume_ring=10)
+    assert [rig.hub.publish(msg(i), cursor=100 + i) for i in range(3)] == [100, 101, 102]
+    assert rig.hub.stats.skipped_cursors == 99  # the edge started at 100
+    rig.hub.publish(msg(3), cursor=110)  # the relay no longer held 103..109
+    assert rig.hub.stats.skipped_cursors == 99 + 7
+    # A client resuming from before the jump is told what it lost, then gets what is held.
+    sink = MemorySink()
+    rig.hub.add(StreamKind.LITE, Wire.WEBSOCKET, sink, 0.0, since=101)
+    rig.hub.flush(now=0.001)
+    got = payloads(sink)
+    notice = json.loads(got[0])
+    assert notice["message_type"] == "resume_gap"
+    assert (notice["oldest_cursor"], notice["lost"]) == (110, 8)
+    assert got[1:] == [msg(3).lite]
+
+
+def test_a_given_cursor_not_after_the_last_is_refused() -> None:
+    rig = Rig()
+    rig.hub.publish(msg(0), cursor=5)
+    with pytest.raises(ResumeError):
+        rig.hub.publish(msg(1), cursor=5)
