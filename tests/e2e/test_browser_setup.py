@@ -1,4 +1,5 @@
-"""`scripts/test-setup` deciding, for real, whether it can install the browser the page tests need:
+"""`scripts/test-setup` deciding, for real, whether it can install what the page and cluster tests
+need (a browser, nats-server):
 with a browser already there, without apt-get, as a user who is not root, without a network.
 
 Nothing is installed or removed. Each run sees a PATH of its own holding only the tools that case
@@ -21,7 +22,12 @@ from support.browser import TEST_SETUP, find_chromium
 pytestmark = pytest.mark.timeout(60)
 
 BASH = shutil.which("bash") or "/bin/bash"
-SKIPPED = "the browser tests will be skipped"
+SKIPPED = "the tests that need them will be skipped"
+# What the script finds missing: the browser (never on these runs' PATH), and nats-server unless
+# it is where Debian puts it (the script looks there too, whatever the PATH).
+NO_APT = f"(not a Debian-like system); {SKIPPED}"
+HAS_NATS = Path("/usr/sbin/nats-server").exists()
+MISSING = "chromium chromium-driver" + ("" if HAS_NATS else " nats-server")
 
 
 def tools(where: Path, *names: str) -> Path:
@@ -62,17 +68,15 @@ def test_a_browser_on_path_is_all_it_needs(tmp_path: Path) -> None:
         pytest.skip("no browser on this machine to point PATH at")
     path = tools(tmp_path, "id")
     (path / "chromium").symlink_to(browser)
-    assert setup(path, tmp_path) == (0, [])
+    rest = [] if HAS_NATS else [f"[test-setup] cannot install nats-server: no apt-get {NO_APT}"]
+    assert setup(path, tmp_path) == (0, rest)
 
 
 def test_without_apt_get_it_says_so_in_one_line_and_lets_the_run_go_on(tmp_path: Path) -> None:
     status, lines = setup(tools(tmp_path, "id", "grep"), tmp_path)
     assert (status, lines) == (
         0,
-        [
-            "[test-setup] cannot install chromium chromium-driver: no apt-get (not a Debian-like "
-            f"system); {SKIPPED}"
-        ],
+        [f"[test-setup] cannot install {MISSING}: no apt-get {NO_APT}"],
     )
 
 
@@ -93,10 +97,7 @@ def test_a_user_who_is_not_root_and_has_no_sudo_is_told_root_is_needed(tmp_path:
         status, lines = setup(path, Path(shared), prefix=prefix, script=script)
     assert (status, lines) == (
         0,
-        [
-            "[test-setup] cannot install chromium chromium-driver: needs root or passwordless "
-            f"sudo; {SKIPPED}"
-        ],
+        [f"[test-setup] cannot install {MISSING}: needs root or passwordless sudo; {SKIPPED}"],
     )
 
 
@@ -131,12 +132,10 @@ def test_without_a_network_apt_get_fails_and_it_names_the_unreachable_mirror(
     status, lines = setup(path, tmp_path, APT_CONFIG=str(config))
     log = tmp_path / "certlake-test-setup.log"
     assert status == 0
-    assert lines[0] == (
-        "[test-setup] installing chromium chromium-driver with apt-get for the browser tests"
-    )
+    assert lines[0] == (f"[test-setup] installing {MISSING} with apt-get for the tests")
     assert len(lines) == 2, lines  # apt's own output went to the log
     assert lines[1].startswith(
-        "[test-setup] cannot install chromium chromium-driver: apt-get failed (W: Failed to "
+        f"[test-setup] cannot install {MISSING}: apt-get failed (W: Failed to "
         "fetch http://127.0.0.1:9/debian/"
     )
     assert lines[1].endswith(f"; log: {log}); {SKIPPED}")
