@@ -12,10 +12,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from certlake.backfill.on_worker import SOURCE_ADDRESS_ENV
 from support.procs import _wait_for
 
 DASK = str(Path(sys.executable).with_name("dask"))
-SOURCE_ADDRESS_ENV = "CERTSTREAM_CT_LOG_SOURCE_ADDRESS"
 
 
 @dataclass

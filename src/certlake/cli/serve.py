@@ -227,12 +227,7 @@ async def serve(
         app = build_app(config, pipeline, fleet, fanout, metrics, sink=sink)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, logger=http_logger())
         await runner.setup()
-        tls = _tls_context(config)
-        site = web.TCPSite(runner, config.host, config.port, ssl_context=tls)
-        await site.start()
-        fanout.start()
-        host, port = runner.addresses[0][:2]
-        _announce(str(host), int(port), tls is not None)
+        await _listen(runner, config, fanout)
         fleet_task = asyncio.create_task(fleet.run(), name="fleet")
         try:
             stop_task = asyncio.create_task(stop.wait())
@@ -320,11 +315,7 @@ async def serve_edge(config: Config) -> int:
             await asyncio.wait({ready, stopping}, return_when=asyncio.FIRST_COMPLETED)
             ready.cancel()
             if not stop.is_set():
-                tls = _tls_context(config)
-                await web.TCPSite(runner, config.host, config.port, ssl_context=tls).start()
-                fanout.start()
-                host, port = runner.addresses[0][:2]
-                _announce(str(host), int(port), tls is not None)
+                await _listen(runner, config, fanout)
                 await stopping
         finally:
             log.info("shutting down", extra={"last_sequence": feed.last})
@@ -337,6 +328,15 @@ async def serve_edge(config: Config) -> int:
             await runner.cleanup()
             log.info("clients disconnected; stopped", extra={"clients": clients})
     return EXIT_OK
+
+
+async def _listen(runner: web.AppRunner, config: Config, fanout: Fanout) -> None:
+    """Open the listening socket, start the fan-out, say where clients connect."""
+    tls = _tls_context(config)
+    await web.TCPSite(runner, config.host, config.port, ssl_context=tls).start()
+    fanout.start()
+    host, port = runner.addresses[0][:2]
+    _announce(str(host), int(port), tls is not None)
 
 
 def _relayed(

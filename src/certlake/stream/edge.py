@@ -51,7 +51,6 @@ class EdgeFeed:
         self._deliver = deliver
         self._ring = ring
         self.last = 0  # the newest sequence delivered
-        self.undecodable = 0
         self._sub: Subscription | None = None
         self._erring = False
         self.ready = asyncio.Event()
@@ -151,7 +150,6 @@ class EdgeFeed:
                 try:
                     entry = decode_streamed(msg.data)
                 except RelayDecodeError as exc:
-                    self.undecodable += 1
                     log.error(
                         "relayed message does not decode", extra={"seq": seq, "error": str(exc)}
                     )
