@@ -66,6 +66,11 @@ async def until_stopped(
     return task.result()
 
 
+def left_running() -> list[str]:
+    """What was abandoned so far (`abandon`), oldest first."""
+    return list(_abandoned)
+
+
 def exit_if_abandoned(code: int) -> None:
     """Exit the process now with `code` if a call was abandoned (the logs and stdio flushed
     first); return otherwise."""

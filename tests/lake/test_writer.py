@@ -13,6 +13,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
+from certlake import stopping
 from certlake.backfill.build import BuiltRows
 from certlake.lake.rows import split_malformed
 from certlake.lake.table import ArchiveTable, read_skipped
@@ -162,3 +163,28 @@ async def test_close_gives_up_on_an_attempt_that_does_not_return(
     # close_timeout is for a loaded machine (3.0 s measured once under the whole suite).
     assert took < 5.0 and writer.abandoned
     assert writer.stats.commits == 1 and writer.unwritten() == {LOG_A: [(5, 9)]}
+
+
+async def test_close_leaves_an_index_catch_up_the_store_does_not_answer_and_says_so(
+    s3_server: S3Server, s3_bucket: str, messages: MakeMessages, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every row is committed, but the domain index's catch-up waits on a store that stopped
+    answering: closing gives up on it and notes it as left running, so that the process exits
+    without joining its thread. (Unnoted, a stopped backfill hung at exit for as long as the
+    store stayed paused: CI, 2026-12-04.)"""
+    monkeypatch.setattr(stopping, "_abandoned", [])
+    uri, options = f"s3://{s3_bucket}/archive", s3_server.options()
+    writer = make_writer(uri, batch_size=5, close_timeout=1.0, storage_options=options)
+    await writer.start()
+    await writer.put(_built(split_malformed(messages(0, 5))[0]))
+    await until(lambda: writer.stats.commits == 1 and not writer.indexer.running, within=20)
+    s3_server.pause()
+    try:
+        writer.indexer.poke()
+        started = time.perf_counter()
+        await writer.close()
+        took = time.perf_counter() - started
+    finally:
+        s3_server.resume()
+    assert took < 5.0 and not writer.abandoned
+    assert stopping.left_running() == [f"indexing {uri}"]

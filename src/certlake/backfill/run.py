@@ -498,8 +498,6 @@ async def _close(writer: RowWriter, stop: asyncio.Event) -> None:
         await closing
     finally:
         stopped.cancel()
-    if writer.abandoned:
-        abandon(f"a commit to {writer.uri}")
 
 
 async def backfill(

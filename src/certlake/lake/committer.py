@@ -20,7 +20,9 @@ lost or written twice.
   `hurry(seconds)` (a stop signal) brings that deadline closer. An attempt still running at the
   deadline (delta-rs cannot be interrupted: a store that does not answer) is abandoned in the
   writer thread, where it lands whole or not at all; `abandoned` says so, and its rows count as
-  not written.
+  not written. It, or an index catch-up left running the same way, is noted with
+  `stopping.abandon`, so that the process leaves without joining that thread (which would wait
+  for as long as the store takes).
 
 A subclass says what its buffer holds: how a chunk is taken from it (`_take`, event loop), what
 the chunk commits (`_prepare`, writer thread, at each attempt) and what its landing changes
@@ -55,6 +57,7 @@ from certlake.lake.table import (
     unsafe_rename,
 )
 from certlake.lake.txn import SkippedRange
+from certlake.stopping import abandon
 
 log = logging.getLogger(__name__)
 
@@ -173,8 +176,12 @@ class Committer(ABC, Generic[C]):
         self._closed()
         # A store that stopped answering (an attempt abandoned) would not answer the index.
         left = self._close_deadline - time.monotonic()
-        await self.indexer.close(0.0 if self.abandoned else max(1.0, min(_INDEX_CLOSE_SECS, left)))
-        self._executor.shutdown(wait=not self.abandoned)
+        indexing = await self.indexer.close(
+            0.0 if self.abandoned else max(1.0, min(_INDEX_CLOSE_SECS, left))
+        )
+        if indexing:
+            abandon(f"indexing {self.uri}")
+        self._executor.shutdown(wait=not (self.abandoned or indexing))
 
     def hurry(self, seconds: float) -> None:
         """Closing, begun or to come, gives up on what is left `seconds` from now at the latest."""
@@ -269,6 +276,7 @@ class Committer(ABC, Generic[C]):
                     "closing gave up on a commit still running; it may yet land",
                     extra={"table": self.uri, "rows": chunk.rows},
                 )
+                abandon(f"a commit to {self.uri}")
                 return False
             try:
                 attempt.result()

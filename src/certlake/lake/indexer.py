@@ -45,11 +45,16 @@ class DomainIndexer:
         self.runs = 0
         self.failures = 0
 
+    @property
+    def running(self) -> bool:
+        """A catch-up is running (or queued) in the indexer's thread."""
+        return self._running is not None and not self._running.done()
+
     def poke(self) -> None:
         """A commit landed: index it soon (called from the event loop)."""
         if self._closed:
             return
-        if self._running is not None and not self._running.done():
+        if self.running:
             self._again = True
             return
         self._again = False
@@ -66,11 +71,12 @@ class DomainIndexer:
         if self._again and not self._closed:
             self.poke()
 
-    async def close(self, seconds: float) -> None:
+    async def close(self, seconds: float) -> bool:
         """Index what has landed, for at most `seconds` in all (the rest is indexed by the next
-        catch-up, whoever runs it), then stop."""
+        catch-up, whoever runs it), then stop. True if a catch-up is left running in its thread
+        (a store that does not answer): the process must not wait for it at exit."""
         if self._closed:
-            return
+            return False
         self._closed = True
         deadline = time.monotonic() + seconds
         with contextlib.suppress(TimeoutError):
@@ -82,6 +88,7 @@ class DomainIndexer:
                 await asyncio.wait_for(asyncio.wrap_future(self._running), left)
         if self._own:
             self._executor.shutdown(wait=False)
+        return self.running
 
     def _catch_up(self) -> None:
         self.runs += 1
