@@ -164,15 +164,11 @@ def main() -> None:
     )
     for case in args.cases.split(","):
         limit = None if case == "none" else float(case)
-        entries = (
-            args.unlimited_entries if limit is None else int(limit * CAP * args.seconds)
-        )
+        entries = args.unlimited_entries if limit is None else int(limit * CAP * args.seconds)
         results = []
         for n in range(args.runs):
             with tempfile.TemporaryDirectory(prefix="certlake-bench-limits-") as tmp:
-                r = run_once(
-                    Path(tmp), limit, entries, args.baseline_src, not args.without_verify
-                )
+                r = run_once(Path(tmp), limit, entries, args.baseline_src, not args.without_verify)
             results.append(r)
             print(json.dumps({"limit": limit, "run": n + 1, **r}), flush=True)
         keys = ("rate", "refused_share", "naive_rate", "ratio_to_naive", "ratio_to_baseline")
