@@ -290,13 +290,14 @@ async def serve_edge(config: Config) -> int:
         return EXIT_USAGE
     registry = CollectorRegistry()
     metrics = IngestMetrics(registry)
-    fanout = Fanout(hub_config(config), relayed=True)
-    pipeline = Pipeline(metrics, fanout.publish, None, config.api.cache_capacity, None)
 
     def deliver(s: Streamed, seq: int) -> None:
         pipeline.keep(s, fanout.publish(s, seq))
 
     feed = EdgeFeed(config.stream, deliver, config.stream.resume_ring_size)
+    fanout = Fanout(hub_config(config), history=feed)
+    feed.answer = fanout.hub.give_history
+    pipeline = Pipeline(metrics, fanout.publish, None, config.api.cache_capacity, None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -15,6 +15,9 @@ read into this process's hub, which serves clients exactly as a single server do
   edge was away): the hub skips them (`HubStats.skipped_cursors`) and it is logged.
 - A message that does not decode (another producer on the subject) is logged and left out; its
   sequence is skipped like any other.
+- The feed is also the hub's `History`: a client resuming from a cursor the ring does not hold
+  is fed from the stream itself, read by a short-lived pull consumer from that cursor, as far
+  back as the stream's retention reaches (`hub.py` says how it joins the ring).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import TYPE_CHECKING, Final
 
 from certlake.certs.message import Streamed
 from certlake.config import StreamConfig
+from certlake.stream.hub import Client, StreamMessage
 from certlake.stream.jetstream import NEEDS_NATS, NatsUnavailableError
 from certlake.stream.relay_codec import RelayDecodeError, decode_streamed
 
@@ -38,6 +42,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _RETRY_PAUSE: Final = 0.5  # seconds between attempts while NATS or the stream is not there
+# Messages one history read brings a resuming client: its next read is asked for once the hub
+# has queued these, so a client that reads slowly holds no more than this.
+_HISTORY_BATCH: Final = 500
+_HISTORY_READERS: Final = 4  # history reads in flight at once, for all clients
+_HISTORY_TIMEOUT: Final = 5.0  # seconds one read may take
+
+Answer = Callable[[Client, int, list[tuple[int, StreamMessage]], "int | None", int], None]
 
 
 class EdgeFeed:
@@ -55,6 +66,10 @@ class EdgeFeed:
         self._erring = False
         self.ready = asyncio.Event()
         self._ready_at: int | None = None  # the stream's last sequence when the edge started
+        self._js: JetStreamContext | None = None
+        self.answer: Answer | None = None  # the hub's `give_history`
+        self._readers = asyncio.Semaphore(_HISTORY_READERS)
+        self._reads: set[asyncio.Task[None]] = set()
 
     @staticmethod
     def check_installed() -> None:
@@ -67,7 +82,7 @@ class EdgeFeed:
         """Until cancelled."""
         nc = await self._connect()
         try:
-            js = nc.jetstream()
+            js = self._js = nc.jetstream()
             while True:
                 try:
                     await self._follow(js)
@@ -80,6 +95,9 @@ class EdgeFeed:
                     )
                     await asyncio.sleep(_RETRY_PAUSE)
         finally:
+            self._js = None
+            for task in list(self._reads):
+                task.cancel()
             with contextlib.suppress(Exception):
                 await nc.close()
 
@@ -161,3 +179,83 @@ class EdgeFeed:
             self._sub = None
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    # --- the hub's History ----------------------------------------------------------------------
+
+    def request(self, client: Client, start: int) -> None:
+        task = asyncio.create_task(self._read_history(client, start), name="edge history read")
+        self._reads.add(task)
+        task.add_done_callback(self._reads.discard)
+
+    async def _read_history(self, client: Client, start: int) -> None:
+        messages: list[tuple[int, StreamMessage]] = []
+        first: int | None = None
+        last = 0
+        try:
+            async with self._readers:
+                js = self._js
+                if js is None:
+                    raise NatsUnavailableError("not connected to NATS")
+                info = await asyncio.wait_for(js.stream_info(self.stream), _HISTORY_TIMEOUT)
+                first, last = info.state.first_seq, info.state.last_seq
+                begin = max(start, first)
+                count = min(_HISTORY_BATCH, last - begin + 1)
+                if count > 0:
+                    messages = await asyncio.wait_for(
+                        self._fetch(js, begin, count), _HISTORY_TIMEOUT
+                    )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # NATS away, the stream gone, a read that timed out
+            log.warning(
+                "the relay stream's history could not be read; the client gets what the ring holds",
+                extra={"stream": self.stream, "from": start, "error": str(exc) or repr(exc)},
+            )
+            first = None
+        if self.answer is not None:
+            self.answer(client, start, messages, first, last)
+
+    async def _fetch(
+        self, js: JetStreamContext, begin: int, count: int
+    ) -> list[tuple[int, StreamMessage]]:
+        """Up to `count` decoded messages from sequence `begin` on."""
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+        sub = await js.pull_subscribe(
+            self.subject,
+            stream=self.stream,
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=begin,
+                # Nothing is acknowledged (pull consumers of this server version need a
+                # policy): the consumer lives for this read only.
+                ack_policy=AckPolicy.EXPLICIT,
+                max_ack_pending=count,
+                inactive_threshold=30.0,
+                mem_storage=True,
+            ),
+        )
+        got: list[tuple[int, StreamMessage]] = []
+        try:
+            seen = 0
+            while seen < count:
+                batch = await sub.fetch(count - seen, timeout=_HISTORY_TIMEOUT)
+                for msg in batch:
+                    seen += 1
+                    seq = msg.metadata.sequence.stream
+                    try:
+                        got.append((seq, decode_streamed(msg.data)))
+                    except RelayDecodeError as exc:
+                        log.error(
+                            "relayed message does not decode",
+                            extra={"seq": seq, "error": str(exc)},
+                        )
+                if got and got[-1][0] >= begin + count - 1:
+                    break
+        finally:
+            with contextlib.suppress(Exception):
+                name = (await sub.consumer_info()).name
+                await js.delete_consumer(self.stream, name)
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        return got

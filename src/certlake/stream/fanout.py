@@ -7,6 +7,7 @@ import time
 
 from certlake.stream.hub import (
     Client,
+    History,
     Hub,
     HubConfig,
     Predicate,
@@ -25,14 +26,15 @@ class Fanout:
     Cursors start at the time the fanout is created (see `resume.py`).
     """
 
-    def __init__(self, config: HubConfig | None = None, relayed: bool = False) -> None:
-        """`relayed`: cursors are given with each message (an edge: the relay's sequence, the
-        same on every edge), not numbered from the start time."""
+    def __init__(self, config: HubConfig | None = None, history: History | None = None) -> None:
+        """`history`: an edge's relay stream; cursors are then given with each message (the
+        relay's sequence, the same on every edge), not numbered from the start time."""
         self.hub = Hub(
             config or HubConfig(),
             wake=self._schedule_flush,
             wall_clock=time.time,
-            cursor_base=0 if relayed else cursor_base(time.time_ns()),
+            cursor_base=0 if history is not None else cursor_base(time.time_ns()),
+            history=history,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tick_handle: asyncio.TimerHandle | None = None

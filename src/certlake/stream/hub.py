@@ -33,6 +33,13 @@ Why it is shaped this way:
   bounds what it hands over: nothing is written to a sink holding `high_water` bytes or more,
   so a sink never holds more than that plus one message frame and a heartbeat and a ping.
   Everything a client is behind by sits in its own backlog, where drop-oldest applies.
+- An edge's hub (`stream/edge.py`) numbers messages by the relay's sequence, the same on every
+  edge and in the relay's stream, and is given a `History`: that stream. A client resuming from
+  before the ring is fed from it, then from the ring, with no gap and no duplicate at either
+  seam; one resuming from a cursor this edge has not read yet (it lags the edge the client came
+  from) waits for it instead of being told it is ahead. Only what the stream no longer holds is
+  reported lost. Cursors an edge skips (the stream dropped them while it was away) are counted
+  in every live client's `skipped`, which its next heartbeat reports.
 """
 
 from __future__ import annotations
@@ -47,7 +54,14 @@ from typing import Protocol
 from certlake.stream.dedupe import Identified
 from certlake.stream.filters import FactsCache, Selectable
 from certlake.stream.frames import PING_FRAME, heartbeat_payload, sse_event, ws_frame
-from certlake.stream.resume import CursorRing, ResumeError, plan_resume, stamp_cursor
+from certlake.stream.resume import (
+    CursorRing,
+    ResumeError,
+    ahead_notice,
+    gap_notice,
+    plan_resume,
+    stamp_cursor,
+)
 
 # Ring entries a replaying client's filter looks at per flush, so that many clients resuming at
 # once (after a network blip) cannot hold the loop for long in one go.
@@ -111,6 +125,14 @@ class Sink(Protocol):
 
 
 Predicate = Callable[[StreamMessage], bool]
+
+
+class History(Protocol):
+    """Where an edge's hub finds the messages its ring does not hold (the relay's stream)."""
+
+    def request(self, client: Client, start: int) -> None:
+        """Read messages from cursor `start` on for `client`, and answer, later and on the
+        hub's loop, with `Hub.give_history`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +202,12 @@ class Client:
     closed: bool = False
     # The next cursor to feed from the ring while the client catches up; None once it is live.
     replay_next: int | None = None
+    # An edge's client outside the ring: what `History` answered, (cursor, message) in order,
+    # whether an answer is awaited, and whether the last one held nothing (no use asking again
+    # until the ring reaches the client's cursor).
+    history: deque[tuple[int, StreamMessage]] = field(default_factory=deque)
+    history_asked: bool = False
+    history_dry: bool = False
     # Index keys: when set, the client is only offered messages whose facts share one.
     keys: frozenset[str] | None = None
 
@@ -208,8 +236,12 @@ class Hub:
         wake: Callable[[], None],
         wall_clock: Callable[[], float],
         cursor_base: int = 0,
+        history: History | None = None,
     ) -> None:
+        """`history`: an edge's relay stream (see the module doc); cursors are then given with
+        each message."""
         self.config = config
+        self._history = history
         self.stats = HubStats()
         self._wake = wake
         self._wall_clock = wall_clock
@@ -231,6 +263,8 @@ class Hub:
         self._index: dict[str, dict[Client, None]] = {}
         self._pending: list[Client] = []
         self._stalled: dict[Client, None] = {}
+        # Replaying clients with nothing to read until the next publish (edges only).
+        self._waiting: dict[Client, None] = {}
         self._flush_requested = False
 
     @property
@@ -295,6 +329,8 @@ class Hub:
                 if not indexed:
                     del self._index[key]
         self._stalled.pop(client, None)
+        self._waiting.pop(client, None)
+        client.history.clear()
         client.backlog.clear()
         client.queued = 0
         self.stats.clients[client.kind] -= 1
@@ -310,11 +346,21 @@ class Hub:
         elif cursor != self._seq + 1:
             if cursor <= self._seq:
                 raise ResumeError(f"cursor {cursor} is not after {self._seq}")
-            self.stats.skipped_cursors += cursor - self._seq - 1
+            gone = cursor - self._seq - 1
+            self.stats.skipped_cursors += gone
             self._ring.restart(cursor - 1)
+            if self._seq > self._base:  # live clients were owed those: say so
+                for client in self.clients():
+                    if client.replay_next is None:
+                        client.skipped += gone
+                        self._mark_pending(client)
         self._seq = cursor
         self.stats.published += 1
         self._ring.append(cursor, message)
+        if self._waiting:
+            for client in self._waiting:
+                self._mark_pending(client)
+            self._waiting.clear()
         frames = _Frames(message, cursor)
         groups: Iterable[tuple[tuple[StreamKind, Wire], Iterable[Client]]] = self._scan.items()
         if self._index:
@@ -428,11 +474,54 @@ class Hub:
             # A ping alone does not count: certstream-go clients only see data frames.
             if heartbeat or size:
                 client.last_sent = now
-        if backlog or client.replay_next is not None:
+        if backlog or (client.replay_next is not None and client not in self._waiting):
             self._mark_pending(client)
+
+    def give_history(
+        self,
+        client: Client,
+        start: int,
+        messages: Iterable[tuple[int, StreamMessage]],
+        first: int | None,
+        last: int,
+    ) -> None:
+        """`History`'s answer to `request(client, start)`: `messages` from `start` on, in cursor
+        order, and the oldest (`first`) and newest (`last`) cursor the stream held; `first` is
+        None when it could not be read (the client then gets what the ring holds, told what it
+        lost)."""
+        client.history_asked = False
+        if client.closed or client.replay_next != start:
+            return
+        ring = self._ring
+        notice = None
+        client.history = deque(messages)
+        client.history_dry = not client.history
+        if first is None:
+            plan = plan_resume(start - 1, ring.oldest, ring.newest, self._base)
+            notice, start = plan.notice, plan.start
+            client.history_dry = False
+        elif start < min(first, ring.oldest):
+            # The ring may still hold what the stream's retention has dropped.
+            oldest = min(first, ring.oldest)
+            notice = gap_notice(start - 1, oldest, oldest - start)
+            start = oldest
+        elif start > last + 1 and not client.history:  # a cursor the relay never issued
+            notice = ahead_notice(start - 1, last)
+            start = max(ring.newest + 1, last + 1)
+        if notice is not None:
+            self._enqueue(client, client.wire.encode(notice))
+        client.replay_next = start
+        self._waiting.pop(client, None)
+        self._mark_pending(client)
+        self._request_flush()
 
     def _resume(self, client: Client, since: int) -> None:
         ring = self._ring
+        if self._history is not None and not ring.oldest - 1 <= since <= ring.newest:
+            client.replay_next = since + 1  # from the relay's stream first (`_replay`)
+            self._mark_pending(client)
+            self._request_flush()
+            return
         plan = plan_resume(since, ring.oldest, ring.newest, self._base)
         if plan.notice is not None:
             self._enqueue(client, client.wire.encode(plan.notice))
@@ -450,24 +539,64 @@ class Hub:
         assert start is not None
         if len(backlog) == backlog.maxlen:
             return  # a full deque would drop its oldest frame on the next append
+        outside = start < ring.oldest or start > ring.newest + 1
+        if outside and self._history is not None:
+            self._replay_history(client, room)
+            return
+        client.history.clear()
         if start < ring.oldest:  # the ring moved on while the client was reading slowly
             plan = plan_resume(start - 1, ring.oldest, ring.newest, self._base)
             if plan.notice is not None:
                 self._enqueue(client, client.wire.encode(plan.notice))
             start = plan.start
-        keys, accepts = client.keys, client.accepts
         size = client.queued
         for cursor, message in ring.items(start, REPLAY_SCAN):
             if size >= room or len(backlog) == backlog.maxlen:
                 break
             start = cursor + 1
-            if keys is not None and keys.isdisjoint(self.facts.of(message).keys):
-                continue
-            if accepts is None or accepts(message):
-                frame = _Frames(message, cursor).get(client.kind, client.wire)
-                self._enqueue(client, frame)
-                size += len(frame)
+            size += self._offer(client, cursor, message)
         client.replay_next = start if start <= ring.newest else None
+
+    def _replay_history(self, client: Client, room: int) -> None:
+        """`_replay` for a client outside the ring, from what `History` answered; ask it for
+        more when that is used up (unless its last answer held nothing and the client is ahead
+        of the ring: the ring will reach it)."""
+        ring, backlog, history = self._ring, client.backlog, client.history
+        start = client.replay_next
+        assert start is not None and self._history is not None
+        size, scanned, most = client.queued, 0, backlog.maxlen or self.config.backlog
+        while history and size < room and len(backlog) < most and scanned < REPLAY_SCAN:
+            cursor, message = history.popleft()
+            scanned += 1
+            if cursor < start:
+                continue
+            start = cursor + 1  # the stream holds none of the cursors between
+            size += self._offer(client, cursor, message)
+            if ring.oldest <= start <= ring.newest + 1:
+                history.clear()  # the ring takes over from here
+                break
+        client.replay_next = start
+        if ring.oldest <= start <= ring.newest + 1 or history:
+            return  # `_write` comes back: the ring, or more of the answer, is ready
+        if client.history_asked:
+            self._waiting[client] = None
+        elif client.history_dry and start > ring.newest + 1:
+            self._waiting[client] = None  # until a publish brings the ring closer
+        else:
+            client.history_asked = True
+            self._waiting[client] = None
+            self._history.request(client, start)
+
+    def _offer(self, client: Client, cursor: int, message: StreamMessage) -> int:
+        """Queue a replayed message if the client's filters take it; the bytes queued."""
+        keys, accepts = client.keys, client.accepts
+        if keys is not None and keys.isdisjoint(self.facts.of(message).keys):
+            return 0
+        if accepts is not None and not accepts(message):
+            return 0
+        frame = _Frames(message, cursor).get(client.kind, client.wire)
+        self._enqueue(client, frame)
+        return len(frame)
 
     def _enqueue(self, client: Client, frame: bytes) -> None:
         """Append outside the publish loop (notices, replay): the same bounds, the same count."""

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+_DEDUPE_WINDOW: Final = 120.0  # seconds JetStream remembers a Nats-Msg-Id
+
 _WINDOW: Final = 256  # publishes awaiting their acknowledgement
 _ACK_TIMEOUT: Final = 5.0  # seconds; then the window is sent again
 _RETRY_PAUSE: Final = 0.5  # seconds between attempts while NATS does not answer
@@ -172,13 +174,16 @@ class JetStreamRelay:
         from nats.js.api import StreamConfig as JsStreamConfig
         from nats.js.errors import NotFoundError
 
+        max_age = float(self._config.nats_max_age_secs)
         cfg = JsStreamConfig(
             name=self.stream,
             subjects=[self.subject],
-            max_age=float(self._config.nats_max_age_secs),
+            max_age=max_age,
             max_bytes=self._config.nats_max_megabytes * 1024 * 1024,
             discard=DiscardPolicy.OLD,
-            duplicate_window=120.0,
+            # The server refuses a dedupe window longer than the retention (a test with 1 s
+            # of retention found it); a resend comes within seconds of the first send anyway.
+            duplicate_window=min(_DEDUPE_WINDOW, max_age),
         )
         try:
             await js.stream_info(self.stream)
