@@ -44,6 +44,7 @@ class NatsServer:
     store: Path  # JetStream's files: kept across restarts, as a real deployment keeps them
     port: int
     popen: subprocess.Popen[bytes] | None = None
+    monitor_port: int | None = None  # nats-server's HTTP monitoring (/varz), when wanted
 
     @property
     def url(self) -> str:
@@ -51,8 +52,19 @@ class NatsServer:
 
     def start(self) -> NatsServer:
         log = (self.store.parent / f"nats-{self.port}.log").open("ab")
+        monitor = [] if self.monitor_port is None else ["-m", str(self.monitor_port)]
         self.popen = subprocess.Popen(
-            [self.binary, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store)],
+            [
+                self.binary,
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-sd",
+                str(self.store),
+                *monitor,
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
