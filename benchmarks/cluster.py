@@ -27,11 +27,19 @@ edge, against what each delivered message adds, gives the arithmetic of N edges.
 run, alternating, one single `certlake serve` with the clients on it. Median of `--runs`.
 
     .venv/bin/python benchmarks/cluster.py --part edges [--runs 3] [--clients 100] [--edges 2]
+
+`--part relay` is a kernel: the ingest node's JetStream relay alone (`stream/jetstream.py`) in
+this process, publishing `--entries` entries of real size (three payloads, ~9.9 KB framed, as
+the edges run measured at NATS) to a real nats-server and waiting for every acknowledgement:
+CPU per entry and entries/s. It leaves out everything else the ingest node does meanwhile.
+
+    .venv/bin/python benchmarks/cluster.py --part relay [--runs 3] [--entries 16000]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -288,11 +296,65 @@ def _arithmetic(e: dict[str, float], args: argparse.Namespace) -> None:
     )
 
 
+def _relay_once(url: str, entries: int) -> tuple[float, float]:
+    from prometheus_client import CollectorRegistry
+
+    from certlake.certs.message import Streamed
+    from certlake.config.schema import StreamConfig
+    from certlake.stream.jetstream import JetStreamRelay
+
+    payloads = [os.urandom(n) for n in (7_000, 2_500, 400)]  # full, lite, domains-only
+
+    def entry(i: int) -> Streamed:
+        return Streamed(*payloads, i, "X", "n", "https://log.test/", "h", "h1", "1", "i", ["a.b"])
+
+    async def run() -> tuple[float, float]:
+        relay = JetStreamRelay(
+            StreamConfig(nats_url=url, nats_buffer=entries + 1), CollectorRegistry()
+        )
+        await relay.start()
+        relay.offer(entry(-1))  # connected, the stream created: then the clock starts
+        await relay.flushed()
+        batch = [entry(i) for i in range(entries)]
+        cpu, wall = time.process_time(), time.monotonic()
+        for s in batch:
+            relay.offer(s)
+        await relay.flushed()
+        cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+        await relay.close()
+        return 1e6 * cpu / entries, entries / wall
+
+    return asyncio.run(run())
+
+
+def relay_part(args: argparse.Namespace) -> None:
+    binary = find_nats_server()
+    if binary is None:
+        raise SystemExit("nats-server is missing: run scripts/test-setup")
+    print(f"kernel: the JetStream relay alone, {args.entries:,} entries of ~9.9 KB per run; "
+          f"{platform.node()}, {os.cpu_count()} cores, "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")  # fmt: skip
+    cpus, rates = [], []
+    with tempfile.TemporaryDirectory(prefix="certlake-bench-relay-") as tmp:
+        for n in range(args.runs):
+            nats = NatsServer(binary, Path(tmp) / f"js-{n}", free_port()).start()
+            try:
+                cpu, rate = _relay_once(nats.url, args.entries)
+            finally:
+                nats.stop()
+            cpus.append(cpu)
+            rates.append(rate)
+            print(f"  run {n + 1}: {cpu:.1f} µs CPU per entry, {rate:,.0f} entries/s, load "
+                  f"{os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
+    print(f"median: {statistics.median(cpus):.1f} µs CPU per entry, "
+          f"{statistics.median(rates):,.0f} entries/s")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--part", choices=["backfill", "edges"], default="backfill")
+    parser.add_argument("--part", choices=["backfill", "edges", "relay"], default="backfill")
     add_window_args(parser)  # --runs, --seconds, … of the edges part
-    parser.add_argument("--entries", type=int, default=16_000, help="per log")
+    parser.add_argument("--entries", type=int, default=16_000, help="per log; relay: in all")
     parser.add_argument("--q", type=float, default=10.0, help="requests/s per operator, address")
     parser.add_argument("--nthreads", type=int, default=1, help="threads per Dask worker")
     parser.add_argument("--split", type=int, default=2_000, help="backfill.range_split_size")
@@ -301,7 +363,7 @@ def main() -> None:
     parser.add_argument("--edges", type=int, default=2)
     parser.add_argument("--idle", type=float, default=10.0, help="edges: s with no client")
     args = parser.parse_args()
-    (edges_part if args.part == "edges" else backfill_part)(args)
+    {"backfill": backfill_part, "edges": edges_part, "relay": relay_part}[args.part](args)
 
 
 if __name__ == "__main__":

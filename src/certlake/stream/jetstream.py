@@ -107,12 +107,16 @@ class JetStreamRelay:
             raise NatsUnavailableError(NEEDS_NATS) from exc
         self._task = asyncio.create_task(self._run(), name="nats relay")
 
+    async def flushed(self) -> None:
+        """Return once everything offered has been acknowledged (or dropped)."""
+        await self._idle.wait()
+
     async def close(self, grace: float = 2.0) -> None:
         """Publish what is buffered for up to `grace` seconds, then disconnect."""
         if self._task is None:
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), grace)
+            await asyncio.wait_for(self.flushed(), grace)
         self._closing = True
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -210,12 +214,15 @@ class JetStreamRelay:
                     )
                     self._buffer.popleft()
                     window.append((item, future))
-                if window:
-                    item, future = window[0]
-                    await asyncio.wait_for(future, _ACK_TIMEOUT)
-                    window.popleft()
+                # Acknowledgements arrive in batches: take every one that has, and wait only
+                # when the head has not. (Waiting on each would yield once per entry, and
+                # nats-py's flusher would then send each publish in a write of its own.)
+                while window and window[0][1].done():
+                    window.popleft()[1].result()  # raises what the stream answered
                     self.published.inc()
                     self._dropping = False
+                if window and (not self._buffer or len(window) >= _WINDOW):
+                    await asyncio.wait_for(asyncio.shield(window[0][1]), _ACK_TIMEOUT)
             except Exception as exc:  # lost connection, a timeout, the stream refused it
                 # Send the unacknowledged ones again, first and in order; the message ids make
                 # the ones that did land count once.
