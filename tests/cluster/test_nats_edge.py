@@ -184,3 +184,87 @@ def ingest_list(ingest: Proc) -> str:
     """The log list the ingest node was started with (its config file)."""
     config: dict[str, Any] = yaml.safe_load((ingest.log.parent / "config.yaml").read_text())
     return str(config["ct_logs_url"])
+
+
+def _no_cursor(doc: dict[str, Any]) -> dict[str, Any]:
+    """A message without its cursor (the ingest node's own hub numbers its clients' messages;
+    edges number by the stream's sequence), everything else as it was built."""
+    doc = {k: v for k, v in doc.items() if k != "cursor"}
+    if isinstance(doc.get("data"), dict):
+        doc["data"] = {k: v for k, v in doc["data"].items() if k != "cursor"}
+    return doc
+
+
+async def _messages(base: str, path: str, seconds: float) -> dict[Any, Any]:
+    """The certificate messages of `base` + `path` over `seconds`, by (log URL, index); on
+    domains-only, which carries neither, by its names and their count so far."""
+    url = base.replace("http", "ws", 1) + path
+    out: dict[Any, Any] = {}
+    async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                msg = await ws.receive(timeout=left)
+            except TimeoutError:
+                break
+            doc = orjson.loads(msg.data)
+            if doc["message_type"] == "heartbeat":
+                continue
+            data = doc["data"]
+            if isinstance(data, dict):  # lite and full
+                key: Any = (data["source"]["url"], data["cert_index"])
+                assert key not in out, key
+            else:  # the same names come from several logs (a certificate and its precert)
+                key = (tuple(data), sum(1 for k in out if k[0] == tuple(data)))
+            out[key] = doc
+    return out
+
+
+def test_an_edge_serves_every_stream_filters_and_http_as_the_ingest_node_does(
+    procs: Procs, nats: NatsServer, tmp_path: Path
+) -> None:
+    """The same seconds read from the ingest node and from an edge, on every stream and with
+    filters: each message the two both sent is byte for byte the same but for its cursor, and
+    the edge sent nearly all of the ingest node's; SSE, /latest.json and the page on the edge."""
+    ingest, (edge,) = _cluster(procs, tmp_path, nats, edges=1)
+    paths = ["/", "/full-stream", "/domains-only", "/?update_type=PrecertLogEntry"]
+
+    async def both() -> list[dict[tuple[str, int], Any]]:
+        return await asyncio.gather(
+            *(_messages(base, p, 4) for p in paths for base in (ingest.url, edge.url))
+        )
+
+    got = asyncio.run(both())
+    for i, path in enumerate(paths):
+        on_ingest, on_edge = got[2 * i], got[2 * i + 1]
+        common = on_ingest.keys() & on_edge.keys()
+        assert len(common) > 60 and len(common) >= 0.8 * len(on_ingest), (path, len(common))
+        for key in common:
+            assert _no_cursor(on_edge[key]) == _no_cursor(on_ingest[key]), (path, key)
+    precerts = got[7].values()
+    assert precerts and all(m["data"]["update_type"] == "PrecertLogEntry" for m in precerts)
+    assert len(got[7]) < len(got[1])  # the filter held something back
+
+    async def http() -> None:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(edge.url + "/latest.json") as resp:
+                latest = (await resp.json())["messages"]
+            assert len(latest) == 25
+            cursors = [m["data"]["cursor"] for m in latest]
+            assert cursors == list(range(cursors[0], cursors[0] - 25, -1))
+            async with session.get(edge.url + "/sse?stream=full") as resp:
+                assert resp.content_type == "text/event-stream"
+                event: dict[str, str] = {}
+                while "data" not in event or "id" not in event:
+                    line = (await resp.content.readline()).decode().rstrip("\n")
+                    if line and not line.startswith(":"):
+                        field, _, value = line.partition(": ")
+                        event[field] = value
+                doc = orjson.loads(event["data"])
+                if doc["message_type"] == "certificate_update":
+                    assert int(event["id"]) == doc["data"]["cursor"] >= cursors[0] - 25
+                    assert "as_der" in doc["data"]["leaf_cert"]
+            async with session.get(edge.url + "/", headers={"Accept": "text/html"}) as resp:
+                assert resp.status == 200 and resp.content_type == "text/html"
+
+    asyncio.run(http())
