@@ -126,18 +126,21 @@ def test_a_cursor_past_the_streams_retention_is_told_its_exact_loss(
     procs: Procs, nats: NatsServer, tmp_path: Path
 ) -> None:
     """The stream keeps a second of messages, the edge's ring 20: a client away for 4 s is
-    told exactly how many it lost, then gets everything from the oldest still held."""
+    told exactly how many it lost, then gets everything from the oldest still held. (Retention
+    goes on while the edge reads it for the client: what expires between finding the oldest and
+    reading it is a second notice, following on from the first.)"""
     _, (a,) = _cluster(procs, tmp_path, nats, edges=1, resume_ring_size=20, nats_max_age_secs=1)
     first = read(a.url, 1)
     since = first[-1][0]
     time.sleep(4)
     notices: list[dict[str, Any]] = []
     second = read(a.url, 2, since=since, notices=notices)
-    assert len(notices) == 1, notices
-    gap = notices[0]
-    assert gap["message_type"] == "resume_gap" and gap["since"] == since
-    assert second[0][0] == gap["oldest_cursor"] and gap["lost"] == gap["oldest_cursor"] - since - 1
-    assert gap["lost"] > 60  # about 3 of the 4 seconds away
+    assert notices and all(n["message_type"] == "resume_gap" for n in notices), notices
+    for before, gap in zip([{"oldest_cursor": since + 1}, *notices], notices, strict=False):
+        assert gap["since"] == before["oldest_cursor"] - 1, notices
+        assert gap["lost"] == gap["oldest_cursor"] - gap["since"] - 1, notices
+    assert second[0][0] == notices[-1]["oldest_cursor"]
+    assert sum(n["lost"] for n in notices) > 60  # about 3 of the 4 seconds away
     cursors = [c for c, _, _ in second]
     assert cursors == list(range(cursors[0], cursors[0] + len(cursors)))
 
