@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -445,8 +446,21 @@ def validate_config(config_file: Path | None, log_level: str | None) -> None:
     _exit(run_validate_config(loaded.config, loaded.path))
 
 
+# The allocators of delta-rs (jemalloc, built into the deltalake wheel) and of Arrow (mimalloc)
+# keep the pages a commit freed for reuse, and a 10,000-row commit frees ~200 MB: `serve` with
+# the archive stayed at ~650 MB between commits. Told to return them at once (they read these
+# variables when the libraries load), it holds ~320 MB (measured: docs/benchmarks.md, "the live
+# server's memory with the archive"). A value the user set wins.
+_RETURN_FREED_MEMORY: Final = {
+    "_RJEM_MALLOC_CONF": "dirty_decay_ms:0,muzzy_decay_ms:0",
+    "MIMALLOC_PURGE_DELAY": "0",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point."""
+    for name, value in _RETURN_FREED_MEMORY.items():
+        os.environ.setdefault(name, value)
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         args = translate_rust_argv(args)

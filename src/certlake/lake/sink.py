@@ -210,7 +210,9 @@ class DeltaSink(Committer[_Chunk]):
         if self._rows >= self._max_rows:
             self._skip(url, index, SkipKind.DROPPED, "archive buffer full")
             return
-        self._buf.append(msg)
+        # The archive has no column for the stream's payloads (~9 KB of the ~17 KB a message
+        # holds); the stream keeps them while it needs them.
+        self._buf.append(msg._replace(full=b"", lite=b"", domains=b""))
         self._rows += 1
         self._open.pop(url, None)
         self.metrics.buffer.set(self._rows)
