@@ -9,6 +9,7 @@ import asyncio
 import signal
 import time
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +40,8 @@ def _cluster(
     return ingest, [procs.serve(config, "--edge") for _ in range(edges)]
 
 
-async def _read(
-    base: str, seconds: float, since: int | None = None, notices: list[dict[str, Any]] | None = None
-) -> Got:
-    """The certificate messages read from `base` over `seconds`; other messages than heartbeats
-    go to `notices` (none are allowed without it)."""
-    url = base.replace("http", "ws", 1) + "/" + ("" if since is None else f"?since={since}")
-    got: Got = []
+async def _frames(url: str, seconds: float) -> AsyncIterator[dict[str, Any]]:
+    """Every message of the WebSocket at `url` for `seconds`, decoded."""
     async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
@@ -53,14 +49,24 @@ async def _read(
                 msg = await ws.receive(timeout=left)
             except TimeoutError:
                 break
-            doc: dict[str, Any] = orjson.loads(msg.data)
-            if doc.get("message_type") == "certificate_update":
-                data = doc["data"]
-                got.append((data["cursor"], data["source"]["url"], data["cert_index"]))
-            elif notices is not None and doc.get("message_type") != "heartbeat":
-                notices.append(doc)
-            else:
-                assert doc.get("message_type") == "heartbeat", doc
+            yield orjson.loads(msg.data)
+
+
+async def _read(
+    base: str, seconds: float, since: int | None = None, notices: list[dict[str, Any]] | None = None
+) -> Got:
+    """The certificate messages read from `base` over `seconds`; other messages than heartbeats
+    go to `notices` (none are allowed without it)."""
+    url = base.replace("http", "ws", 1) + "/" + ("" if since is None else f"?since={since}")
+    got: Got = []
+    async for doc in _frames(url, seconds):
+        if doc.get("message_type") == "certificate_update":
+            data = doc["data"]
+            got.append((data["cursor"], data["source"]["url"], data["cert_index"]))
+        elif notices is not None and doc.get("message_type") != "heartbeat":
+            notices.append(doc)
+        else:
+            assert doc.get("message_type") == "heartbeat", doc
     return got
 
 
@@ -201,25 +207,17 @@ def _no_cursor(doc: dict[str, Any]) -> dict[str, Any]:
 async def _messages(base: str, path: str, seconds: float) -> dict[Any, Any]:
     """The certificate messages of `base` + `path` over `seconds`, by (log URL, index); on
     domains-only, which carries neither, by its names and their count so far."""
-    url = base.replace("http", "ws", 1) + path
     out: dict[Any, Any] = {}
-    async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                msg = await ws.receive(timeout=left)
-            except TimeoutError:
-                break
-            doc = orjson.loads(msg.data)
-            if doc["message_type"] == "heartbeat":
-                continue
-            data = doc["data"]
-            if isinstance(data, dict):  # lite and full
-                key: Any = (data["source"]["url"], data["cert_index"])
-                assert key not in out, key
-            else:  # the same names come from several logs (a certificate and its precert)
-                key = (tuple(data), sum(1 for k in out if k[0] == tuple(data)))
-            out[key] = doc
+    async for doc in _frames(base.replace("http", "ws", 1) + path, seconds):
+        if doc["message_type"] == "heartbeat":
+            continue
+        data = doc["data"]
+        if isinstance(data, dict):  # lite and full
+            key: Any = (data["source"]["url"], data["cert_index"])
+            assert key not in out, key
+        else:  # the same names come from several logs (a certificate and its precert)
+            key = (tuple(data), sum(1 for k in out if k[0] == tuple(data)))
+        out[key] = doc
     return out
 
 
