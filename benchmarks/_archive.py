@@ -54,7 +54,7 @@ from deltalake import DeltaTable
 from certlake.certs.message import build_record
 from certlake.ct.entry import LogEntry, LogKind, LogSource
 from certlake.lake.domains import INDEX_ROW_GROUP, KEY, catch_up, index_uri, index_writer
-from certlake.lake.rows import TRANSPORT_SCHEMA, messages_to_batch
+from certlake.lake.rows import WRITE_SCHEMA, messages_to_batch
 from certlake.lake.schema import STRING_LIST
 from certlake.lake.table import ArchiveTable
 from certlake.testlog.pool import CertPool
@@ -119,7 +119,7 @@ def choose_targets(rows: int, seed: int) -> Targets:
 
 
 def make_pool(seed: int, size: int = POOL_SIZE) -> pa.Table:
-    """`size` archive rows of real certificates the test log issues (`TRANSPORT_SCHEMA`)."""
+    """`size` archive rows of real certificates the test log issues (`WRITE_SCHEMA`)."""
     source = LogSource("https://ct.certlake.test/pool", "certlake pool log", LogKind.RFC6962)
     records = []
     for index, cert in enumerate(CertPool(seed, size).take(size)):
@@ -134,7 +134,7 @@ def make_pool(seed: int, size: int = POOL_SIZE) -> pa.Table:
         )
         link = f"{source.url}/ct/v1/get-entries?start={index}&end={index}"
         records.append(build_record(entry, source, 1_762_000_000.0 + index, link))
-    return pa.Table.from_batches([messages_to_batch(records, schema=TRANSPORT_SCHEMA)])
+    return pa.Table.from_batches([messages_to_batch(records, schema=WRITE_SCHEMA)])
 
 
 # --- vectorized columns ---------------------------------------------------------------------
@@ -203,7 +203,7 @@ class Generator:
         self.position = 0
 
     def commit(self, n: int) -> tuple[pa.Table, dict[str, int]]:
-        """The next `n` rows (`TRANSPORT_SCHEMA`) and each log's cursor after them."""
+        """The next `n` rows (`WRITE_SCHEMA`) and each log's cursor after them."""
         first = self.position
         self.position += n
         rng = self.rng
@@ -251,9 +251,7 @@ class Generator:
             "chain",
         ):
             columns[name] = pool.column(name)
-        table = pa.table(
-            {name: columns[name] for name in TRANSPORT_SCHEMA.names}, schema=TRANSPORT_SCHEMA
-        )
+        table = pa.table({name: columns[name] for name in WRITE_SCHEMA.names}, schema=WRITE_SCHEMA)
         self._note_targets(table, first, n)
         versions = {u: i for (u, _, _, _), i in zip(LOGS, self.next_index, strict=True)}
         return table, versions

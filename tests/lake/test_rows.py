@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from certlake.certs.message import CertMessage
 from certlake.lake.rows import (
     SLICE_ROWS,
-    TRANSPORT_SCHEMA,
+    WRITE_SCHEMA,
     MalformedMessage,
     message_problem,
     messages_to_batch,
@@ -123,8 +123,8 @@ def test_transport_rows_are_the_archive_rows_with_chains_as_a_dictionary(
 ) -> None:
     msgs = messages(0, 300)
     plain, _ = split_malformed(msgs)
-    moved, _ = split_malformed(msgs, schema=TRANSPORT_SCHEMA)
-    assert moved.schema == TRANSPORT_SCHEMA and moved.num_rows == 300
+    moved, _ = split_malformed(msgs, schema=WRITE_SCHEMA)
+    assert moved.schema == WRITE_SCHEMA and moved.num_rows == 300
     assert moved.cast(ARCHIVE_SCHEMA).equals(plain)
     # What crosses the process boundary: the chains' few distinct certificates once.
     assert len(pickle.dumps(moved)) < len(pickle.dumps(plain)) / 2

@@ -343,7 +343,7 @@ async def test_committed_cursor_caps_what_the_state_may_claim(
 
 
 async def test_event_loop_keeps_running_while_a_batch_is_written(tmp_path: Path) -> None:
-    sink = make_sink(str(tmp_path / "archive"), batch_size=40_000)
+    sink = make_sink(str(tmp_path / "archive"), batch_size=100_000)
     await sink.start()
     gaps: list[float] = []
 
@@ -356,14 +356,14 @@ async def test_event_loop_keeps_running_while_a_batch_is_written(tmp_path: Path)
             last = now
 
     tick = asyncio.create_task(ticker())
-    for i in range(40_000):
+    for i in range(100_000):
         sink.offer(make_message(i))
     started = time.perf_counter()
     await sink.flush()
     elapsed = time.perf_counter() - started
     tick.cancel()
     await sink.close()
-    assert sink.stats.rows_written == 40_000
+    assert sink.stats.rows_written == 100_000
     assert elapsed > 0.3, "the batch should take a while to write"
     assert len(gaps) > 10 and max(gaps) < elapsed / 2
 
@@ -428,3 +428,25 @@ async def test_file_uri_tables_work(tmp_path: Path, messages: MakeMessages) -> N
     assert table_keys(str(tmp_path / "archive")) == [(LOG_A, i) for i in range(4)]
     assert [(r.start, r.kind) for r in read_skipped(uri)] == [(4, SkipKind.UNPARSEABLE)]
     assert (tmp_path / "archive" / "_certlake_skipped" / "_delta_log").is_dir()
+
+
+async def test_rows_read_back_as_the_archive_schema_says_chain_included(tmp_path: Path) -> None:
+    """The live sink hands delta-rs `chain` dictionary-encoded (`rows.WRITE_SCHEMA`); what the
+    table holds reads back as the archive's schema, every value as the message had it, and the
+    stream's payloads (no column of the archive) are not needed to write it."""
+    path = str(tmp_path / "archive")
+    sink = make_sink(path, batch_size=50)
+    await sink.start()
+    sent = [make_message(i) for i in range(120)]
+    for msg in sent:
+        sink.offer(msg)
+    await sink.close()
+    table = DeltaTable(path).to_pyarrow_table()
+    assert table.schema.field("chain").type == ARCHIVE_SCHEMA.field("chain").type
+    got = {row["cert_index"]: row for row in table.to_pylist()}
+    assert sorted(got) == list(range(120))
+    for msg in sent:
+        row = got[msg.cert_index]
+        assert row["chain"] == msg.chain and msg.chain
+        assert row["as_der"] == msg.as_der and row["all_domains"] == msg.all_domains
+        assert row["sha256"] == msg.sha256 and row["issuer_aggregated"] == msg.issuer_aggregated

@@ -19,7 +19,7 @@ from certlake.certs.message import CertMessage, build_record
 from certlake.ct.compact import CompactRange
 from certlake.ct.entry import LogSource
 from certlake.ingest.packed import Packed, unpacked
-from certlake.lake.rows import TRANSPORT_SCHEMA, split_malformed
+from certlake.lake.rows import WRITE_SCHEMA, split_malformed
 from certlake.lake.txn import SkipKind, SkippedRange
 
 
@@ -54,7 +54,7 @@ def build_rows(source: LogSource, packed: Packed, seen: float) -> BuiltRows:
             except CertificateParseError as e:
                 reason = f"certificate: {e}"
         skipped.append(SkippedRange(source.url, index, index, SkipKind.UNPARSEABLE, reason))
-    rows, malformed = split_malformed(messages, schema=TRANSPORT_SCHEMA)
+    rows, malformed = split_malformed(messages, schema=WRITE_SCHEMA)
     skipped.extend(
         SkippedRange(m.source_url, m.cert_index, m.cert_index, SkipKind.MALFORMED, reason)
         for m, reason in malformed

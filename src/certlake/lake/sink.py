@@ -37,7 +37,7 @@ from certlake.config import Config, DeltaSinkConfig, s3_storage_options
 from certlake.ct.backoff import RetryPolicy
 from certlake.lake.committer import Chunk, Commit, CommitStats, Committer, WriterSettings
 from certlake.lake.maintain import maintain
-from certlake.lake.rows import split_malformed
+from certlake.lake.rows import WRITE_SCHEMA, split_malformed
 from certlake.lake.table import ArchiveTable, cursors_in, unsafe_rename
 from certlake.lake.txn import CommitPlan, OpenRange, SkipKind, SkippedRange, plan_commit
 
@@ -366,7 +366,7 @@ class DeltaSink(Committer[_Chunk]):
         # The snapshot's cursors, not this process's: another writer may have moved them.
         chunk.cursors = table.cursors(list(dict.fromkeys(i.source_url for i in chunk.items)))
         plan = plan_commit(chunk.items, chunk.cursors)
-        batch, malformed = split_malformed(plan.rows)
+        batch, malformed = split_malformed(plan.rows, schema=WRITE_SCHEMA)
         plan.add_malformed(malformed)
         chunk.plan = plan
         return Commit(batch, plan.skipped, plan.versions)
