@@ -204,8 +204,6 @@ class EdgeFeed:
                     messages = await asyncio.wait_for(
                         self._fetch(js, begin, count), _HISTORY_TIMEOUT
                     )
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:  # NATS away, the stream gone, a read that timed out
             log.warning(
                 "the relay stream's history could not be read; the client gets what the ring holds",

@@ -54,14 +54,7 @@ from typing import Protocol
 from certlake.stream.dedupe import Identified
 from certlake.stream.filters import FactsCache, Selectable
 from certlake.stream.frames import PING_FRAME, heartbeat_payload, sse_event, ws_frame
-from certlake.stream.resume import (
-    CursorRing,
-    ResumeError,
-    ahead_notice,
-    gap_notice,
-    plan_resume,
-    stamp_cursor,
-)
+from certlake.stream.resume import CursorRing, ResumeError, plan_resume, stamp_cursor
 
 # Ring entries a replaying client's filter looks at per flush, so that many clients resuming at
 # once (after a network blip) cannot hold the loop for long in one go.
@@ -493,24 +486,19 @@ class Hub:
         if client.closed or client.replay_next != start:
             return
         ring = self._ring
-        notice = None
         client.history = deque(messages)
-        client.history_dry = not client.history
+        client.history_dry = first is not None and not client.history
         if first is None:
             plan = plan_resume(start - 1, ring.oldest, ring.newest, self._base)
-            notice, start = plan.notice, plan.start
-            client.history_dry = False
-        elif start < min(first, ring.oldest):
-            # The ring may still hold what the stream's retention has dropped.
-            oldest = min(first, ring.oldest)
-            notice = gap_notice(start - 1, oldest, oldest - start)
-            start = oldest
-        elif start > last + 1 and not client.history:  # a cursor the relay never issued
-            notice = ahead_notice(start - 1, last)
-            start = max(ring.newest + 1, last + 1)
-        if notice is not None:
-            self._enqueue(client, client.wire.encode(notice))
-        client.replay_next = start
+        else:
+            # What the stream and the ring hold together: the ring may still hold what the
+            # stream's retention dropped, and may have moved past the stream's answer.
+            plan = plan_resume(
+                start - 1, min(first, ring.oldest), max(last, ring.newest), self._base
+            )
+        if plan.notice is not None:
+            self._enqueue(client, client.wire.encode(plan.notice))
+        client.replay_next = plan.start
         self._waiting.pop(client, None)
         self._mark_pending(client)
         self._request_flush()
@@ -578,13 +566,9 @@ class Hub:
         client.replay_next = start
         if ring.oldest <= start <= ring.newest + 1 or history:
             return  # `_write` comes back: the ring, or more of the answer, is ready
-        if client.history_asked:
-            self._waiting[client] = None
-        elif client.history_dry and start > ring.newest + 1:
-            self._waiting[client] = None  # until a publish brings the ring closer
-        else:
+        self._waiting[client] = None  # until the answer, or a publish that brings the ring closer
+        if not client.history_asked and not (client.history_dry and start > ring.newest + 1):
             client.history_asked = True
-            self._waiting[client] = None
             self._history.request(client, start)
 
     def _offer(self, client: Client, cursor: int, message: StreamMessage) -> int:

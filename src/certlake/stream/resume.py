@@ -160,24 +160,14 @@ def plan_resume(since: int, oldest: int, newest: int, base: int) -> ResumePlan:
     """The plan for `?since=since` when the ring holds cursors `oldest..newest` (oldest =
     newest + 1 when empty) and this run's cursors began after `base`."""
     if since > newest:
-        return ResumePlan(newest + 1, ahead_notice(since, newest))
+        notice = b'{"message_type":"resume_ahead","since":%d,"latest_cursor":%d}' % (since, newest)
+        return ResumePlan(newest + 1, notice)
     if since >= oldest - 1:
         return ResumePlan(since + 1, None)
-    return ResumePlan(
-        oldest, gap_notice(since, oldest, oldest - since - 1 if since >= base else None)
-    )
-
-
-def ahead_notice(since: int, latest: int) -> bytes:
-    """The `resume_ahead` message (module doc)."""
-    return b'{"message_type":"resume_ahead","since":%d,"latest_cursor":%d}' % (since, latest)
-
-
-def gap_notice(since: int, oldest: int, lost: int | None) -> bytes:
-    """The `resume_gap` message (module doc); `lost` None: it cannot be counted."""
-    count = b"null" if lost is None else b"%d" % lost
-    return b'{"message_type":"resume_gap","since":%d,"oldest_cursor":%d,"lost":%b}' % (
+    lost = b"%d" % (oldest - since - 1) if since >= base else b"null"
+    notice = b'{"message_type":"resume_gap","since":%d,"oldest_cursor":%d,"lost":%b}' % (
         since,
         oldest,
-        count,
+        lost,
     )
+    return ResumePlan(oldest, notice)
